@@ -1,0 +1,23 @@
+"""The prefix artifact: format, validation and (de)serialisation. No dependency on the engine."""
+
+from server.artifact.prefix import (
+    BackboneShape,
+    PrefixArtifact,
+    ProblemType,
+    artifact_to_bytes,
+    read_artifact,
+    read_artifact_file,
+    write_artifact,
+)
+from server.artifact.safetensors_header import ArtifactError
+
+__all__ = [
+    "ArtifactError",
+    "BackboneShape",
+    "PrefixArtifact",
+    "ProblemType",
+    "artifact_to_bytes",
+    "read_artifact",
+    "read_artifact_file",
+    "write_artifact",
+]

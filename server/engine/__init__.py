@@ -1,0 +1,21 @@
+"""The inference engine: backbone loading, the prefix-aware BERT, tokenization and scoring.
+
+Never imports the API or batching layers."""
+
+from server.engine.backbone import BackboneError, BackboneFiles, BertGeometry, read_backbone_folder
+from server.engine.engine import Engine, LoadedPrefix, Row
+from server.engine.tokenize import EncodedInput, InputTooLong, TextEncoder, TextInput
+
+__all__ = [
+    "BackboneError",
+    "BackboneFiles",
+    "BertGeometry",
+    "EncodedInput",
+    "Engine",
+    "InputTooLong",
+    "LoadedPrefix",
+    "Row",
+    "TextEncoder",
+    "TextInput",
+    "read_backbone_folder",
+]

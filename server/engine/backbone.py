@@ -1,0 +1,138 @@
+"""Loads a BERT-architecture model folder (config, tokenizer, weights) and fingerprints its weights.
+
+The fingerprint identifies the exact weights the engine runs, independent of file layout:
+    sha256 over the backbone tensors (embeddings.*, encoder.*, pooler.*, names with any leading
+    "bert." removed, buffers such as embeddings.position_ids left out), in sorted name order,
+    each contributing  name NUL dtype NUL shape NUL raw-bytes-as-stored.
+It is shown as "sha256:<64 hex digits>" by GET /v1/info and may be pinned in an artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from server.artifact import BackboneShape
+
+BACKBONE_PREFIXES = ("embeddings.", "encoder.", "pooler.")
+SUPPORTED_ACTIVATIONS = {"gelu", "gelu_new", "gelu_pytorch_tanh", "relu"}
+
+
+class BackboneError(ValueError):
+    """The model folder is not a backbone this engine can run."""
+
+
+@dataclass(frozen=True)
+class BertGeometry:
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+    type_vocab_size: int
+    layer_norm_eps: float
+    hidden_act: str
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @classmethod
+    def from_config(cls, config: dict) -> "BertGeometry":
+        if config.get("model_type") not in ("bert", None):
+            raise BackboneError(f"expected a BERT model folder (model_type 'bert'), got {config.get('model_type')!r}")
+        if config.get("position_embedding_type", "absolute") != "absolute":
+            raise BackboneError(
+                f"expected absolute position embeddings, got {config.get('position_embedding_type')!r}"
+            )
+        if config.get("hidden_act", "gelu") not in SUPPORTED_ACTIVATIONS:
+            raise BackboneError(
+                f"hidden_act: expected one of {sorted(SUPPORTED_ACTIVATIONS)}, got {config.get('hidden_act')!r}"
+            )
+        geometry = cls(
+            vocab_size=config["vocab_size"],
+            hidden_size=config["hidden_size"],
+            num_layers=config["num_hidden_layers"],
+            num_heads=config["num_attention_heads"],
+            intermediate_size=config["intermediate_size"],
+            max_position_embeddings=config["max_position_embeddings"],
+            type_vocab_size=config.get("type_vocab_size", 2),
+            layer_norm_eps=config.get("layer_norm_eps", 1e-12),
+            hidden_act=config.get("hidden_act", "gelu"),
+        )
+        if geometry.hidden_size % geometry.num_heads:
+            raise BackboneError(
+                f"hidden_size {geometry.hidden_size} is not a multiple of num_attention_heads {geometry.num_heads}"
+            )
+        return geometry
+
+
+@dataclass(frozen=True)
+class BackboneFiles:
+    """A model folder read from disk: geometry, weights (as stored) and fingerprint."""
+
+    folder: Path
+    name: str
+    geometry: BertGeometry
+    state_dict: dict[str, torch.Tensor]
+    fingerprint: str
+
+    def shape(self) -> BackboneShape:
+        g = self.geometry
+        return BackboneShape(g.num_layers, g.num_heads, g.head_dim, g.max_position_embeddings, self.fingerprint)
+
+
+def read_backbone_folder(folder: str | Path) -> BackboneFiles:
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise BackboneError(f"expected a model folder with config.json, got {folder} (no config.json there)")
+    config = json.loads(config_path.read_text())
+    geometry = BertGeometry.from_config(config)
+    state_dict = _backbone_tensors(_read_weights(folder))
+    name = config.get("_name_or_path") or folder.name
+    return BackboneFiles(folder, str(name), geometry, state_dict, weights_fingerprint(state_dict))
+
+
+def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}\0{str(tensor.dtype)}\0{list(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return load_file(str(single))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weights: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            weights.update(load_file(str(folder / shard)))
+        return weights
+    legacy = folder / "pytorch_model.bin"
+    if legacy.is_file():
+        # weights_only refuses arbitrary pickled objects: only tensors and plain containers load.
+        return torch.load(legacy, map_location="cpu", weights_only=True)
+    raise BackboneError(f"no weights in {folder}: expected model.safetensors (or an index, or pytorch_model.bin)")
+
+
+def _backbone_tensors(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    kept = {}
+    for name, tensor in weights.items():
+        short = name.removeprefix("bert.")
+        if short.startswith(BACKBONE_PREFIXES) and not short.endswith("position_ids"):
+            kept[short] = tensor
+    if not kept:
+        raise BackboneError("the weights hold no BERT backbone tensors (embeddings.*, encoder.*, pooler.*)")
+    return kept

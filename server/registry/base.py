@@ -1,0 +1,106 @@
+"""The registry's contract: what the API layer may ask of any storage backend.
+
+The embedded default is SQLite + content-addressed files (`server.registry.sqlite`); a PostgreSQL +
+object-store backend for several replicas implements the same protocol. Records are plain frozen
+dataclasses: no tensors, no ORM objects cross this boundary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class RegistryError(Exception):
+    """Base of the registry's refusals; each maps to one HTTP status in the API layer."""
+
+
+class NotFound(RegistryError):
+    """Unknown tenant, task or version (another tenant's task is NotFound too)."""
+
+
+class Conflict(RegistryError):
+    """The name is taken, or the change contradicts the current state."""
+
+
+class LimitExceeded(RegistryError):
+    """A per-tenant quota (tasks, artifact bytes) would be exceeded."""
+
+
+class InvalidRoute(RegistryError):
+    """A route names versions that do not exist, or weights that do not sum to 1."""
+
+
+@dataclass(frozen=True)
+class TenantLimits:
+    max_tasks: int
+    max_artifact_bytes: int
+    max_queued_inputs: int
+
+
+@dataclass(frozen=True)
+class Tenant:
+    name: str
+    limits: TenantLimits
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    task: str
+    version: int
+    sha256: str
+    size_bytes: int
+    prefix_len: int
+    problem_type: str
+    labels: tuple[str, ...]
+    metadata: dict[str, str]
+    created_at: str  # ISO 8601, UTC
+
+
+@dataclass(frozen=True)
+class Route:
+    """Either pinned to one version, or a weighted split (weights sum to 1)."""
+
+    pinned: int | None = None
+    weights: dict[int, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        if self.pinned is not None:
+            return {"version": self.pinned}
+        return {"weights": {str(v): w for v, w in sorted(self.weights.items())}}
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    tenant: str
+    task: str
+    versions: tuple[VersionRecord, ...]  # oldest first
+    route: Route
+
+
+class Registry(Protocol):
+    def create_tenant(self, name: str, limits: TenantLimits | None = None) -> tuple[Tenant, str]:
+        """Creates a tenant and returns it with its API key (shown once, stored only as a hash)."""
+
+    def ensure_tenant(self, name: str) -> Tenant:
+        """The tenant, created without a key if missing (single-tenant mode's 'default')."""
+
+    def tenant_for_key(self, api_key: str) -> Tenant | None: ...
+
+    def get_tenant(self, name: str) -> Tenant: ...
+
+    def add_version(self, tenant: str, task: str, artifact: bytes) -> VersionRecord:
+        """Validates and stores a new immutable version, which becomes the active route. Atomic."""
+
+    def list_tasks(self, tenant: str) -> list[TaskRecord]: ...
+
+    def get_task(self, tenant: str, task: str) -> TaskRecord: ...
+
+    def set_route(self, tenant: str, task: str, route: Route) -> Route: ...
+
+    def delete_task(self, tenant: str, task: str) -> None: ...
+
+    def resolve(self, tenant: str, task: str) -> VersionRecord:
+        """The version a classify request runs on now: the pinned one, or a weighted random pick."""
+
+    def read_artifact_bytes(self, sha256: str) -> bytes: ...

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     backbone: str = Field(default_factory=_default_backbone, description="a BERT model folder")
     data_dir: Path = Field(Path("data"), description="where the registry keeps its state")
-    demo_prefixes_dir: str = Field(default_factory=_default_prefixes_dir, description="registered at start; '' for none")
+    prefixes_dir: str = Field(default_factory=_default_prefixes_dir, description="registered at start; '' for none")
     admin_token: SecretStr | None = None
     device: str = "cpu"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"

@@ -8,6 +8,7 @@ truncation (`longest_first` for pairs), so a cut input is exactly what the token
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,12 +29,9 @@ class EncodedInput:
 
 
 class InputTooLong(ValueError):
-    def __init__(self, index: int, num_tokens: int, limit: int):
+    def __init__(self, index: int, num_tokens: int, limit: int, hint: str = "send truncate: true to cut it"):
         self.index, self.num_tokens, self.limit = index, num_tokens, limit
-        super().__init__(
-            f"inputs[{index}]: expected at most {limit} tokens for this task, got {num_tokens} "
-            "(send truncate: true to cut it)"
-        )
+        super().__init__(f"inputs[{index}]: expected at most {limit} tokens for this task, got {num_tokens} ({hint})")
 
 
 class TextEncoder:
@@ -41,6 +39,9 @@ class TextEncoder:
         if not tokenizer.is_fast:
             raise ValueError("expected a fast (Rust) tokenizer, got a Python one")
         self.tokenizer = tokenizer
+        # A fast tokenizer keeps its truncation settings as state on the shared Rust object, so two
+        # threads encoding with different limits would cut each other's inputs: one call at a time.
+        self._lock = threading.Lock()
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> "TextEncoder":
@@ -61,6 +62,10 @@ class TextEncoder:
             raise InputTooLong(over[0], len(out[over[0]]), max_tokens)
         if over:
             pair_set = set(pairs)
+            over_pairs = [i for i in over if i in pair_set]
+            if over_pairs and max_tokens < 3:  # [CLS] a [SEP] b [SEP] cannot be cut below three
+                index = over_pairs[0]
+                raise InputTooLong(index, len(out[index]), max_tokens, "a text pair cannot be cut below 3 tokens")
             for same_kind in ([i for i in over if i not in pair_set], [i for i in over if i in pair_set]):
                 if same_kind:
                     cut = self._encode_group([inputs[i] for i in same_kind], max_tokens)
@@ -72,15 +77,14 @@ class TextEncoder:
         is_pair = not isinstance(items[0], str)
         texts = [item[0] for item in items] if is_pair else items
         text_pairs = [item[1] for item in items] if is_pair else None
-        if max_tokens is not None and is_pair and max_tokens < 3:
-            raise InputTooLong(0, 3, max_tokens)  # [CLS] a [SEP] b [SEP] cannot be cut below three
-        batch = self.tokenizer(
-            texts,
-            text_pairs,
-            add_special_tokens=True,
-            truncation="longest_first" if max_tokens is not None else False,
-            max_length=max_tokens,
-            return_attention_mask=False,
-            return_token_type_ids=True,
-        )
+        with self._lock:
+            batch = self.tokenizer(
+                texts,
+                text_pairs,
+                add_special_tokens=True,
+                truncation="longest_first" if max_tokens is not None else False,
+                max_length=max_tokens,
+                return_attention_mask=False,
+                return_token_type_ids=True,
+            )
         return [EncodedInput(ids, types) for ids, types in zip(batch["input_ids"], batch["token_type_ids"])]

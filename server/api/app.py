@@ -1,0 +1,80 @@
+"""The FastAPI application: routers, middleware, error handlers and the start-up sequence.
+
+Start-up runs in the background so /healthz answers at once and /readyz turns ready only when the
+backbone is loaded, the registry open, the demo prefixes registered and the backbone warmed up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from server import __version__
+from server.api.errors import install_error_handlers
+from server.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from server.api.responses import FastJSONResponse
+from server.api.routes import admin, classify, ops, tasks
+from server.api.state import Services
+from server.batching import BatchLimits
+from server.batching.runtime import build_runtime
+from server.registry.demo import register_demo_prefixes
+from server.registry.sqlite import SqliteRegistry
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    services = Services(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        settings.log_once()
+        bring_up = asyncio.create_task(_bring_up(services))
+        yield
+        bring_up.cancel()
+        await asyncio.gather(bring_up, return_exceptions=True)
+        if services.runtime is not None:
+            await services.runtime.batcher.stop()
+
+    app = FastAPI(
+        title="prefix-server",
+        version=__version__,
+        lifespan=lifespan,
+        default_response_class=FastJSONResponse,
+    )
+    app.state.services = services
+    install_error_handlers(app)
+    for router in (ops.router, admin.router, tasks.router, classify.router):
+        app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, upload_limit=settings.max_upload_bytes, request_limit=settings.max_request_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+async def _bring_up(services: Services) -> None:
+    s = services.settings
+    try:
+        limits = BatchLimits(s.max_batch_size, s.max_batch_tokens, s.max_wait_ms, s.max_queued_inputs)
+        runtime = await run_in_threadpool(
+            build_runtime, s.backbone, s.device, s.dtype, limits, s.prefix_cache_bytes,
+            lambda sha256: services.registry.read_artifact_bytes(sha256),
+        )
+        registry = await run_in_threadpool(SqliteRegistry, s.data_dir, runtime.shape, services.default_limits())
+        services.registry, services.runtime = registry, runtime
+        if s.prefixes_dir:
+            await run_in_threadpool(register_demo_prefixes, registry, s.prefixes_dir)
+        await run_in_threadpool(runtime.warm_up)
+        runtime.batcher.start()
+        services.ready = True
+        log.info("ready: serving on the backbone %s", runtime.info()["name"])
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        services.startup_error = f"{type(exc).__name__}: {exc}"
+        log.exception("start-up failed")

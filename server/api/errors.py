@@ -1,0 +1,96 @@
+"""Every error the API returns has the body {"error": {"code", "message"}}; this module maps the
+exceptions of the layers below onto HTTP statuses in one place."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from server.api.responses import FastJSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from server.artifact import ArtifactError
+from server.batching import DeadlineExceeded, Overloaded, ShuttingDown
+from server.engine import InputTooLong
+from server.registry.base import Conflict, InvalidRoute, LimitExceeded, NotFound
+
+log = logging.getLogger(__name__)
+
+_STATUS_CODES = {
+    400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 409: "conflict",
+    413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_input", 429: "overloaded",
+    500: "internal", 503: "not_ready", 504: "timeout",
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message = status, message
+        self.code = code or _STATUS_CODES.get(status, "error")
+        self.headers = headers or {}
+
+
+class PayloadTooLarge(ApiError):
+    def __init__(self, limit: int, what: str):
+        super().__init__(413, f"{what}: expected at most {limit} bytes, got more")
+
+
+def error_response(status: int, message: str, code: str | None = None, headers: dict | None = None):
+    body = {"error": {"code": code or _STATUS_CODES.get(status, "error"), "message": message}}
+    return FastJSONResponse(body, status_code=status, headers=headers)
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        got = error.get("input")
+        got_text = "" if error.get("type") == "missing" else f", got {_short(got)}"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}{got_text}")
+    return "; ".join(parts)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+_DOMAIN_ERRORS: list[tuple[type[Exception], int]] = [
+    (NotFound, 404), (Conflict, 409), (LimitExceeded, 409), (InvalidRoute, 422), (ArtifactError, 422),
+    (InputTooLong, 422), (DeadlineExceeded, 504), (ShuttingDown, 503),
+]
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError):
+        return error_response(exc.status, exc.message, exc.code, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError):
+        return error_response(422, _describe_validation(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException):
+        return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(_: Request, exc: Overloaded):
+        return error_response(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
+
+    for exc_type, status in _DOMAIN_ERRORS:
+        app.add_exception_handler(exc_type, _make_handler(status))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception):
+        log.exception("unhandled error")
+        return error_response(500, "internal error; the request id in the logs has the details")
+
+
+def _make_handler(status: int):
+    async def handler(_: Request, exc: Exception):
+        return error_response(status, str(exc))
+
+    return handler

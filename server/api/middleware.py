@@ -1,0 +1,73 @@
+"""ASGI middleware: a request id on every request and response (and in every log line), and body
+size limits enforced before a body is read whole (Content-Length first, then while streaming)."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import uuid
+
+from server.api.errors import PayloadTooLarge, error_response
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+_UPLOAD_PATH = re.compile(r"^/v1/tasks/[^/]+$")
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
+
+class RequestIdMiddleware:
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
+
+
+class BodyLimitMiddleware:
+    """Uploads (PUT /v1/tasks/{task}) may be up to `upload_limit` bytes, every other body `request_limit`."""
+
+    def __init__(self, app, upload_limit: int, request_limit: int):
+        self.app, self.upload_limit, self.request_limit = app, upload_limit, request_limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        is_upload = scope["method"] == "PUT" and _UPLOAD_PATH.match(scope["path"])
+        limit = self.upload_limit if is_upload else self.request_limit
+        what = "artifact upload" if is_upload else "request body"
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            response = error_response(413, f"{what}: expected at most {limit} bytes, got {int(declared)}")
+            return await response(scope, receive, send)
+        received = 0
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise PayloadTooLarge(limit, what)
+            return message
+
+        await self.app(scope, counting_receive, send)

@@ -1,0 +1,88 @@
+"""Tasks of the calling tenant: upload a version, list, show, route, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Path, UploadFile
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from server.api.deps import CallerDep, ReadyServices
+from server.api.errors import ApiError
+from server.api.responses import FastJSONResponse
+from server.api.schemas import NAME_PATTERN, RouteRequest
+from server.registry.base import Route, TaskRecord, VersionRecord
+
+router = APIRouter(prefix="/v1/tasks")
+TaskName = Annotated[str, Path(pattern=NAME_PATTERN, description="task name")]
+
+
+def version_json(v: VersionRecord) -> dict:
+    return {
+        "task": v.task,
+        "version": v.version,
+        "sha256": v.sha256,
+        "size_bytes": v.size_bytes,
+        "prefix_len": v.prefix_len,
+        "problem_type": v.problem_type,
+        "labels": list(v.labels),
+        "metadata": v.metadata,
+        "created_at": v.created_at,
+    }
+
+
+def task_json(record: TaskRecord, with_versions: bool = True) -> dict:
+    active = {v.version for v in record.versions if v.version == record.route.pinned} or set(record.route.weights)
+    body = {"task": record.task, "route": record.route.to_json(), "latest_version": record.versions[-1].version}
+    body["active_versions"] = sorted(active)
+    if with_versions:
+        body["versions"] = [version_json(v) for v in record.versions]
+    return body
+
+
+@router.put("/{task}", status_code=201)
+async def upload_version(task: TaskName, caller: CallerDep, services: ReadyServices, file: UploadFile = File(...)):
+    data = await file.read()
+    if not data:
+        raise ApiError(422, "field 'file': expected a .safetensors prefix artifact, got an empty file")
+    record = await run_in_threadpool(services.registry.add_version, caller.tenant.name, task, data)
+    body = {k: v for k, v in version_json(record).items() if k not in ("metadata", "created_at", "size_bytes")}
+    return FastJSONResponse(body, status_code=201)
+
+
+@router.get("")
+async def list_tasks(caller: CallerDep, services: ReadyServices) -> dict:
+    records = await run_in_threadpool(services.registry.list_tasks, caller.tenant.name)
+    return {"tenant": caller.tenant.name, "tasks": [task_json(r, with_versions=False) for r in records]}
+
+
+@router.get("/{task}")
+async def show_task(task: TaskName, caller: CallerDep, services: ReadyServices) -> dict:
+    return task_json(await run_in_threadpool(services.registry.get_task, caller.tenant.name, task))
+
+
+@router.put("/{task}/route")
+async def set_route(task: TaskName, body: RouteRequest, caller: CallerDep, services: ReadyServices) -> dict:
+    route = _parse_route(body)
+    new_route = await run_in_threadpool(services.registry.set_route, caller.tenant.name, task, route)
+    return {"task": task, "route": new_route.to_json()}
+
+
+@router.delete("/{task}", status_code=204)
+async def delete_task(task: TaskName, caller: CallerDep, services: ReadyServices) -> Response:
+    await run_in_threadpool(services.registry.delete_task, caller.tenant.name, task)
+    return Response(status_code=204)
+
+
+def _parse_route(body: RouteRequest) -> Route:
+    if (body.version is None) == (body.weights is None):
+        raise ApiError(422, 'expected exactly one of {"version": n} or {"weights": {"n": fraction, ...}}')
+    if body.version is not None:
+        return Route(pinned=body.version)
+    weights = {}
+    for key, weight in body.weights.items():
+        if not key.isdigit() or int(key) < 1:
+            raise ApiError(422, f"weights: expected version numbers as keys, got {key!r}")
+        weights[int(key)] = weight
+    return Route(weights=weights)

@@ -1,0 +1,39 @@
+"""Request bodies of the HTTP API (SPEC section 2). Responses are plain dicts built by the routes."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+class TextPair(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: StrictStr
+    text_pair: StrictStr | None = None
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    task: str = Field(pattern=NAME_PATTERN)
+    inputs: list[StrictStr | TextPair] = Field(min_length=1)
+    truncate: bool = True
+
+
+class TenantLimitsBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_tasks: int | None = Field(None, ge=1)
+    max_artifact_bytes: int | None = Field(None, ge=1)
+    max_queued_inputs: int | None = Field(None, ge=1)
+
+
+class CreateTenantRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=NAME_PATTERN)
+    limits: TenantLimitsBody | None = None
+
+
+class RouteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int | None = Field(None, ge=1)
+    weights: dict[str, float] | None = None

@@ -1,0 +1,23 @@
+"""What the API layer holds for the life of the process: settings, registry and the runtime.
+The runtime (engine + batcher) is opaque here: the API calls it, it never reaches into tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from server.batching.runtime import Runtime
+from server.registry.base import Registry, TenantLimits
+from server.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    registry: Registry | None = None
+    runtime: Runtime | None = None
+    ready: bool = False
+    startup_error: str | None = None
+
+    def default_limits(self) -> TenantLimits:
+        s = self.settings
+        return TenantLimits(s.tenant_max_tasks, s.tenant_max_artifact_bytes, s.tenant_max_queued_inputs)

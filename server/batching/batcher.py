@@ -1,0 +1,257 @@
+"""The dynamic batcher: the one owner of the queue.
+
+Handlers call `classify(job)` and await its result; nothing else touches the queue. Admission
+reserves queue room (429 past the bounds), loads the routed prefix and tokenizes off the event loop,
+then enqueues one item per input in the tenant's own FIFO. A single loop forms batches by taking
+items from the tenants in turn (a tenant that floods 10,000 inputs waits its turn like one that sends
+one), closes a batch on max_batch_size, max_batch_tokens or max_wait_ms, drops items of cancelled
+or expired requests before compute, and runs the forward pass on the compute thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from server import metrics
+from server.batching.prefix_cache import PrefixCache
+from server.engine import Engine, Row, TextInput
+
+log = logging.getLogger(__name__)
+
+
+class Overloaded(Exception):
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(Exception):
+    pass
+
+
+class ShuttingDown(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_batch_size: int = 64
+    max_batch_tokens: int = 8192
+    max_wait_ms: float = 2.0
+    max_queued_inputs: int = 4096
+
+
+@dataclass(frozen=True)
+class ClassifyJob:
+    tenant: str
+    sha256: str  # the version this request was routed to at admission
+    prefix_len: int
+    inputs: list[TextInput]
+    truncate: bool
+    timeout_s: float
+    tenant_max_queued: int
+
+
+@dataclass(eq=False)
+class _Request:
+    future: asyncio.Future
+    results: list
+    deadline: float
+    remaining: int
+    cancelled: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class _Item:
+    request: _Request
+    index: int
+    row: Row
+    tenant: str
+    enqueued_at: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    def __init__(self, engine: Engine, cache: PrefixCache, limits: BatchLimits):
+        self.engine, self.cache, self.limits = engine, cache, limits
+        self._queues: dict[str, deque[_Item]] = {}
+        self._turns: deque[str] = deque()  # tenants with queued items, in serving order
+        self._reserved = 0  # inputs admitted and not yet computed or dropped
+        self._reserved_by_tenant: Counter[str] = Counter()
+        self._arrival = asyncio.Event()
+        self._prep_pool = ThreadPoolExecutor(2, thread_name_prefix="prep")  # tokenizer, prefix loads
+        self._compute_pool = ThreadPoolExecutor(1, thread_name_prefix="compute")  # one forward at a time
+        self._loop_task: asyncio.Task | None = None
+
+    @property
+    def queued_inputs(self) -> int:
+        return self._reserved
+
+    def start(self) -> None:
+        self._loop_task = asyncio.get_running_loop().create_task(self._batch_loop(), name="batcher")
+
+    async def stop(self) -> None:
+        if self._loop_task:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        for queue in self._queues.values():
+            for item in queue:
+                if not item.request.future.done():
+                    item.request.future.set_exception(ShuttingDown("the server is shutting down"))
+        self._queues.clear()
+        self._turns.clear()
+        self._prep_pool.shutdown(wait=False, cancel_futures=True)
+        self._compute_pool.shutdown(wait=True)
+
+    async def classify(self, job: ClassifyJob) -> list[list[float]]:
+        """Scores per input, in input order. Raises Overloaded, DeadlineExceeded or InputTooLong."""
+        self._reserve(job)
+        request = None
+        try:
+            loop = asyncio.get_running_loop()
+            prefix = await loop.run_in_executor(self._prep_pool, self.cache.get, job.sha256)
+            encoded = await loop.run_in_executor(
+                self._prep_pool, self.engine.encode, job.inputs, job.prefix_len, job.truncate
+            )
+            request = _Request(loop.create_future(), [None] * len(encoded), loop.time() + job.timeout_s, len(encoded))
+            queue = self._queues.setdefault(job.tenant, deque())
+            if not queue:
+                self._turns.append(job.tenant)
+            queue.extend(_Item(request, i, Row(e, prefix), job.tenant) for i, e in enumerate(encoded))
+            metrics.QUEUED_INPUTS.set(self._reserved)
+            self._arrival.set()
+            remaining = request.deadline - loop.time()
+            return await asyncio.wait_for(asyncio.shield(request.future), timeout=max(remaining, 0))
+        except TimeoutError:
+            raise DeadlineExceeded(f"the request did not finish within {job.timeout_s:g} s") from None
+        finally:
+            if request is None:
+                self._release(job.tenant, len(job.inputs))  # never queued: give the room back now
+            elif not request.future.done():
+                request.cancelled = True  # queued items are dropped, and their room released, by the loop
+
+    def _reserve(self, job: ClassifyJob) -> None:
+        count = len(job.inputs)
+        if self._reserved + count > self.limits.max_queued_inputs:
+            raise Overloaded(
+                f"the server queue is full: {self._reserved} of {self.limits.max_queued_inputs} inputs queued, "
+                f"this request adds {count}",
+                retry_after_s=1,
+            )
+        if self._reserved_by_tenant[job.tenant] + count > job.tenant_max_queued:
+            raise Overloaded(
+                f"tenant {job.tenant!r} has {self._reserved_by_tenant[job.tenant]} inputs queued, at most "
+                f"{job.tenant_max_queued} allowed; this request adds {count}",
+                retry_after_s=1,
+            )
+        self._reserved += count
+        self._reserved_by_tenant[job.tenant] += count
+
+    def _release(self, tenant: str, count: int) -> None:
+        self._reserved -= count
+        self._reserved_by_tenant[tenant] -= count
+        if self._reserved_by_tenant[tenant] <= 0:
+            del self._reserved_by_tenant[tenant]
+        metrics.QUEUED_INPUTS.set(self._reserved)
+
+    async def _batch_loop(self) -> None:
+        while True:
+            try:
+                await self._wait_for_batch()
+                batch = self._take_batch()
+                if batch:
+                    await self._run_batch(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug here must not stop serving: log it and keep the loop alive
+                log.exception("batch loop error")
+
+    async def _wait_for_batch(self) -> None:
+        """Returns when a batch is due: enough inputs for a full batch, or the oldest waited max_wait_ms."""
+        while not self._turns:
+            self._arrival.clear()
+            await self._arrival.wait()
+        oldest = min(self._queues[t][0].enqueued_at for t in self._turns)
+        close_at = oldest + self.limits.max_wait_ms / 1000
+        while self._queued_items() < self.limits.max_batch_size:
+            left = close_at - time.perf_counter()
+            if left <= 0:
+                return
+            self._arrival.clear()
+            try:
+                await asyncio.wait_for(self._arrival.wait(), timeout=left)
+            except TimeoutError:
+                return
+
+    def _queued_items(self) -> int:
+        return sum(len(self._queues[t]) for t in self._turns)
+
+    def _take_batch(self) -> list[_Item]:
+        batch: list[_Item] = []
+        longest_tokens = longest_prefix = 0
+        now = asyncio.get_running_loop().time()
+        while self._turns and len(batch) < self.limits.max_batch_size:
+            tenant = self._turns[0]
+            queue = self._queues[tenant]
+            item = queue[0]
+            if item.request.cancelled or item.request.deadline <= now:
+                self._drop(queue.popleft())
+            else:
+                tokens = max(longest_tokens, len(item.row.encoded))
+                prefix = max(longest_prefix, item.row.prefix.prefix_len)
+                if batch and (len(batch) + 1) * (tokens + prefix) > self.limits.max_batch_tokens:
+                    break
+                batch.append(queue.popleft())
+                longest_tokens, longest_prefix = tokens, prefix
+                self._turns.rotate(-1)  # the next input comes from the next tenant in turn
+            if not queue:
+                self._turns.remove(tenant)
+                del self._queues[tenant]
+        return batch
+
+    def _drop(self, item: _Item) -> None:
+        self._release(item.tenant, 1)
+        if not item.request.cancelled and not item.request.future.done():
+            item.request.future.set_exception(DeadlineExceeded("the request expired while queued"))
+        item.request.cancelled = True
+
+    async def _run_batch(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        for item in batch:
+            metrics.QUEUE_SECONDS.observe(started - item.enqueued_at)
+        loop = asyncio.get_running_loop()
+        try:
+            scores = await loop.run_in_executor(self._compute_pool, self.engine.score, [i.row for i in batch])
+        except Exception as exc:
+            log.exception("forward pass failed for a batch of %d", len(batch))
+            scores = None
+            for item in batch:
+                if not item.request.future.done():
+                    item.request.future.set_exception(exc)
+        finally:
+            for item in batch:
+                self._release(item.tenant, 1)
+        self._observe(batch, time.perf_counter() - started)
+        if scores is not None:
+            self._deliver(batch, scores)
+
+    @staticmethod
+    def _deliver(batch: list[_Item], scores: list[list[float]]) -> None:
+        for item, values in zip(batch, scores):
+            request = item.request
+            request.results[item.index] = values
+            request.remaining -= 1
+            if request.remaining == 0 and not request.future.done():
+                request.future.set_result(request.results)
+
+    @staticmethod
+    def _observe(batch: list[_Item], seconds: float) -> None:
+        metrics.INFERENCE_SECONDS.observe(seconds)
+        metrics.BATCH_SIZE.observe(len(batch))
+        longest = max(len(i.row.encoded) for i in batch) + max(i.row.prefix.prefix_len for i in batch)
+        metrics.BATCH_TOKENS.observe(len(batch) * longest)
+        metrics.BATCH_TASKS.observe(len({id(i.row.prefix) for i in batch}))

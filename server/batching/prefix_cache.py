@@ -1,0 +1,75 @@
+"""The device-resident prefix cache: an LRU of loaded prefixes bounded in bytes, keyed by the
+artifact's sha256 (so identical artifacts of different tenants share one copy).
+
+A request takes a reference to its LoadedPrefix at admission; eviction only drops the cache's
+reference, so a request in flight keeps the exact version it was routed to.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from typing import Callable
+
+from server import metrics
+from server.artifact import read_artifact
+from server.engine import Engine, LoadedPrefix
+
+log = logging.getLogger(__name__)
+
+
+class PrefixCache:
+    def __init__(self, engine: Engine, read_bytes: Callable[[str], bytes], max_bytes: int):
+        self._engine = engine
+        self._read_bytes = read_bytes
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, LoadedPrefix] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}  # one loader per sha256: concurrent misses load once
+
+    @property
+    def resident_bytes(self) -> int:
+        return self._bytes
+
+    def __contains__(self, sha256: str) -> bool:
+        return sha256 in self._entries
+
+    def get(self, sha256: str) -> LoadedPrefix:
+        """The loaded prefix for `sha256`, loading it from the registry on a miss. Blocking."""
+        with self._lock:
+            hit = self._lookup(sha256)
+            if hit is not None:
+                return hit
+            loader_lock = self._loading.setdefault(sha256, threading.Lock())
+        with loader_lock:
+            with self._lock:
+                hit = self._lookup(sha256)  # another thread may have loaded it meanwhile
+                if hit is not None:
+                    return hit
+            metrics.CACHE_MISSES.inc()
+            prefix = self._engine.load_prefix(read_artifact(self._read_bytes(sha256), self._engine.shape))
+            with self._lock:
+                self._insert(sha256, prefix)
+                self._loading.pop(sha256, None)
+            return prefix
+
+    def _lookup(self, sha256: str) -> LoadedPrefix | None:
+        prefix = self._entries.get(sha256)
+        if prefix is not None:
+            self._entries.move_to_end(sha256)
+            metrics.CACHE_HITS.inc()
+        return prefix
+
+    def _insert(self, sha256: str, prefix: LoadedPrefix) -> None:
+        self._entries[sha256] = prefix
+        self._bytes += prefix.nbytes
+        # The newest entry stays even when it alone exceeds the bound: the request needs it.
+        while self._bytes > self.max_bytes and len(self._entries) > 1:
+            evicted_sha, evicted = self._entries.popitem(last=False)
+            self._bytes -= evicted.nbytes
+            metrics.CACHE_EVICTIONS.inc()
+            log.debug("evicted prefix %s (%d bytes)", evicted_sha[:12], evicted.nbytes)
+        metrics.CACHE_BYTES.set(self._bytes)
+        metrics.CACHE_ENTRIES.set(len(self._entries))

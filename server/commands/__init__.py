@@ -1,0 +1,1 @@
+"""The `prefix-server` subcommands, one module each; each exposes register(subparsers)."""

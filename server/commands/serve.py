@@ -1,0 +1,66 @@
+"""`prefix-server serve`: settings from flags over PREFIX_SERVER_* variables, then uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+# Flag name -> Settings field; every flag is optional and overrides the environment.
+_FLAGS = {
+    "--host": ("host", str),
+    "--port": ("port", int),
+    "--backbone": ("backbone", str),
+    "--data-dir": ("data_dir", str),
+    "--prefixes-dir": ("prefixes_dir", str),
+    "--admin-token": ("admin_token", str),
+    "--device": ("device", str),
+    "--dtype": ("dtype", str),
+    "--torch-threads": ("torch_threads", int),
+    "--max-batch-size": ("max_batch_size", int),
+    "--max-batch-tokens": ("max_batch_tokens", int),
+    "--max-wait-ms": ("max_wait_ms", float),
+    "--max-queued-inputs": ("max_queued_inputs", int),
+    "--request-timeout-s": ("request_timeout_s", float),
+    "--prefix-cache-bytes": ("prefix_cache_bytes", int),
+    "--log-level": ("log_level", str),
+}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="start the HTTP server",
+        description="Start the server. Every flag can also be set as PREFIX_SERVER_<NAME> (e.g. PREFIX_SERVER_PORT).",
+    )
+    for flag, (field, kind) in _FLAGS.items():
+        parser.add_argument(flag, dest=field, type=kind, default=None, help=f"overrides PREFIX_SERVER_{field.upper()}")
+    parser.set_defaults(func=run)
+
+
+def configure_logging(level: str) -> None:
+    from server.api.middleware import RequestIdFilter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
+    handler.addFilter(RequestIdFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    import uvicorn
+
+    from server.api.app import create_app
+    from server.settings import Settings
+
+    overrides = {field: getattr(args, field) for field, _ in _FLAGS.values() if getattr(args, field) is not None}
+    settings = Settings(**overrides)
+    configure_logging(settings.log_level)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False
+    )
+    return 0

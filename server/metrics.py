@@ -1,0 +1,39 @@
+"""Prometheus metrics, defined once for the process. Label values are bounded: tenants (a managed,
+finite set) and fixed outcome names; task names never become labels."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+REQUESTS = Counter(
+    "prefix_server_requests_total", "Classify requests by tenant and outcome", ["tenant", "outcome"]
+)
+INPUTS = Counter("prefix_server_inputs_total", "Classified inputs by tenant", ["tenant"])
+REQUEST_SECONDS = Histogram(
+    "prefix_server_request_seconds", "Classify request duration, admission to answer", buckets=_LATENCY_BUCKETS
+)
+QUEUE_SECONDS = Histogram(
+    "prefix_server_queue_seconds", "Time an input waited in the queue before its batch ran", buckets=_LATENCY_BUCKETS
+)
+INFERENCE_SECONDS = Histogram(
+    "prefix_server_inference_seconds", "Duration of one batched forward pass", buckets=_LATENCY_BUCKETS
+)
+BATCH_SIZE = Histogram(
+    "prefix_server_batch_size", "Rows per forward pass", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
+)
+BATCH_TOKENS = Histogram(
+    "prefix_server_batch_tokens",
+    "Padded token slots (rows x (longest prefix + longest input)) per forward pass",
+    buckets=(64, 256, 1024, 2048, 4096, 8192, 16384, 32768),
+)
+BATCH_TASKS = Histogram(
+    "prefix_server_batch_tasks", "Distinct prefixes per forward pass", buckets=(1, 2, 4, 8, 16, 32, 64)
+)
+QUEUED_INPUTS = Gauge("prefix_server_queued_inputs", "Inputs waiting for a batch")
+CACHE_HITS = Counter("prefix_server_prefix_cache_hits_total", "Prefix cache hits")
+CACHE_MISSES = Counter("prefix_server_prefix_cache_misses_total", "Prefix cache misses (loads from the registry)")
+CACHE_EVICTIONS = Counter("prefix_server_prefix_cache_evictions_total", "Prefixes evicted from the cache")
+CACHE_BYTES = Gauge("prefix_server_prefix_cache_bytes", "Bytes of prefixes resident in the cache")
+CACHE_ENTRIES = Gauge("prefix_server_prefix_cache_entries", "Prefixes resident in the cache")

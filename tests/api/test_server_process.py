@@ -1,0 +1,131 @@
+"""`prefix-server serve` as a real process on a free port: concurrent mixed traffic shares forward
+passes and matches single requests; secrets stay out of the logs; kill -9 during uploads is safe."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from server.artifact import ProblemType
+
+ADMIN = "proc-admin-token-123"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(backbone, data_dir: Path, log_path: Path, **env_overrides):
+    port = _free_port()
+    env = dict(os.environ)
+    env.update(
+        PREFIX_SERVER_BACKBONE=str(backbone),
+        PREFIX_SERVER_DATA_DIR=str(data_dir),
+        PREFIX_SERVER_PREFIXES_DIR="",
+        PREFIX_SERVER_ADMIN_TOKEN=ADMIN,
+        PREFIX_SERVER_MAX_WAIT_MS="20",
+    )
+    env.update(env_overrides)
+    log = open(log_path, "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server", "serve", "--port", str(port)], env=env, stdout=log, stderr=log
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, log_path.read_text()
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "server did not become ready"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def server(tmp_path, tiny_backbone_dir):
+    proc, base = start_server(tiny_backbone_dir, tmp_path / "data", tmp_path / "server.log")
+    yield base, tmp_path / "server.log"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def _tenant(base, name):
+    response = httpx.post(f"{base}/v1/admin/tenants", json={"name": name}, headers={"Authorization": f"Bearer {ADMIN}"})
+    return response.json()["api_key"]
+
+
+def test_concurrent_mixed_traffic_matches_single_requests(server, artifact_bytes):
+    base, log_path = server
+    kinds = [ProblemType.SINGLE_LABEL, ProblemType.MULTI_LABEL, ProblemType.REGRESSION]
+    tenants = {name: _tenant(base, name) for name in ("t1", "t2", "t3")}
+    calls = []
+    for i, (name, key) in enumerate(tenants.items()):
+        for j in range(3):
+            data = artifact_bytes(prefix_len=1 + 7 * (i + j), num_labels=1 + (i + j) % 4, problem_type=kinds[j], seed=10 * i + j)
+            headers = {"Authorization": f"Bearer {key}"}
+            assert httpx.put(f"{base}/v1/tasks/task{j}", files={"file": ("a.safetensors", data)}, headers=headers).status_code == 201
+            for text in ("short", "a somewhat longer sentence about movies", "x " * 200):
+                calls.append((headers, {"task": f"task{j}", "inputs": [text]}))
+    alone = [httpx.post(f"{base}/v1/classify", json=body, headers=h).json() for h, body in calls]
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(lambda c: httpx.post(f"{base}/v1/classify", json=c[1], headers=c[0], timeout=30).json(), calls * 3))
+    for expected, got in zip(alone * 3, together):
+        for e, g in zip(expected["results"], got["results"]):
+            assert max(abs(e["scores"][k] - g["scores"][k]) for k in e["scores"]) <= 1e-5
+    metrics = httpx.get(f"{base}/metrics").text
+    sizes = [line for line in metrics.splitlines() if line.startswith("prefix_server_batch_size_count")]
+    batches = float(sizes[0].split()[-1])
+    assert batches < len(calls) * 4, "concurrent requests must share forward passes"
+    log_text = log_path.read_text()
+    assert ADMIN not in log_text and all(key not in log_text for key in tenants.values())
+    assert "**********" in log_text  # the settings line shows the token redacted
+
+
+def test_kill_9_during_uploads_leaves_a_consistent_registry(tmp_path, tiny_backbone_dir, artifact_bytes):
+    data_dir, log_path = tmp_path / "data", tmp_path / "server.log"
+    proc, base = start_server(tiny_backbone_dir, data_dir, log_path)
+    key = _tenant(base, "crash")
+    headers = {"Authorization": f"Bearer {key}"}
+    payloads = [artifact_bytes(prefix_len=2 + i % 5, seed=i) for i in range(40)]
+
+    def uploader():
+        done = 0
+        for data in payloads:
+            try:
+                if httpx.put(f"{base}/v1/tasks/t", files={"file": ("a.safetensors", data)}, headers=headers, timeout=5).status_code == 201:
+                    done += 1
+            except httpx.HTTPError:
+                break
+        return done
+
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(uploader)
+        time.sleep(0.4)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        acknowledged = future.result()
+    proc, base = start_server(tiny_backbone_dir, data_dir, log_path)
+    try:
+        shown = httpx.get(f"{base}/v1/tasks/t", headers=headers).json()
+        versions = [v["version"] for v in shown["versions"]]
+        assert versions == list(range(1, len(versions) + 1)) and len(versions) >= acknowledged
+        for version in versions:
+            httpx.put(f"{base}/v1/tasks/t/route", json={"version": version}, headers=headers).raise_for_status()
+            answer = httpx.post(f"{base}/v1/classify", json={"task": "t", "inputs": ["x"]}, headers=headers).json()
+            assert answer["version"] == version
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -1,0 +1,203 @@
+"""The batcher: one queue owner, cross-task batches, fairness, backpressure, deadlines, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+
+import pytest
+
+from server.artifact import ProblemType, artifact_to_bytes
+from server.batching import BatchLimits, Batcher, ClassifyJob, DeadlineExceeded, Overloaded, PrefixCache
+from server.engine import Row
+from tests.helpers import make_artifact
+
+TOL = 1e-5
+
+
+class Store:
+    """Artifacts by sha256, like the registry's blob store."""
+
+    def __init__(self, shape):
+        self.shape, self.blobs, self.reads = shape, {}, 0
+
+    def add(self, prefix_len, num_labels=2, kind=ProblemType.SINGLE_LABEL, seed=0) -> tuple[str, int]:
+        data = artifact_to_bytes(make_artifact(self.shape, prefix_len, num_labels, kind, seed=seed))
+        sha = hashlib.sha256(data).hexdigest()
+        self.blobs[sha] = data
+        return sha, prefix_len
+
+    def read(self, sha):
+        self.reads += 1
+        return self.blobs[sha]
+
+
+class SpyEngine:
+    """Wraps the real engine, recording every forward pass; can be paused to build up a queue."""
+
+    def __init__(self, engine):
+        self.engine, self.batches, self.gate = engine, [], threading.Event()
+        self.gate.set()
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def score(self, rows):
+        self.gate.wait(10)
+        self.batches.append(rows)
+        return self.engine.score(rows)
+
+
+def make_batcher(engine, store, **limits):
+    spy = SpyEngine(engine)
+    cache = PrefixCache(engine, store.read, 1 << 30)
+    batcher = Batcher(spy, cache, BatchLimits(**{"max_wait_ms": 5.0, **limits}))
+    return batcher, spy, cache
+
+
+def job(tenant, task, inputs, timeout_s=10.0, truncate=True, tenant_max_queued=10_000):
+    sha, prefix_len = task
+    return ClassifyJob(tenant, sha, prefix_len, inputs, truncate, timeout_s, tenant_max_queued)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_tenants_and_tasks_share_one_forward_pass_and_match_alone(tiny_engine):
+    store = Store(tiny_engine.shape)
+    tasks = [store.add(p, n, k, seed=i) for i, (p, n, k) in enumerate(
+        [(3, 2, ProblemType.SINGLE_LABEL), (17, 5, ProblemType.MULTI_LABEL), (8, 1, ProblemType.REGRESSION)]
+    )]
+    texts = ["good movie", ("is it?", "yes"), "terrible, boring and long"]
+
+    async def main():
+        batcher, spy, cache = make_batcher(tiny_engine, store)
+        batcher.start()
+        spy.gate.clear()  # hold the first forward so all requests queue up together
+        calls = [batcher.classify(job(f"tenant{i}", task, [text])) for i, (task, text) in enumerate(zip(tasks, texts))]
+        gathered = asyncio.gather(*calls)
+        await asyncio.sleep(0.2)
+        spy.gate.set()
+        results = await gathered
+        await batcher.stop()
+        return results, spy.batches, cache
+
+    results, batches, cache = run(main())
+    assert len(batches) == 1 and len(batches[0]) == 3, "all three requests must share one forward pass"
+    for (sha, prefix_len), text, (scores,) in zip(tasks, texts, results):
+        encoded = tiny_engine.encode([text], prefix_len)[0]
+        alone = tiny_engine.score([Row(encoded, cache.get(sha))])[0]
+        assert max(abs(a - b) for a, b in zip(scores, alone)) <= TOL
+
+
+def test_a_flooding_tenant_does_not_hold_back_another(tiny_engine):
+    store = Store(tiny_engine.shape)
+    task = store.add(4)
+
+    async def main():
+        batcher, spy, _ = make_batcher(tiny_engine, store, max_batch_size=8)
+        batcher.start()
+        spy.gate.clear()
+        flood = asyncio.ensure_future(batcher.classify(job("flood", task, ["spam"] * 200)))
+        await asyncio.sleep(0.1)
+        single = asyncio.ensure_future(batcher.classify(job("quiet", task, ["hello"])))
+        await asyncio.sleep(0.1)
+        spy.gate.set()
+        await asyncio.gather(single, flood)
+        await batcher.stop()
+        hello = tiny_engine.encode(["hello"], 4)[0].input_ids
+        first_with_single = next(
+            i for i, rows in enumerate(spy.batches) if any(r.encoded.input_ids == hello for r in rows)
+        )
+        return first_with_single + 1, len(spy.batches)
+
+    until_single, total = run(main())
+    assert total >= 25  # 200 inputs / 8 per batch
+    assert until_single <= 2, f"the quiet tenant waited {until_single} batches behind the flood"
+
+
+def test_queue_bounds_give_overloaded(tiny_engine):
+    store = Store(tiny_engine.shape)
+    task = store.add(4)
+
+    async def main():
+        batcher, spy, _ = make_batcher(tiny_engine, store, max_queued_inputs=10)
+        batcher.start()
+        spy.gate.clear()
+        first = asyncio.ensure_future(batcher.classify(job("a", task, ["x"] * 8)))
+        await asyncio.sleep(0.05)
+        with pytest.raises(Overloaded, match="queue is full"):
+            await batcher.classify(job("b", task, ["y"] * 3))
+        with pytest.raises(Overloaded, match="tenant 'a'"):
+            await batcher.classify(job("a", task, ["y"], tenant_max_queued=8))
+        spy.gate.set()
+        await first
+        assert batcher.queued_inputs == 0
+        await batcher.classify(job("b", task, ["y"] * 3))  # room again once the first ran
+        await batcher.stop()
+
+    run(main())
+
+
+def test_expired_and_cancelled_requests_are_dropped_before_compute(tiny_engine):
+    store = Store(tiny_engine.shape)
+    task = store.add(4)
+
+    async def main():
+        batcher, spy, _ = make_batcher(tiny_engine, store, max_batch_size=4)
+        batcher.start()
+        spy.gate.clear()
+        blocker = asyncio.ensure_future(batcher.classify(job("a", task, ["first"] * 4)))
+        await asyncio.sleep(0.1)  # the blocker's batch is now inside the (paused) forward pass
+        expiring = asyncio.ensure_future(batcher.classify(job("b", task, ["expire me"], timeout_s=0.05)))
+        cancelled = asyncio.ensure_future(batcher.classify(job("c", task, ["cancel me"])))
+        await asyncio.sleep(0.1)
+        cancelled.cancel()
+        with pytest.raises(DeadlineExceeded):
+            await expiring
+        spy.gate.set()
+        await blocker
+        await asyncio.sleep(0.1)
+        computed = [row.encoded for rows in spy.batches for row in rows]
+        assert batcher.queued_inputs == 0
+        await batcher.stop()
+        return computed
+
+    computed = run(main())
+    assert len(computed) == 4, "only the blocker's inputs may reach the engine"
+
+
+def test_batches_respect_size_and_token_budget(tiny_engine):
+    store = Store(tiny_engine.shape)
+    task = store.add(10)
+    text = "word " * 20  # 22 tokens + prefix 10 = 32 padded slots per row
+
+    async def main():
+        batcher, spy, _ = make_batcher(tiny_engine, store, max_batch_size=64, max_batch_tokens=32 * 5)
+        batcher.start()
+        spy.gate.clear()
+        pending = asyncio.ensure_future(batcher.classify(job("a", task, [text] * 12)))
+        await asyncio.sleep(0.1)
+        spy.gate.set()
+        await pending
+        await batcher.stop()
+        return [len(rows) for rows in spy.batches]
+
+    sizes = run(main())
+    assert max(sizes) <= 5 and sum(sizes) == 12
+
+
+def test_prefix_loads_once_per_version(tiny_engine):
+    store = Store(tiny_engine.shape)
+    task = store.add(6)
+
+    async def main():
+        batcher, _, _ = make_batcher(tiny_engine, store)
+        batcher.start()
+        await asyncio.gather(*[batcher.classify(job("a", task, ["x"])) for _ in range(20)])
+        await batcher.stop()
+
+    run(main())
+    assert store.reads == 1

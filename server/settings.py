@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(2.0, ge=0)
     max_queued_inputs: int = Field(4096, ge=1, description="server-wide bound; past it, 429")
     request_timeout_s: float = Field(30.0, gt=0)
+    per_task_batches: bool = Field(False, description="baseline for benchmarks: one task per forward pass")
 
     # Prefix cache
     prefix_cache_bytes: int = Field(512 * 1024 * 1024, ge=1)

@@ -60,7 +60,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 async def _bring_up(services: Services) -> None:
     s = services.settings
     try:
-        limits = BatchLimits(s.max_batch_size, s.max_batch_tokens, s.max_wait_ms, s.max_queued_inputs)
+        limits = BatchLimits(
+            s.max_batch_size, s.max_batch_tokens, s.max_wait_ms, s.max_queued_inputs, s.per_task_batches
+        )
         runtime = await run_in_threadpool(
             build_runtime, s.backbone, s.device, s.dtype, limits, s.prefix_cache_bytes,
             lambda sha256: services.registry.read_artifact_bytes(sha256),

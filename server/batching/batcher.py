@@ -44,6 +44,8 @@ class BatchLimits:
     max_batch_tokens: int = 8192
     max_wait_ms: float = 2.0
     max_queued_inputs: int = 4096
+    # Baseline only: one task per forward pass (what one-prefix-at-a-time servers such as PEFT allow).
+    per_task_batches: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,9 @@ class _Item:
 class Batcher:
     def __init__(self, engine: Engine, cache: PrefixCache, limits: BatchLimits):
         self.engine, self.cache, self.limits = engine, cache, limits
-        self._queues: dict[str, deque[_Item]] = {}
-        self._turns: deque[str] = deque()  # tenants with queued items, in serving order
+        # Queues are per tenant (per tenant and task in the per-task baseline), served in turn.
+        self._queues: dict[object, deque[_Item]] = {}
+        self._turns: deque[object] = deque()  # queue keys with queued items, in serving order
         self._reserved = 0  # inputs admitted and not yet computed or dropped
         self._reserved_by_tenant: Counter[str] = Counter()
         self._arrival = asyncio.Event()
@@ -118,9 +121,10 @@ class Batcher:
                 self._prep_pool, self.engine.encode, job.inputs, job.prefix_len, job.truncate
             )
             request = _Request(loop.create_future(), [None] * len(encoded), loop.time() + job.timeout_s, len(encoded))
-            queue = self._queues.setdefault(job.tenant, deque())
+            key = (job.tenant, job.sha256) if self.limits.per_task_batches else job.tenant
+            queue = self._queues.setdefault(key, deque())
             if not queue:
-                self._turns.append(job.tenant)
+                self._turns.append(key)
             queue.extend(_Item(request, i, Row(e, prefix), job.tenant) for i, e in enumerate(encoded))
             metrics.QUEUED_INPUTS.set(self._reserved)
             self._arrival.set()
@@ -195,8 +199,8 @@ class Batcher:
         longest_tokens = longest_prefix = 0
         now = asyncio.get_running_loop().time()
         while self._turns and len(batch) < self.limits.max_batch_size:
-            tenant = self._turns[0]
-            queue = self._queues[tenant]
+            key = self._turns[0]
+            queue = self._queues[key]
             item = queue[0]
             if item.request.cancelled or item.request.deadline <= now:
                 self._drop(queue.popleft())
@@ -207,10 +211,15 @@ class Batcher:
                     break
                 batch.append(queue.popleft())
                 longest_tokens, longest_prefix = tokens, prefix
-                self._turns.rotate(-1)  # the next input comes from the next tenant in turn
+                if not self.limits.per_task_batches:
+                    self._turns.rotate(-1)  # the next input comes from the next tenant in turn
             if not queue:
-                self._turns.remove(tenant)
-                del self._queues[tenant]
+                self._turns.remove(key)
+                del self._queues[key]
+                if self.limits.per_task_batches and batch:
+                    return batch
+        if self.limits.per_task_batches and self._turns and batch and self._turns[0] == key:
+            self._turns.rotate(-1)  # the next batch serves the next task
         return batch
 
     def _drop(self, item: _Item) -> None:

@@ -34,6 +34,10 @@ def register(subparsers) -> None:
     )
     for flag, (field, kind) in _FLAGS.items():
         parser.add_argument(flag, dest=field, type=kind, default=None, help=f"overrides PREFIX_SERVER_{field.upper()}")
+    parser.add_argument(
+        "--per-task-batches", dest="per_task_batches", action="store_const", const=True, default=None,
+        help="benchmark baseline: one task per forward pass (PREFIX_SERVER_PER_TASK_BATCHES)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -55,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     from server.api.app import create_app
     from server.settings import Settings
 
-    overrides = {field: getattr(args, field) for field, _ in _FLAGS.values() if getattr(args, field) is not None}
+    fields = [field for field, _ in _FLAGS.values()] + ["per_task_batches"]
+    overrides = {field: getattr(args, field) for field in fields if getattr(args, field) is not None}
     settings = Settings(**overrides)
     configure_logging(settings.log_level)
     if settings.torch_threads:

@@ -32,20 +32,45 @@ class EncoderLayer(nn.Module):
 
     def forward(
         self,
-        x: torch.Tensor,  # [B, S, C]
+        x: torch.Tensor,  # [T, C]: the batch's real tokens, packed without padding
+        layout: "PackedLayout",
         prefix_kv: torch.Tensor | None,  # [2, B, H, P_max, D] or None
         attn_mask: torch.Tensor,  # [B, 1, 1, P_max + S] bool, True = attend
     ) -> torch.Tensor:
-        B, S, C = x.shape
-        qkv = self.qkv(x).view(B, S, 3, self.num_heads, self.head_dim)  # [B, S, 3, H, D]
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, S, D]
+        B, S, C = layout.batch, layout.longest, x.shape[-1]
+        qkv = layout.pad(self.qkv(x))  # [B * S, 3C]; only attention sees the padded shape
+        q, k, v = qkv.view(B, S, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, S, D]
         if prefix_kv is not None:
             k = torch.cat([prefix_kv[0], k], dim=2)  # [B, H, P_max + S, D]
             v = torch.cat([prefix_kv[1], v], dim=2)  # [B, H, P_max + S, D]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, H, S, D]
-        y = y.transpose(1, 2).reshape(B, S, C)  # [B, S, C]
+        y = layout.unpad(y.transpose(1, 2).reshape(B * S, C))  # [T, C]
         x = self.attn_norm(x + self.attn_out(y))
         return self.ffn_norm(x + self.ffn_out(self.activation(self.ffn_in(x))))
+
+
+class PackedLayout:
+    """Where a batch's T real tokens sit in its padded [B, S] grid. The dense layers (most of the
+    compute) run on the packed [T, C] tokens, so padding costs only inside attention."""
+
+    def __init__(self, token_mask: torch.Tensor):  # [B, S] bool, each row's tokens first
+        self.batch, self.longest = token_mask.shape
+        self.dense = bool(token_mask.all())
+        self.flat_index = token_mask.reshape(-1).nonzero().squeeze(1)  # [T] into the flattened [B * S]
+        lengths = token_mask.sum(dim=1)  # [B]
+        self.row_starts = lengths.cumsum(0) - lengths  # [B]: where each row's [CLS] sits in [T]
+
+    def pack(self, padded: torch.Tensor) -> torch.Tensor:  # [B, S, ...] -> [T, ...]
+        flat = padded.reshape(self.batch * self.longest, *padded.shape[2:])  # [B * S, ...]
+        return flat if self.dense else flat.index_select(0, self.flat_index)
+
+    def pad(self, packed: torch.Tensor) -> torch.Tensor:  # [T, F] -> [B * S, F], zeros in the padding
+        if self.dense:
+            return packed
+        return packed.new_zeros(self.batch * self.longest, packed.shape[-1]).index_copy(0, self.flat_index, packed)
+
+    def unpad(self, padded: torch.Tensor) -> torch.Tensor:  # [B * S, F] -> [T, F]
+        return padded if self.dense else padded.index_select(0, self.flat_index)
 
 
 class PrefixBert(nn.Module):
@@ -69,19 +94,20 @@ class PrefixBert(nn.Module):
     ) -> torch.Tensor:
         """Returns the pooled output, tanh(W_pool h_CLS + b_pool): [B, C]."""
         S = input_ids.shape[1]
+        layout = PackedLayout(token_mask)
         positions = prefix_lens[:, None] + torch.arange(S, device=input_ids.device)  # [B, S]
         # Padding slots of a long-prefix row can run past the table; they are masked, so any index will do.
         positions = positions.clamp_(max=self.geometry.max_position_embeddings - 1)
         x = (
-            self.word_embeddings(input_ids)
-            + self.position_embeddings(positions)
-            + self.token_type_embeddings(token_type_ids)
-        )  # [B, S, C]
+            self.word_embeddings(layout.pack(input_ids))
+            + self.position_embeddings(layout.pack(positions))
+            + self.token_type_embeddings(layout.pack(token_type_ids))
+        )  # [T, C]
         x = self.embed_norm(x)
         attn_mask = self._attention_mask(token_mask, prefix_kv, prefix_lens)
         for index, layer in enumerate(self.layers):
-            x = layer(x, None if prefix_kv is None else prefix_kv[index], attn_mask)
-        return torch.tanh(self.pooler(x[:, 0]))  # [B, C]
+            x = layer(x, layout, None if prefix_kv is None else prefix_kv[index], attn_mask)
+        return torch.tanh(self.pooler(x[layout.row_starts]))  # [B, C]
 
     @staticmethod
     def _attention_mask(token_mask, prefix_kv, prefix_lens) -> torch.Tensor:

@@ -19,6 +19,8 @@ def test_keys_are_required_and_checked(mt_client):
     assert mt_client.get("/v1/tasks", headers=bearer("wrong")).status_code == 401
     assert mt_client.get("/v1/tasks", headers={"Authorization": "Basic abc"}).status_code == 401
     assert mt_client.get("/healthz").status_code == 200  # operations stay open
+    assert mt_client.get("/v1/info").status_code == 401  # every /v1 call carries a key (SPEC)
+    assert mt_client.get("/v1/info", headers=bearer(ADMIN)).json()["multi_tenant"] is True
 
 
 def test_admin_creates_tenants_and_keys_are_shown_once(mt_client):

@@ -201,3 +201,24 @@ def test_prefix_loads_once_per_version(tiny_engine):
 
     run(main())
     assert store.reads == 1
+
+
+def test_per_task_baseline_puts_one_task_in_each_forward_pass(tiny_engine):
+    store = Store(tiny_engine.shape)
+    tasks = [store.add(3 + i, seed=i) for i in range(3)]
+
+    async def main():
+        batcher, spy, _ = make_batcher(tiny_engine, store, per_task_batches=True, max_batch_size=4)
+        batcher.start()
+        spy.gate.clear()
+        calls = [batcher.classify(job(f"t{i % 2}", task, ["x", "y", "z"])) for i, task in enumerate(tasks * 2)]
+        gathered = asyncio.gather(*calls)
+        await asyncio.sleep(0.2)
+        spy.gate.set()
+        await gathered
+        await batcher.stop()
+        return spy.batches
+
+    batches = run(main())
+    assert sum(len(rows) for rows in batches) == 18
+    assert all(len({id(row.prefix) for row in rows}) == 1 for rows in batches)

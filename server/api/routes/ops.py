@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from server.api.deps import ReadyServices, get_services
+from server.api.deps import CallerDep, ReadyServices, get_services
 from server.api.errors import error_response
 from server.api.state import Services
 
@@ -35,7 +35,7 @@ def prometheus_metrics() -> Response:
 
 
 @router.get("/v1/info")
-def info(services: ReadyServices) -> dict:
+def info(_: CallerDep, services: ReadyServices) -> dict:
     s, runtime = services.settings, services.runtime
     backbone = runtime.info()
     return {

@@ -1,0 +1,53 @@
+"""What can be checked of the packaging without Docker: the README's commands are the ones CI and the
+image use, the compose file parses, the console command exists."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme_commands() -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    return [line for block in blocks for line in block.splitlines() if line.startswith("python3 -m venv")]
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    serve, test = _readme_commands()[:2]
+    assert "pytest" in test and "torch==2.13.0" in test
+    assert test in (ROOT / ".ci/run").read_text().splitlines()
+    assert serve.endswith("prefix-server serve") and "torch==2.13.0" in serve
+
+
+def test_dockerfile_installs_the_readme_torch_and_serves():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "ARG TORCH_VERSION=2.13.0" in dockerfile
+    assert 'CMD ["prefix-server", "serve"]' in dockerfile
+    assert re.search(r"^USER (?!root)\w+", dockerfile, flags=re.M), "the image must not run as root"
+    assert "HEALTHCHECK" in dockerfile and "/readyz" in dockerfile
+    for copied in re.findall(r"^COPY (\S+)", dockerfile, flags=re.M):
+        assert (ROOT / copied).exists(), copied
+
+
+def test_compose_file_parses_and_keeps_the_registry_on_a_volume():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    service = compose["services"]["prefix-server"]
+    assert service["build"]["context"] == "."
+    assert any(v.endswith(":/data") for v in service["volumes"])
+    assert "registry" in compose["volumes"]
+    assert "8000:8000" in service["ports"]
+
+
+def test_console_command_is_declared_and_runs():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "prefix-server"
+    assert project["scripts"]["prefix-server"] == "server.cli:main"
+    out = subprocess.run([sys.executable, "-m", "server", "--help"], capture_output=True, text=True, check=True)
+    assert "serve" in out.stdout

@@ -22,7 +22,7 @@ from server.api.state import Services
 from server.batching import BatchLimits
 from server.batching.runtime import build_runtime
 from server.registry.demo import register_demo_prefixes
-from server.registry.sqlite import SqliteRegistry
+from server.registry import SqliteRegistry
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await asyncio.gather(bring_up, return_exceptions=True)
         if services.runtime is not None:
             await services.runtime.batcher.stop()
+        if services.registry is not None:
+            services.registry.close()
 
     app = FastAPI(
         title="prefix-server",

@@ -14,6 +14,7 @@ from server.artifact import ArtifactError
 from server.batching import DeadlineExceeded, Overloaded, ShuttingDown
 from server.engine import InputTooLong
 from server.registry.base import Conflict, InvalidRoute, LimitExceeded, NotFound
+from server.registry.names import InvalidName
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def _short(value) -> str:
 
 
 _DOMAIN_ERRORS: list[tuple[type[Exception], int]] = [
-    (NotFound, 404), (Conflict, 409), (LimitExceeded, 409), (InvalidRoute, 422), (ArtifactError, 422),
+    (NotFound, 404), (InvalidName, 422), (Conflict, 409), (LimitExceeded, 409), (InvalidRoute, 422), (ArtifactError, 422),
     (InputTooLong, 422), (DeadlineExceeded, 504), (ShuttingDown, 503),
 ]
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+from server.registry.names import NAME_PATTERN as _REGISTRY_NAME_PATTERN
+
+NAME_PATTERN = f"^(?:{_REGISTRY_NAME_PATTERN})$"  # pydantic searches, so anchor the registry's rule
 
 
 class TextPair(BaseModel):

@@ -1,0 +1,78 @@
+"""The registry's relational schema, in portable SQLAlchemy Core: SQLite today, PostgreSQL later.
+
+Only generic types are used (String, Integer, BigInteger, JSON, DateTime with time zone), so any backend
+can `metadata.create_all()` the same tables. Artifact bytes never live in the database: a version row
+holds the sha256 of a blob in the content-addressed store.
+
+- tenants: one row per tenant; `api_key_hash` is the sha256 hex of its key (NULL for a keyless tenant
+  such as single-tenant mode's 'default'); NULL limit columns mean "the server's current default".
+- tasks: one row per (tenant, task); `route` is Route.to_json(): {"version": n} or {"weights": {"n": w}}.
+  `pinned_version` repeats the route's version when it is pinned (NULL for a weighted split), so that
+  `resolve`, run on every classify request, is one indexed join in the common case.
+- versions: immutable, one row per upload; (tenant, task, version) is the key. Versions are only ever
+  deleted together with their task.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKeyConstraint,
+    Integer,
+    MetaData,
+    String,
+    Table,
+)
+
+NAME_LENGTH = 63  # SPEC: [a-z0-9][a-z0-9_-]{0,62}
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("name", String(NAME_LENGTH), primary_key=True),
+    Column("api_key_hash", String(64), nullable=True, unique=True),
+    Column("max_tasks", Integer, nullable=True),
+    Column("max_artifact_bytes", BigInteger, nullable=True),
+    Column("max_queued_inputs", Integer, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("tenant", String(NAME_LENGTH), primary_key=True),
+    Column("name", String(NAME_LENGTH), primary_key=True),
+    Column("route", JSON, nullable=False),
+    Column("pinned_version", Integer, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    ForeignKeyConstraint(["tenant"], ["tenants.name"]),
+)
+
+versions = Table(
+    "versions",
+    metadata,
+    Column("tenant", String(NAME_LENGTH), primary_key=True),
+    Column("task", String(NAME_LENGTH), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    # Indexed: garbage collection asks "is this blob still referenced by anyone?"
+    Column("sha256", String(64), nullable=False, index=True),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("prefix_len", Integer, nullable=False),
+    Column("problem_type", String(40), nullable=False),
+    Column("labels", JSON, nullable=False),
+    Column("metadata", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    ForeignKeyConstraint(["tenant", "task"], ["tasks.tenant", "tasks.name"]),
+)

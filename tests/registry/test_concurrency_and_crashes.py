@@ -1,0 +1,163 @@
+"""Several writers at once, and `kill -9` at random moments: the registry must stay consistent."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from server.registry import Route, SqliteRegistry
+from tests.registry.support import LIMITS, SHAPE, artifact_bytes, blob_files, sha256_hex, temp_files
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_concurrent_uploads_get_distinct_consecutive_versions(open_registry):
+    # Two registries on one data dir stand for two processes; two threads on each share a registry.
+    registries = [open_registry(), open_registry()]
+    registries[0].create_tenant("acme")
+    threads_count, uploads_each = 4, 4
+    results: list[int] = []
+    errors: list[BaseException] = []
+
+    def upload(thread_index: int) -> None:
+        registry = registries[thread_index % 2]
+        try:
+            for i in range(uploads_each):
+                data = artifact_bytes(seed=100 + thread_index * uploads_each + i)
+                results.append(registry.add_version("acme", "t", data).version)
+        except BaseException as exc:  # reported below: an exception in a thread would otherwise vanish
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upload, args=(i,)) for i in range(threads_count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    total = threads_count * uploads_each
+    assert sorted(results) == list(range(1, total + 1))
+    task = registries[1].get_task("acme", "t")
+    assert [v.version for v in task.versions] == list(range(1, total + 1))
+    assert task.route.pinned == total  # the last committed upload is the active one
+
+
+# The uploader: imports the registry once (torch makes that the slow part), then for each line on stdin
+# forks a child that uploads in a loop until the test SIGKILLs it, prints the child's pid and reaps it.
+# Every upload has new bytes, so each one goes through the whole blob write and commit. Task "main"
+# only grows; task "scratch" is also re-routed and deleted, so kills land inside those paths too.
+UPLOADER = r"""
+import dataclasses, json, os, sys
+from pathlib import Path
+from server.artifact import BackboneShape, artifact_to_bytes, read_artifact
+from server.registry import Route, SqliteRegistry, TenantLimits
+
+data_dir, seed_artifact = Path(sys.argv[1]), Path(sys.argv[2])
+shape, limits = BackboneShape(**json.loads(sys.argv[3])), TenantLimits(**json.loads(sys.argv[4]))
+base = read_artifact(seed_artifact.read_bytes(), shape)
+
+def upload_forever():
+    registry = SqliteRegistry(data_dir, shape, limits)
+    registry.ensure_tenant("crash")
+    step = int.from_bytes(os.urandom(4), "little")
+    while True:
+        step += 1
+        data = artifact_to_bytes(dataclasses.replace(base, extra_metadata={"step": str(step)}))
+        registry.add_version("crash", "main", data)
+        scratch = registry.add_version("crash", "scratch", data)
+        if scratch.version >= 2 and step % 3 == 0:
+            registry.set_route("crash", "scratch", Route(weights={scratch.version - 1: 0.5, scratch.version: 0.5}))
+        if step % 5 == 0:
+            registry.delete_task("crash", "scratch")
+
+for _ in sys.stdin:
+    pid = os.fork()
+    if pid == 0:
+        upload_forever()
+    print(pid, flush=True)
+    _, status = os.waitpid(pid, 0)
+    print(f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}", flush=True)
+"""
+
+
+def assert_consistent(data_dir: Path) -> int:
+    """Re-opens the registry (which collects garbage) and checks every invariant; returns main's size."""
+    registry = SqliteRegistry(data_dir, SHAPE, LIMITS)
+    try:
+        registry.ensure_tenant("crash")
+        referenced = set()
+        for task in registry.list_tasks("crash"):
+            numbers = [v.version for v in task.versions]
+            assert numbers == list(range(1, len(numbers) + 1)), f"{task.task}: versions {numbers} have gaps"
+            for version in task.versions:
+                data = registry.read_artifact_bytes(version.sha256)  # also checks the bytes hash to the name
+                assert len(data) == version.size_bytes and sha256_hex(data) == version.sha256
+                referenced.add(version.sha256)
+            routed = {task.route.pinned} if task.route.pinned is not None else set(task.route.weights)
+            assert routed <= set(numbers), f"{task.task}: route {task.route} names missing versions"
+            assert registry.resolve("crash", task.task).version in routed
+        assert blob_files(data_dir) == referenced, "garbage collection left unreferenced blobs"
+        assert temp_files(data_dir) == []
+        main = [t for t in registry.list_tasks("crash") if t.task == "main"]
+        if not main:
+            return 0
+        # "main" is only ever uploaded to, so its route must pin its newest version (SPEC: uploads go live).
+        assert main[0].route == Route(pinned=len(main[0].versions)), f"main's route is {main[0].route}"
+        return len(main[0].versions)
+    finally:
+        registry.close()
+
+
+def start_uploader(tmp_path: Path, log_file) -> subprocess.Popen:
+    seed_artifact = tmp_path / "seed.safetensors"
+    seed_artifact.write_bytes(artifact_bytes(seed=5))
+    shape_json = json.dumps(dataclasses.asdict(SHAPE))
+    limits_json = json.dumps(dataclasses.asdict(dataclasses.replace(LIMITS, max_artifact_bytes=10**9)))
+    return subprocess.Popen(
+        [sys.executable, "-c", UPLOADER, str(tmp_path / "data"), str(seed_artifact), shape_json, limits_json],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=log_file,  # a file, not a pipe: nobody reads it until something fails
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+
+
+def kill_one_uploading_child(uploader: subprocess.Popen, delay_s: float, log_path: Path) -> None:
+    uploader.stdin.write("go\n")
+    uploader.stdin.flush()
+    pid_line = uploader.stdout.readline()
+    assert pid_line.strip().isdigit(), f"uploader failed to start: {log_path.read_text()[-2000:]}"
+    time.sleep(delay_s)
+    os.kill(int(pid_line), signal.SIGKILL)
+    ending = uploader.stdout.readline().strip()
+    # Anything but our SIGKILL means the child stopped by itself: an upload raised.
+    assert ending == f"signal {signal.SIGKILL.value}", f"child ended with {ending!r}: {log_path.read_text()[-2000:]}"
+
+
+def test_kill_9_at_random_moments_leaves_a_consistent_state(tmp_path):
+    log_path = tmp_path / "uploader.log"
+    rng = random.Random(2024)
+    sizes = []
+    with log_path.open("w") as log_file:
+        uploader = start_uploader(tmp_path, log_file)
+        try:
+            for _ in range(5):
+                kill_one_uploading_child(uploader, rng.uniform(0.1, 0.45), log_path)
+                sizes.append(assert_consistent(tmp_path / "data"))
+        finally:
+            uploader.stdin.close()
+            try:
+                uploader.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                uploader.kill()
+    # Task "main" only ever grows; it must have grown at all, or no kill hit a running upload loop.
+    assert sizes == sorted(sizes) and sizes[-1] >= 2, f"main's versions after each kill: {sizes}"

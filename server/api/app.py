@@ -14,7 +14,9 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from server import __version__
+from server.api.deps import DEFAULT_TENANT
 from server.api.errors import install_error_handlers
+from server.api.lookups import RegistryLookups
 from server.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from server.api.responses import FastJSONResponse
 from server.api.routes import admin, classify, ops, tasks
@@ -71,6 +73,8 @@ async def _bring_up(services: Services) -> None:
         )
         registry = await run_in_threadpool(SqliteRegistry, s.data_dir, runtime.shape, services.default_limits())
         services.registry, services.runtime = registry, runtime
+        services.lookups = RegistryLookups(registry)
+        services.default_tenant = await run_in_threadpool(registry.ensure_tenant, DEFAULT_TENANT)
         if s.prefixes_dir:
             await run_in_threadpool(register_demo_prefixes, registry, s.prefixes_dir)
         await run_in_threadpool(runtime.warm_up)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from server.api.errors import ApiError
 from server.api.state import Services
@@ -21,11 +22,11 @@ class Caller:
     is_admin: bool
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
-def get_ready_services(services: Annotated[Services, Depends(get_services)]) -> Services:
+async def get_ready_services(services: Annotated[Services, Depends(get_services)]) -> Services:
     if not services.ready:
         detail = f" (start-up failed: {services.startup_error})" if services.startup_error else ""
         raise ApiError(503, f"the server is not ready: the backbone is still loading{detail}")
@@ -35,17 +36,18 @@ def get_ready_services(services: Annotated[Services, Depends(get_services)]) -> 
 ReadyServices = Annotated[Services, Depends(get_ready_services)]
 
 
-def get_caller(request: Request, services: ReadyServices) -> Caller:
+async def get_caller(request: Request, services: ReadyServices) -> Caller:
     """Single-tenant mode: everyone is tenant 'default'. Otherwise the bearer key decides; the admin
     token acts as tenant 'default' (where the demo prefixes live) for task calls."""
-    registry = services.registry
     if not services.settings.multi_tenant:
-        return Caller(registry.ensure_tenant(DEFAULT_TENANT), is_admin=False)
+        return Caller(services.default_tenant, is_admin=False)
     key = _bearer_key(request)
     admin_token = services.settings.admin_token.get_secret_value()
     if hmac.compare_digest(key.encode(), admin_token.encode()):
-        return Caller(registry.ensure_tenant(DEFAULT_TENANT), is_admin=True)
-    tenant = registry.tenant_for_key(key)
+        return Caller(services.default_tenant, is_admin=True)
+    hit, tenant = services.lookups.cached_tenant(key)
+    if not hit:
+        tenant = await run_in_threadpool(services.lookups.tenant_for_key, key)
     if tenant is None:
         raise ApiError(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
     return Caller(tenant, is_admin=False)
@@ -60,7 +62,7 @@ def _bearer_key(request: Request) -> str:
     return key.strip()
 
 
-def require_admin(caller: Annotated[Caller, Depends(get_caller)], services: ReadyServices) -> Caller:
+async def require_admin(caller: Annotated[Caller, Depends(get_caller)], services: ReadyServices) -> Caller:
     if not services.settings.multi_tenant:
         raise ApiError(409, "tenants cannot be managed in single-tenant mode: set PREFIX_SERVER_ADMIN_TOKEN")
     if not caller.is_admin:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from server.api.lookups import RegistryLookups
 from server.batching.runtime import Runtime
-from server.registry.base import Registry, TenantLimits
+from server.registry.base import Registry, Tenant, TenantLimits
 from server.settings import Settings
 
 
@@ -15,6 +16,8 @@ class Services:
     settings: Settings
     registry: Registry | None = None
     runtime: Runtime | None = None
+    lookups: RegistryLookups | None = None
+    default_tenant: Tenant | None = None  # single-tenant mode's caller, and the admin's namespace
     ready: bool = False
     startup_error: str | None = None
 

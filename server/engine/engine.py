@@ -124,14 +124,16 @@ class Engine:
         if p_max == 0:
             return None, row_lens
         g = self.files.geometry
-        # Each distinct prefix is padded once to P_max, then rows pick theirs by index.
-        stacked = torch.zeros(
-            g.num_layers, 2, len(prefixes), g.num_heads, p_max, g.head_dim, device=self.device, dtype=self.dtype
-        )  # [L, 2, U, H, P_max, D]
+        shape = (g.num_layers, 2, len(row_to_prefix), g.num_heads, p_max, g.head_dim)  # [L, 2, B, H, P_max, D]
+        # Padded slots must hold zeros, not garbage: masked-out values still meet a 0 weight, and 0 * NaN = NaN.
+        ragged = bool((lens != p_max).any())
+        prefix_kv = (torch.zeros if ragged else torch.empty)(shape, device=self.device, dtype=self.dtype)
         for index, prefix in enumerate(prefixes):
-            if prefix is not None:
-                stacked[:, :, index, :, : prefix.prefix_len] = prefix.key_values
-        prefix_kv = stacked.index_select(2, row_to_prefix.to(self.device))  # [L, 2, B, H, P_max, D]
+            if prefix is None:
+                continue
+            rows = (row_to_prefix == index).nonzero().squeeze(1).to(self.device)  # [rows of this prefix]
+            # Each row receives its prefix once, straight into its slot: one copy per row in all.
+            prefix_kv[:, :, rows, :, : prefix.prefix_len] = prefix.key_values.unsqueeze(2)  # [L, 2, 1, H, P, D]
         return prefix_kv, row_lens
 
 

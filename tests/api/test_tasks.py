@@ -120,3 +120,12 @@ def test_state_survives_a_restart(tmp_path, tiny_backbone_dir, artifact_bytes):
         assert [v["version"] for v in shown["versions"]] == [1, 2] and shown["route"] == {"version": 1}
         after = client.post("/v1/classify", json={"task": "keep", "inputs": ["same text"]}).json()
     assert after == before
+
+
+def test_a_new_version_serves_as_soon_as_its_upload_returned(client, artifact_bytes):
+    upload(client, "fresh", artifact_bytes(seed=1))
+    assert client.post("/v1/classify", json={"task": "fresh", "inputs": ["x"]}).json()["version"] == 1
+    upload(client, "fresh", artifact_bytes(seed=2))
+    assert client.post("/v1/classify", json={"task": "fresh", "inputs": ["x"]}).json()["version"] == 2
+    client.delete("/v1/tasks/fresh")
+    assert client.post("/v1/classify", json={"task": "fresh", "inputs": ["x"]}).status_code == 404

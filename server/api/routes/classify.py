@@ -34,7 +34,9 @@ async def classify(body: ClassifyRequest, caller: CallerDep, services: ReadyServ
                 422, f"inputs: expected at most {services.settings.max_inputs_per_request} per request, "
                 f"got {len(body.inputs)}",
             )
-        version = await run_in_threadpool(services.registry.resolve, tenant.name, body.task)
+        version = services.lookups.cached_version(tenant.name, body.task)
+        if version is None:
+            version = await run_in_threadpool(services.lookups.resolve, tenant.name, body.task)
         job = ClassifyJob(
             tenant=tenant.name,
             sha256=version.sha256,

@@ -16,12 +16,12 @@ router = APIRouter()
 
 
 @router.get("/healthz")
-def healthz() -> dict:
+async def healthz() -> dict:
     return {"status": "ok"}
 
 
 @router.get("/readyz")
-def readyz(services: Annotated[Services, Depends(get_services)]):
+async def readyz(services: Annotated[Services, Depends(get_services)]):
     if services.ready:
         return {"status": "ready"}
     if services.startup_error:
@@ -35,7 +35,7 @@ def prometheus_metrics() -> Response:
 
 
 @router.get("/v1/info")
-def info(_: CallerDep, services: ReadyServices) -> dict:
+async def info(_: CallerDep, services: ReadyServices) -> dict:
     s, runtime = services.settings, services.runtime
     backbone = runtime.info()
     return {

@@ -47,6 +47,7 @@ async def upload_version(task: TaskName, caller: CallerDep, services: ReadyServi
     if not data:
         raise ApiError(422, "field 'file': expected a .safetensors prefix artifact, got an empty file")
     record = await run_in_threadpool(services.registry.add_version, caller.tenant.name, task, data)
+    services.lookups.invalidate_task(caller.tenant.name, task)
     body = {k: v for k, v in version_json(record).items() if k not in ("metadata", "created_at", "size_bytes")}
     return FastJSONResponse(body, status_code=201)
 
@@ -66,12 +67,14 @@ async def show_task(task: TaskName, caller: CallerDep, services: ReadyServices) 
 async def set_route(task: TaskName, body: RouteRequest, caller: CallerDep, services: ReadyServices) -> dict:
     route = _parse_route(body)
     new_route = await run_in_threadpool(services.registry.set_route, caller.tenant.name, task, route)
+    services.lookups.invalidate_task(caller.tenant.name, task)
     return {"task": task, "route": new_route.to_json()}
 
 
 @router.delete("/{task}", status_code=204)
 async def delete_task(task: TaskName, caller: CallerDep, services: ReadyServices) -> Response:
     await run_in_threadpool(services.registry.delete_task, caller.tenant.name, task)
+    services.lookups.invalidate_task(caller.tenant.name, task)
     return Response(status_code=204)
 
 

@@ -1,7 +1,7 @@
 """The engine: one forward pass over rows that each carry their own prefix, head and text.
 
 Owns the device-resident model, the conversion of artifacts into device tensors (once, at load),
-batch collation (padding only to the batch's longest row and longest prefix), the per-row heads
+batch packing (rows ordered by length and concatenated: no padding, see packing.py), the per-row heads
 (gathered and applied as one batched matmul, no Python loop over rows) and the scores. It knows
 nothing of HTTP, tenants or queues.
 """
@@ -16,6 +16,7 @@ import torch
 from server.artifact import BackboneShape, PrefixArtifact, ProblemType
 from server.engine.backbone import BackboneFiles, read_backbone_folder
 from server.engine.model import PrefixBert
+from server.engine.packing import PackedBatch, build_chunks
 from server.engine.tokenize import EncodedInput, TextEncoder, TextInput
 
 _PROBLEM_CODES = {ProblemType.SINGLE_LABEL: 0, ProblemType.MULTI_LABEL: 1, ProblemType.REGRESSION: 2}
@@ -58,7 +59,6 @@ class Engine:
         self.device = torch.device(device)
         self.dtype = dtype
         self.model = PrefixBert.from_backbone_weights(files.geometry, files.state_dict).to(self.device, dtype)
-        self.pad_token_id = encoder.tokenizer.pad_token_id or 0
 
     @classmethod
     def from_folder(cls, folder: str | Path, device: str = "cpu", dtype=torch.float32) -> "Engine":
@@ -97,44 +97,37 @@ class Engine:
         prefixes, row_to_prefix = _unique_prefixes(rows)
         return self._pooled(rows, prefixes, row_to_prefix)
 
-    def _pooled(self, rows, prefixes, row_to_prefix) -> torch.Tensor:
-        input_ids, token_type_ids, token_mask = self._collate_tokens(rows)
-        prefix_kv, prefix_lens = self._gather_prefixes(prefixes, row_to_prefix)
-        return self.model(input_ids, token_type_ids, token_mask, prefix_kv, prefix_lens)
+    def _pooled(self, rows: list[Row], prefixes, row_to_prefix: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_packed(self._pack(rows, row_to_prefix.tolist()))
 
-    def _collate_tokens(self, rows: list[Row]):
-        longest = max(len(row.encoded) for row in rows)
-        ids, types, lengths = [], [], []
-        for row in rows:
-            pad = longest - len(row.encoded)
-            ids.append(row.encoded.input_ids + [self.pad_token_id] * pad)
-            types.append(row.encoded.token_type_ids + [0] * pad)
-            lengths.append(len(row.encoded))
-        token_mask = torch.arange(longest)[None, :] < torch.tensor(lengths)[:, None]  # [B, S]
-        return (
-            torch.tensor(ids, device=self.device),  # [B, S]
-            torch.tensor(types, device=self.device),  # [B, S]
-            token_mask.to(self.device),
+    def _pack(self, rows: list[Row], prefix_slots: list[int]) -> PackedBatch:
+        """Orders rows by (length, prefix) and concatenates their tokens: no padding anywhere."""
+        order = sorted(range(len(rows)), key=lambda i: (len(rows[i].encoded), prefix_slots[i]))
+        ids: list[int] = []
+        types: list[int] = []
+        positions: list[int] = []
+        lengths: list[int] = []
+        prefixes = []
+        for i in order:
+            encoded, prefix = rows[i].encoded, rows[i].prefix
+            p = prefix.prefix_len if prefix is not None else 0
+            ids += encoded.input_ids
+            types += encoded.token_type_ids
+            positions += range(p, p + len(encoded))
+            lengths.append(len(encoded))
+            prefixes.append((prefix.key_values, p) if prefix is not None else (None, 0))
+        restore = [0] * len(rows)
+        for packed_row, caller_row in enumerate(order):
+            restore[caller_row] = packed_row
+        lengths_t = torch.tensor(lengths, device=self.device)  # [B]
+        return PackedBatch(
+            input_ids=torch.tensor(ids, device=self.device),  # [T]
+            token_type_ids=torch.tensor(types, device=self.device),  # [T]
+            positions=torch.tensor(positions, device=self.device),  # [T]
+            chunks=build_chunks(lengths, [rows[i].prefix for i in order], prefixes),
+            cls_index=lengths_t.cumsum(0) - lengths_t,  # [B]
+            restore_order=torch.tensor(restore, device=self.device),  # [B]
         )
-
-    def _gather_prefixes(self, prefixes: list[LoadedPrefix | None], row_to_prefix: torch.Tensor):
-        lens = torch.tensor([p.prefix_len if p else 0 for p in prefixes], dtype=torch.long)  # [U]
-        row_lens = lens[row_to_prefix].to(self.device)  # [B]
-        p_max = int(lens.max())
-        if p_max == 0:
-            return None, row_lens
-        g = self.files.geometry
-        shape = (g.num_layers, 2, len(row_to_prefix), g.num_heads, p_max, g.head_dim)  # [L, 2, B, H, P_max, D]
-        # Padded slots must hold zeros, not garbage: masked-out values still meet a 0 weight, and 0 * NaN = NaN.
-        ragged = bool((lens != p_max).any())
-        prefix_kv = (torch.zeros if ragged else torch.empty)(shape, device=self.device, dtype=self.dtype)
-        for index, prefix in enumerate(prefixes):
-            if prefix is None:
-                continue
-            rows = (row_to_prefix == index).nonzero().squeeze(1).to(self.device)  # [rows of this prefix]
-            # Each row receives its prefix once, straight into its slot: one copy per row in all.
-            prefix_kv[:, :, rows, :, : prefix.prefix_len] = prefix.key_values.unsqueeze(2)  # [L, 2, 1, H, P, D]
-        return prefix_kv, row_lens
 
 
 def _unique_prefixes(rows: list[Row]) -> tuple[list[LoadedPrefix | None], torch.Tensor]:

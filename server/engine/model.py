@@ -1,8 +1,9 @@
 """The BERT encoder with per-row deep prefixes, in one readable file.
 
-Each batch row b carries its own prefix of length P_b (padded to the batch's P_max and masked) that
-is prepended to the keys and values of every layer, and its tokens take positions P_b .. P_b+S-1,
-exactly as HF BERT does when given past key/values (SPEC section 1). Attention runs through
+Each batch row b carries its own prefix of length P_b that is prepended to the keys and values of
+every layer, and its tokens take positions P_b .. P_b+S-1, exactly as HF BERT does when given past
+key/values (SPEC section 1). Batches arrive packed (server/engine/packing.py): dense layers see only
+real tokens, attention runs per chunk of equal-length rows, and a shorter prefix in a chunk is masked. Attention runs through
 `scaled_dot_product_attention`, so nothing here depends on transformers' cache classes. The same
 module serves inference (under inference_mode) and training (gradients flow into the prefix).
 """
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from server.engine.backbone import BackboneError, BertGeometry
+from server.engine.packing import PackedBatch, pack_padded
 
 
 class EncoderLayer(nn.Module):
@@ -30,47 +32,19 @@ class EncoderLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(g.hidden_size, eps=g.layer_norm_eps)
         self.activation = _activation(g.hidden_act)
 
-    def forward(
-        self,
-        x: torch.Tensor,  # [T, C]: the batch's real tokens, packed without padding
-        layout: "PackedLayout",
-        prefix_kv: torch.Tensor | None,  # [2, B, H, P_max, D] or None
-        attn_mask: torch.Tensor,  # [B, 1, 1, P_max + S] bool, True = attend
-    ) -> torch.Tensor:
-        B, S, C = layout.batch, layout.longest, x.shape[-1]
-        qkv = layout.pad(self.qkv(x))  # [B * S, 3C]; only attention sees the padded shape
-        q, k, v = qkv.view(B, S, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, S, D]
-        if prefix_kv is not None:
-            k = torch.cat([prefix_kv[0], k], dim=2)  # [B, H, P_max + S, D]
-            v = torch.cat([prefix_kv[1], v], dim=2)  # [B, H, P_max + S, D]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, H, S, D]
-        y = layout.unpad(y.transpose(1, 2).reshape(B * S, C))  # [T, C]
+    def forward(self, x: torch.Tensor, batch: PackedBatch, layer_index: int) -> torch.Tensor:  # x: [T, C]
+        T, C = x.shape
+        qkv = self.qkv(x)  # [T, 3C]
+        y = x.new_empty(T, C)  # [T, C]
+        for chunk in batch.chunks:
+            n, S, start = chunk.num_rows, chunk.length, chunk.token_start
+            block = qkv[start : start + n * S].view(n, S, 3, self.num_heads, self.head_dim)  # [n, S, 3, H, D]
+            q, k, v = block.permute(2, 0, 3, 1, 4).unbind(0)  # each [n, H, S, D]
+            k, v = chunk.with_prefix(layer_index, k, v)  # each [n, H, P_max + S, D]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=chunk.attention_mask(x.device))  # [n, H, S, D]
+            y[start : start + n * S].view(n, S, self.num_heads, self.head_dim).copy_(out.transpose(1, 2))
         x = self.attn_norm(x + self.attn_out(y))
         return self.ffn_norm(x + self.ffn_out(self.activation(self.ffn_in(x))))
-
-
-class PackedLayout:
-    """Where a batch's T real tokens sit in its padded [B, S] grid. The dense layers (most of the
-    compute) run on the packed [T, C] tokens, so padding costs only inside attention."""
-
-    def __init__(self, token_mask: torch.Tensor):  # [B, S] bool, each row's tokens first
-        self.batch, self.longest = token_mask.shape
-        self.dense = bool(token_mask.all())
-        self.flat_index = token_mask.reshape(-1).nonzero().squeeze(1)  # [T] into the flattened [B * S]
-        lengths = token_mask.sum(dim=1)  # [B]
-        self.row_starts = lengths.cumsum(0) - lengths  # [B]: where each row's [CLS] sits in [T]
-
-    def pack(self, padded: torch.Tensor) -> torch.Tensor:  # [B, S, ...] -> [T, ...]
-        flat = padded.reshape(self.batch * self.longest, *padded.shape[2:])  # [B * S, ...]
-        return flat if self.dense else flat.index_select(0, self.flat_index)
-
-    def pad(self, packed: torch.Tensor) -> torch.Tensor:  # [T, F] -> [B * S, F], zeros in the padding
-        if self.dense:
-            return packed
-        return packed.new_zeros(self.batch * self.longest, packed.shape[-1]).index_copy(0, self.flat_index, packed)
-
-    def unpad(self, padded: torch.Tensor) -> torch.Tensor:  # [B * S, F] -> [T, F]
-        return padded if self.dense else padded.index_select(0, self.flat_index)
 
 
 class PrefixBert(nn.Module):
@@ -92,33 +66,24 @@ class PrefixBert(nn.Module):
         prefix_kv: torch.Tensor | None,  # [L, 2, B, H, P_max, D] or None for the bare backbone
         prefix_lens: torch.Tensor,  # [B] long, each row's true P (0 without a prefix)
     ) -> torch.Tensor:
-        """Returns the pooled output, tanh(W_pool h_CLS + b_pool): [B, C]."""
-        S = input_ids.shape[1]
-        layout = PackedLayout(token_mask)
-        positions = prefix_lens[:, None] + torch.arange(S, device=input_ids.device)  # [B, S]
-        # Padding slots of a long-prefix row can run past the table; they are masked, so any index will do.
-        positions = positions.clamp_(max=self.geometry.max_position_embeddings - 1)
+        """The padded interface (training, tests): the pooled output [B, C], rows in the caller's order."""
+        batch = pack_padded(
+            input_ids, token_type_ids, token_mask, prefix_kv, prefix_lens, self.geometry.max_position_embeddings
+        )
+        return self.forward_packed(batch)
+
+    def forward_packed(self, batch: PackedBatch) -> torch.Tensor:
+        """Returns the pooled output, tanh(W_pool h_CLS + b_pool): [B, C], rows in the caller's order."""
         x = (
-            self.word_embeddings(layout.pack(input_ids))
-            + self.position_embeddings(layout.pack(positions))
-            + self.token_type_embeddings(layout.pack(token_type_ids))
+            self.word_embeddings(batch.input_ids)
+            + self.position_embeddings(batch.positions)
+            + self.token_type_embeddings(batch.token_type_ids)
         )  # [T, C]
         x = self.embed_norm(x)
-        attn_mask = self._attention_mask(token_mask, prefix_kv, prefix_lens)
         for index, layer in enumerate(self.layers):
-            x = layer(x, layout, None if prefix_kv is None else prefix_kv[index], attn_mask)
-        return torch.tanh(self.pooler(x[layout.row_starts]))  # [B, C]
-
-    @staticmethod
-    def _attention_mask(token_mask, prefix_kv, prefix_lens) -> torch.Tensor:
-        if prefix_kv is None:
-            keys = token_mask  # [B, S]
-        else:
-            p_max = prefix_kv.shape[-2]
-            # Padded prefix slots are masked out, never zero-filled: a zero key still takes softmax weight.
-            prefix_valid = torch.arange(p_max, device=token_mask.device)[None, :] < prefix_lens[:, None]  # [B, P_max]
-            keys = torch.cat([prefix_valid, token_mask], dim=1)  # [B, P_max + S]
-        return keys[:, None, None, :]  # [B, 1, 1, P_max + S]
+            x = layer(x, batch, index)
+        pooled = torch.tanh(self.pooler(x[batch.cls_index]))  # [B, C], packed row order
+        return pooled[batch.restore_order]  # [B, C]
 
     @classmethod
     def from_backbone_weights(cls, g: BertGeometry, weights: dict[str, torch.Tensor]) -> "PrefixBert":

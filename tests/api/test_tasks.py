@@ -129,3 +129,24 @@ def test_a_new_version_serves_as_soon_as_its_upload_returned(client, artifact_by
     assert client.post("/v1/classify", json={"task": "fresh", "inputs": ["x"]}).json()["version"] == 2
     client.delete("/v1/tasks/fresh")
     assert client.post("/v1/classify", json={"task": "fresh", "inputs": ["x"]}).status_code == 404
+
+
+def test_a_peft_folder_uploads_as_a_zip(client, tiny_engine):
+    import torch
+
+    from tests.importers.builders import peft_adapter_config, peft_files, random_encoder, random_head, zip_bytes
+
+    shape = tiny_engine.shape
+    with torch.no_grad():
+        output = random_encoder(shape, 5, projection=False)(torch.arange(5)[None])
+    files = peft_files(output[0], random_head(shape, 2), peft_adapter_config(shape, 5))
+    response = client.put(
+        "/v1/tasks/from-peft", files={"file": ("adapter.zip", zip_bytes(files))}, data={"labels": "neg,pos"}
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["labels"] == ["neg", "pos"] and response.json()["prefix_len"] == 5
+    answer = client.post("/v1/classify", json={"task": "from-peft", "inputs": ["fine"]}).json()
+    assert set(answer["results"][0]["scores"]) == {"neg", "pos"}
+    bad = client.put("/v1/tasks/bad-zip", files={"file": ("a.zip", b"PK\x03\x04garbage")})
+    assert bad.status_code == 422 and bad.json()["error"]["message"]
+    assert client.get("/v1/tasks/bad-zip").status_code == 404

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Path, UploadFile
+import json
+
+from fastapi import APIRouter, File, Form, Path, UploadFile
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -12,6 +14,7 @@ from server.api.deps import CallerDep, ReadyServices
 from server.api.errors import ApiError
 from server.api.responses import FastJSONResponse
 from server.api.schemas import NAME_PATTERN, RouteRequest
+from server.importers import convert_peft_zip
 from server.registry.base import Route, TaskRecord, VersionRecord
 
 router = APIRouter(prefix="/v1/tasks")
@@ -41,11 +44,24 @@ def task_json(record: TaskRecord, with_versions: bool = True) -> dict:
     return body
 
 
+ZIP_MAGIC = b"PK\x03\x04"
+
+
 @router.put("/{task}", status_code=201)
-async def upload_version(task: TaskName, caller: CallerDep, services: ReadyServices, file: UploadFile = File(...)):
+async def upload_version(
+    task: TaskName,
+    caller: CallerDep,
+    services: ReadyServices,
+    file: UploadFile = File(..., description="a .safetensors artifact, or a PEFT PREFIX_TUNING folder as .zip"),
+    labels: str | None = Form(None, description="for a .zip: label names, comma-separated or a JSON list"),
+    problem_type: str | None = Form(None, description="for a .zip: overrides the adapter's problem type"),
+):
     data = await file.read()
     if not data:
         raise ApiError(422, "field 'file': expected a .safetensors prefix artifact, got an empty file")
+    if data.startswith(ZIP_MAGIC):  # a PEFT adapter folder: converted with the importer's own code
+        label_names = _parse_labels_field(labels)
+        data = await run_in_threadpool(convert_peft_zip, data, services.runtime.shape, label_names, problem_type)
     record = await run_in_threadpool(services.registry.add_version, caller.tenant.name, task, data)
     services.lookups.invalidate_task(caller.tenant.name, task)
     body = {k: v for k, v in version_json(record).items() if k not in ("metadata", "created_at", "size_bytes")}
@@ -89,3 +105,17 @@ def _parse_route(body: RouteRequest) -> Route:
             raise ApiError(422, f"weights: expected version numbers as keys, got {key!r}")
         weights[int(key)] = weight
     return Route(weights=weights)
+
+
+def _parse_labels_field(raw: str | None) -> list[str] | None:
+    if raw is None or not raw.strip():
+        return None
+    if raw.lstrip().startswith("["):
+        try:
+            names = json.loads(raw)
+        except ValueError:
+            raise ApiError(422, f"field 'labels': expected a JSON list or comma-separated names, got {raw[:80]!r}") from None
+        if isinstance(names, list) and all(isinstance(n, str) for n in names):
+            return names
+        raise ApiError(422, f"field 'labels': expected a JSON list of strings, got {raw[:80]!r}")
+    return [name.strip() for name in raw.split(",")]

@@ -149,7 +149,7 @@ def _parse_labels(raw: str | None) -> tuple[str, ...]:
         raise ArtifactError("metadata 'labels': expected a JSON array of label names, got nothing")
     try:
         labels = json.loads(raw)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # as in the header: huge integers, deep nesting
         raise ArtifactError(f"metadata 'labels': expected a JSON array of label names, got {raw[:80]!r}") from None
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels):
         raise ArtifactError(f"metadata 'labels': expected a non-empty JSON array of non-empty strings, got {raw[:80]!r}")

@@ -49,15 +49,17 @@ def parse_header(data: bytes) -> SafetensorsHeader:
             f"not a safetensors file: expected an 8-byte header length, got a file of {len(data)} bytes"
         )
     (header_len,) = struct.unpack("<Q", data[:8])
-    if header_len > len(data) - 8 or header_len > MAX_HEADER_BYTES:
+    if header_len > len(data) - 8:
         raise ArtifactError(
             "not a safetensors file: the header claims "
             f"{header_len} bytes but the file holds {len(data) - 8} after the length field "
             "(truncated, or not safetensors: a pickle or zip is refused)"
         )
+    if header_len > MAX_HEADER_BYTES:  # its own message: "claims N, holds more" would read as no error
+        raise ArtifactError(f"safetensors header: expected at most {MAX_HEADER_BYTES} bytes, got {header_len}")
     try:
         header = json.loads(data[8 : 8 + header_len].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # also ints past Python's digit limit, deep nesting
         raise ArtifactError(f"not a safetensors file: the header is not UTF-8 JSON ({exc})") from None
     if not isinstance(header, dict):
         raise ArtifactError(f"not a safetensors file: expected a JSON object header, got {type(header).__name__}")
@@ -80,14 +82,14 @@ def _parse_entry(name: str, entry: object, buffer_len: int) -> TensorEntry:
     if not isinstance(entry, dict):
         raise ArtifactError(f"tensor {name!r}: expected an object with dtype, shape, data_offsets")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in DTYPE_SIZES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:  # a list or object is unhashable
         raise ArtifactError(f"tensor {name!r}: unknown safetensors dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
         raise ArtifactError(f"tensor {name!r}: expected a shape of non-negative integers, got {shape!r}")
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
-        or not all(isinstance(o, int) for o in offsets)
+        or not all(_is_int(o) for o in offsets)
         or not 0 <= offsets[0] <= offsets[1] <= buffer_len
     ):
         raise ArtifactError(
@@ -100,6 +102,10 @@ def _parse_entry(name: str, entry: object, buffer_len: int) -> TensorEntry:
             f"the offsets span {offsets[1] - offsets[0]}"
         )
     return TensorEntry(name, dtype, tuple(shape), offsets[0], offsets[1])
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not a dimension
 
 
 def _check_no_overlap(entries) -> None:

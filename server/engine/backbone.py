@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,10 @@ from server.artifact import BackboneShape
 
 BACKBONE_PREFIXES = ("embeddings.", "encoder.", "pooler.")
 SUPPORTED_ACTIVATIONS = {"gelu", "gelu_new", "gelu_pytorch_tanh", "relu"}
+REQUIRED_CONFIG_KEYS = (
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+    "max_position_embeddings",
+)
 
 
 class BackboneError(ValueError):
@@ -51,6 +56,9 @@ class BertGeometry:
             raise BackboneError(
                 f"expected absolute position embeddings, got {config.get('position_embedding_type')!r}"
             )
+        missing = [key for key in REQUIRED_CONFIG_KEYS if not isinstance(config.get(key), int)]
+        if missing:  # otherwise a bare KeyError would be all the operator sees
+            raise BackboneError(f"config.json: expected integer {missing}, got {[config.get(k) for k in missing]}")
         if config.get("hidden_act", "gelu") not in SUPPORTED_ACTIVATIONS:
             raise BackboneError(
                 f"hidden_act: expected one of {sorted(SUPPORTED_ACTIVATIONS)}, got {config.get('hidden_act')!r}"
@@ -93,7 +101,12 @@ def read_backbone_folder(folder: str | Path) -> BackboneFiles:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise BackboneError(f"expected a model folder with config.json, got {folder} (no config.json there)")
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text())
+    except ValueError as exc:
+        raise BackboneError(f"{config_path}: expected a JSON object, got unreadable JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise BackboneError(f"{config_path}: expected a JSON object, got {type(config).__name__}")
     geometry = BertGeometry.from_config(config)
     state_dict = _backbone_tensors(_read_weights(folder))
     name = config.get("_name_or_path") or folder.name
@@ -123,7 +136,15 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
     legacy = folder / "pytorch_model.bin"
     if legacy.is_file():
         # weights_only refuses arbitrary pickled objects: only tensors and plain containers load.
-        return torch.load(legacy, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(legacy, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            # torch's own message advises weights_only=False, exactly what must not be done here.
+            detail = next((line for line in str(exc).splitlines() if "GLOBAL" in line), "not a weights file")
+            raise BackboneError(
+                f"{legacy}: expected only tensors, got other pickled objects, refused without running them "
+                f"({detail[:200]})"
+            ) from None
     raise BackboneError(f"no weights in {folder}: expected model.safetensors (or an index, or pytorch_model.bin)")
 
 

@@ -1,0 +1,260 @@
+"""Engine-level benchmark: the Batcher and the Engine in process, fed by a closed-loop request driver,
+against the baselines on the very same texts:
+
+- `limit`: the backbone alone, no prefix, the inputs sorted by length and cut into batches under the
+  same size and token bounds (tokenization included in the time);
+- `seed`: transformers' BertModel with a DynamicCache, one request at a time (a time-boxed prefix of
+  the same request stream; its latency is the service time, there is no queue);
+- `per-task`: the Batcher with BatchLimits(per_task_batches=True), one prefix per forward pass;
+- `prefix-server`: the Batcher as it serves.
+
+For each inputs-per-request, `repeats` rounds run every (task count, mode) back to back, task counts
+and modes in alternating order (so a drift in the machine's load hits every configuration alike);
+each figure pools its rounds. Every forward pass, the baselines' too, runs on one worker thread, as
+the Batcher's compute thread does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+
+from server.batching import BatchLimits, Batcher, ClassifyJob, PrefixCache
+from server.bench.seed_model import SeedModel
+from server.bench.stats import ForwardRecorder, RecordingEngine, SteadyWindow, latency_summary, proc_memory
+from server.bench.workload import BenchRequest, BuiltTask, TextPools, build_tasks, flat_inputs, generate_requests, make_tasks
+from server.engine import Engine, Row
+
+MODES = ("limit", "seed", "per-task", "prefix-server")
+
+
+@dataclass
+class EngineBenchConfig:
+    backbone: str
+    tasks: list[int] = field(default_factory=lambda: [1, 8, 64, 512])
+    inputs_per_request: list[int] = field(default_factory=lambda: [1, 16])
+    inputs_per_run: int = 256  # per repeat; requests per run = inputs_per_run // inputs_per_request
+    requests: int | None = None  # overrides inputs_per_run
+    concurrency: int | None = None  # requests in flight; default 128 // inputs_per_request
+    repeats: int = 3
+    seed_seconds: float = 2.0  # time box of the one-at-a-time seed baseline per configuration and repeat
+    num_tenants: int = 8
+    seed: int = 0
+    limits: BatchLimits = field(default_factory=BatchLimits)
+    modes: tuple[str, ...] = MODES
+
+    def requests_for(self, ipr: int) -> int:
+        return self.requests or max(1, self.inputs_per_run // ipr)
+
+    def concurrency_for(self, ipr: int) -> int:
+        return self.concurrency or max(1, 128 // ipr)
+
+    def describe(self) -> dict:
+        return {**asdict(self), "limits": asdict(self.limits), "modes": list(self.modes)}
+
+
+@dataclass
+class Measured:
+    """One mode's raw measurements, summed over rounds (`rounds`: each round's inputs/s)."""
+
+    requests: int = 0
+    inputs: int = 0
+    wall_s: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    forwards: ForwardRecorder = field(default_factory=ForwardRecorder)
+    rounds: list[float] = field(default_factory=list)
+
+    def add(self, other: "Measured") -> None:
+        self.rounds.append(round(other.inputs / other.wall_s, 2) if other.wall_s > 0 else 0.0)
+        self.requests += other.requests
+        self.inputs += other.inputs
+        self.wall_s += other.wall_s
+        self.latencies += other.latencies
+        self.forwards.extend(other.forwards)
+
+
+@dataclass
+class _Setup:
+    engine: Engine
+    spy: RecordingEngine
+    seed_model: SeedModel | None
+    compute: ThreadPoolExecutor  # the baselines' forward thread
+    tasks: list[BuiltTask]
+    requests: list[BenchRequest]
+    cache: PrefixCache
+    concurrency: int
+
+
+def run_engine_bench(config: EngineBenchConfig, pools: TextPools, progress=print) -> dict:
+    engine = Engine.from_folder(config.backbone)
+    seed_model = SeedModel(config.backbone) if "seed" in config.modes else None
+    spy = RecordingEngine(engine, ForwardRecorder())
+    runs = []
+    with ThreadPoolExecutor(1, thread_name_prefix="bench-compute") as compute:
+        setups = {}
+        for num_tasks in config.tasks:
+            specs = make_tasks(num_tasks, config.seed, config.num_tenants, engine.shape.max_prefix_len)
+            tasks = build_tasks(engine.shape, specs)
+            blobs = {task.sha256: task.data for task in tasks}
+            cache = PrefixCache(spy, blobs.__getitem__, max_bytes=1 << 40)
+            for task in tasks:
+                cache.get(task.sha256)  # all resident: loading is not what this level measures
+            setups[num_tasks] = (tasks, cache)
+        for ipr in config.inputs_per_request:
+            measured = {(n, mode): Measured() for n in config.tasks for mode in config.modes}
+            for repeat in range(config.repeats):
+                # Task counts and modes alternate their order each round: a drift in the machine's load
+                # then weighs on every configuration alike.
+                for num_tasks in _alternate(config.tasks, repeat):
+                    tasks, cache = setups[num_tasks]
+                    requests = generate_requests(pools, num_tasks, config.requests_for(ipr), ipr, config.seed)
+                    setup = _Setup(engine, spy, seed_model, compute, tasks, requests, cache, config.concurrency_for(ipr))
+                    for mode in _alternate(config.modes, repeat + num_tasks):
+                        measured[(num_tasks, mode)].add(_run_mode(setup, config, mode))
+            for num_tasks in config.tasks:
+                for mode in config.modes:
+                    runs.append(summarize(num_tasks, ipr, mode, measured[(num_tasks, mode)], config.concurrency_for(ipr)))
+                    progress(_line(runs[-1]))
+    return {
+        "level": "engine", "config": config.describe(), "texts": pools.describe(), "runs": runs,
+        # One process runs every mode and holds every task set and the seed model: see `bench memory`.
+        "bench_process_memory": proc_memory(),
+    }
+
+
+def _alternate(items, index: int) -> list:
+    return list(items) if index % 2 == 0 else list(reversed(items))
+
+
+def _run_mode(setup: _Setup, config: EngineBenchConfig, mode: str) -> Measured:
+    if mode == "limit":
+        return setup.compute.submit(run_limit, setup.engine, setup.requests, config.limits).result()
+    if mode == "seed":
+        return setup.compute.submit(run_seed, setup.seed_model, setup.tasks, setup.requests, config.seed_seconds).result()
+    limits = replace(config.limits, per_task_batches=(mode == "per-task"))
+    return run_batcher(setup.spy, setup.cache, limits, make_jobs(setup.tasks, setup.requests), setup.concurrency)
+
+
+def summarize(num_tasks: int, ipr: int, mode: str, m: Measured, concurrency: int) -> dict:
+    forwards = m.forwards.summary()
+    latency = latency_summary(m.latencies) if m.latencies else forwards.get("forward_ms")
+    return {
+        "tasks": num_tasks, "inputs_per_request": ipr, "mode": mode, "requests": m.requests, "inputs": m.inputs,
+        "concurrency": {"limit": None, "seed": 1}.get(mode, concurrency), "wall_s": round(m.wall_s, 3),
+        "inputs_per_s": round(m.inputs / m.wall_s, 2) if m.wall_s > 0 else 0.0, "rounds_inputs_per_s": m.rounds, "latency": latency,
+        "latency_kind": "forward pass of one sorted batch" if mode == "limit" else "request",
+        **{k: v for k, v in forwards.items() if k != "forward_ms"}, "forward_ms": forwards.get("forward_ms"),
+    }
+
+
+def make_jobs(tasks: list[BuiltTask], requests: list[BenchRequest]) -> list[ClassifyJob]:
+    jobs = []
+    for request in requests:
+        spec = tasks[request.task].spec
+        jobs.append(ClassifyJob(
+            tenant=spec.tenant, sha256=tasks[request.task].sha256, prefix_len=spec.prefix_len,
+            inputs=list(request.inputs), truncate=True, timeout_s=3600.0, tenant_max_queued=1 << 30,
+        ))
+    return jobs
+
+
+def run_batcher(spy: RecordingEngine, cache: PrefixCache, limits: BatchLimits, jobs: list[ClassifyJob], concurrency: int) -> Measured:
+    """A closed loop at `concurrency` requests in flight over `concurrency` warm-up requests and then
+    `jobs`, measured in steady state (closed_loop); forward passes are recorded from the window's arming
+    on, which is where its first whole pass begins."""
+
+    async def main():
+        batcher = Batcher(spy, cache, replace(limits, max_queued_inputs=max(limits.max_queued_inputs, 1 << 20)))
+        batcher.start()
+        try:
+            warm = jobs[:concurrency]
+            return await closed_loop(batcher, warm + jobs, concurrency, len(warm), spy.recorder.reset)
+        finally:
+            await batcher.stop()
+
+    requests, inputs, latencies, wall = asyncio.run(main())
+    return Measured(requests, inputs, wall, latencies, spy.recorder.copy())
+
+
+async def closed_loop(batcher: Batcher, jobs: list[ClassifyJob], concurrency: int, warmup: int = 0,
+                      on_arm=None) -> tuple[int, int, list[float], float]:
+    """Each of `concurrency` workers sends its next request as soon as its previous one is answered.
+    Measured in the SteadyWindow after `warmup` completions, up to the last answer (the closing drain
+    keeps batches full: the last requests in flight are all queued already); returns the requests,
+    inputs and latencies completed in the window, and its length."""
+    indices = iter(range(len(jobs)))  # shared by the workers: each takes the next request
+    window = SteadyWindow(warmup, on_arm)
+    counted = {"requests": 0, "inputs": 0}
+    latencies: list[float] = []
+
+    async def worker():
+        for index in indices:
+            started = time.perf_counter()
+            await batcher.classify(jobs[index])
+            ended = time.perf_counter()
+            if window.completed():
+                latencies.append(ended - started)
+                counted["requests"] += 1
+                counted["inputs"] += len(jobs[index].inputs)
+
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, len(jobs)))))
+    return counted["requests"], counted["inputs"], latencies, window.length()
+
+
+def limit_batches(lengths: list[int], limits: BatchLimits) -> list[list[int]]:
+    """Indices sorted by length, cut into batches under max_batch_size and max_batch_tokens."""
+    batches, current, longest = [], [], 0
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+        longest_with = max(longest, lengths[index])
+        if current and (len(current) >= limits.max_batch_size or (len(current) + 1) * longest_with > limits.max_batch_tokens):
+            batches.append(current)
+            current, longest_with = [], lengths[index]
+        current.append(index)
+        longest = longest_with
+    if current:
+        batches.append(current)
+    return batches
+
+
+def run_limit(engine: Engine, requests: list[BenchRequest], limits: BatchLimits) -> Measured:
+    """The backbone alone over the same inputs, sorted by length; its latency is one batch's forward."""
+    inputs = flat_inputs(requests)
+    warm = engine.encode(inputs[: 2 * limits.max_batch_size], 0)
+    for batch in limit_batches([len(e) for e in warm], limits):
+        engine.pooled([Row(warm[i], None) for i in batch])
+    recorder = ForwardRecorder()
+    started = time.perf_counter()
+    encoded = engine.encode(inputs, 0)
+    for batch in limit_batches([len(e) for e in encoded], limits):
+        rows = [Row(encoded[i], None) for i in batch]
+        forward_started = time.perf_counter()
+        engine.pooled(rows)
+        recorder.record(rows, time.perf_counter() - forward_started)
+    return Measured(len(requests), len(inputs), time.perf_counter() - started, [], recorder)
+
+
+def run_seed(model: SeedModel, tasks: list[BuiltTask], requests: list[BenchRequest], seconds: float) -> Measured:
+    """One request at a time for up to `seconds` (at least 4 requests)."""
+    for request in requests[:2]:
+        model.classify(tasks[request.task].artifact, list(request.inputs))  # warm-up
+    latencies, inputs = [], 0
+    started = time.perf_counter()
+    for request in requests:
+        if len(latencies) >= 4 and time.perf_counter() - started > seconds:
+            break
+        request_started = time.perf_counter()
+        model.classify(tasks[request.task].artifact, list(request.inputs))
+        latencies.append(time.perf_counter() - request_started)
+        inputs += len(request.inputs)
+    return Measured(len(latencies), inputs, time.perf_counter() - started, latencies)
+
+
+def _line(run: dict) -> str:
+    lat = run["latency"] or {}
+    return (
+        f"engine tasks={run['tasks']:>3} inputs/request={run['inputs_per_request']:>2} {run['mode']:<13} "
+        f"{run['inputs_per_s']:>8.1f} inputs/s  p50 {lat.get('p50_ms')} ms  p99 {lat.get('p99_ms')} ms  "
+        f"({run['inputs']} inputs in {run['wall_s']} s)"
+    )

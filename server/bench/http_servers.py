@@ -1,0 +1,178 @@
+"""The servers under test of the HTTP benchmark, each a subprocess on a free port:
+
+- `prefix-server`: `python -m server serve` (multi-tenant: an admin token, a registry in a temporary
+  folder, no demo prefixes);
+- `per-task`: the same with `--per-task-batches` (one prefix per forward pass);
+- `seed`: server.bench.seed_server (transformers, one request at a time).
+
+Also owns putting the benchmark's tenants and tasks into a server through the API, and reading the
+server's Prometheus counters (batch sizes, padded token slots) before and after a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from server.bench.stats import BATCH_SIZE_BUCKETS, proc_memory
+from server.bench.workload import BuiltTask
+
+ADMIN_TOKEN = "bench-admin-token"
+MODES = ("prefix-server", "per-task", "seed")
+
+
+@dataclass
+class ServerProcess:
+    mode: str
+    proc: subprocess.Popen
+    port: int
+    log_path: Path
+    keys: dict[str, str] = field(default_factory=dict)  # tenant -> API key
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def auth_header(self, tenant: str) -> str:
+        key = self.keys.get(tenant)
+        return f"Authorization: Bearer {key}\r\n" if key else ""
+
+    def memory(self) -> dict:
+        return proc_memory(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_server(mode: str, backbone: str, workdir: Path, tasks_dir: Path, torch_threads: int = 0,
+                 serve_flags: tuple[str, ...] = ()) -> ServerProcess:
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / f"{mode}.log"
+    env = dict(os.environ)
+    threads = ["--torch-threads", str(torch_threads)] if torch_threads else []
+    if mode == "seed":
+        command = [sys.executable, "-m", "server.bench.seed_server", "--port", str(port), "--backbone", backbone,
+                   "--tasks-dir", str(tasks_dir), *threads]
+    else:
+        env.update(
+            PREFIX_SERVER_BACKBONE=backbone, PREFIX_SERVER_DATA_DIR=str(workdir / f"{mode}-data"),
+            PREFIX_SERVER_PREFIXES_DIR="", PREFIX_SERVER_ADMIN_TOKEN=ADMIN_TOKEN, PREFIX_SERVER_LOG_LEVEL="WARNING",
+        )
+        extra = ["--per-task-batches"] if mode == "per-task" else []
+        command = [sys.executable, "-m", "server", "serve", "--port", str(port), *threads, *extra, *serve_flags]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+    return ServerProcess(mode, proc, port, log_path)
+
+
+def wait_ready(server: ServerProcess, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{server.mode} server exited at start-up:\n{server.log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{server.base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"{server.mode} server not ready within {timeout_s:.0f} s; log: {server.log_path}")
+        time.sleep(0.2)
+
+
+def write_task_files(tasks: list[BuiltTask], folder: Path) -> None:
+    """The seed server's tasks: one artifact file per task name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for task in tasks:
+        (folder / f"{task.spec.name}.safetensors").write_bytes(task.data)
+
+
+def install_tasks(server: ServerProcess, tasks: list[BuiltTask], parallel: int = 8) -> None:
+    """Creates the tasks' tenants (admin API) and uploads every task to its tenant."""
+    if server.mode == "seed":
+        return
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    for tenant in sorted({task.spec.tenant for task in tasks} - set(server.keys)):
+        response = httpx.post(f"{server.base}/v1/admin/tenants", json={"name": tenant}, headers=admin, timeout=30)
+        response.raise_for_status()
+        server.keys[tenant] = response.json()["api_key"]
+
+    async def upload_all():
+        slots = asyncio.Semaphore(parallel)
+        async with httpx.AsyncClient(base_url=server.base, timeout=60) as client:
+
+            async def upload(task: BuiltTask):
+                async with slots:
+                    response = await client.put(
+                        f"/v1/tasks/{task.spec.name}", files={"file": ("prefix.safetensors", task.data)},
+                        headers={"Authorization": f"Bearer {server.keys[task.spec.tenant]}"},
+                    )
+                if response.status_code != 201:
+                    raise RuntimeError(f"upload of {task.spec.name} to {server.mode}: {response.status_code} {response.text}")
+
+            await asyncio.gather(*(upload(task) for task in tasks))
+
+    asyncio.run(upload_all())
+
+
+def scrape(server: ServerProcess) -> dict | None:
+    """The batch counters of prefix-server's /metrics (None for the seed server, which has none)."""
+    if server.mode == "seed":
+        return None
+    text = httpx.get(f"{server.base}/metrics", timeout=30).text
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(("prefix_server_batch_size", "prefix_server_batch_tokens", "prefix_server_inference_seconds")):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def counter_delta(before: dict | None, after: dict | None) -> dict:
+    if before is None or after is None:
+        return {}
+    return {name: value - before.get(name, 0.0) for name, value in after.items()}
+
+
+def batch_stats(delta: dict, real_key_tokens: int) -> dict:
+    """Forwards, batch-size histogram and key padding from counter deltas (counter_delta);
+    `real_key_tokens` is the sum of P + S over the inputs sent, counted by the client with the same
+    tokenizer."""
+    forwards = delta.get("prefix_server_batch_size_count", 0.0)
+    if not forwards:
+        return {"forwards": 0}
+    histogram, below = {}, 0.0
+    for bound in BATCH_SIZE_BUCKETS:
+        cumulative = delta.get(f'prefix_server_batch_size_bucket{{le="{float(bound)}"}}', 0.0)
+        if cumulative - below:
+            histogram[str(bound)] = int(cumulative - below)
+        below = cumulative
+    slots = delta.get("prefix_server_batch_tokens_sum", 0.0)
+    return {
+        "forwards": int(forwards),
+        "key_padding_fraction": round(1 - real_key_tokens / slots, 4) if slots else None,
+        "batch_size": {"mean": round(delta.get("prefix_server_batch_size_sum", 0.0) / forwards, 2), "histogram": histogram},
+        "compute_s": round(delta.get("prefix_server_inference_seconds_sum", 0.0), 3),
+    }

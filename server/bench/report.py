@@ -1,0 +1,200 @@
+"""Writes a benchmark result as JSON and as Markdown tables, with the conditions it was measured in:
+the machine (CPU model, cores, load), library versions, the date and the exact command.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+from server.bench import analysis
+
+
+def environment(command: list[str] | None = None) -> dict:
+    import tokenizers
+    import torch
+    import transformers
+
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join(command if command is not None else sys.argv),
+        "cpu_model": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset: libgomp default, active spin)"),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def analyse(result: dict) -> dict:
+    """Adds the derived figures (ratios, scaling, targets) to a result, in place; returns it."""
+    level = result["level"]
+    if level in ("engine", "http"):
+        result["ratios"] = analysis.ratios(result["runs"])
+        result["scaling"] = analysis.scaling(result["runs"])
+        result["targets"] = analysis.engine_targets(result["runs"]) if level == "engine" else analysis.http_targets(result)
+    if level == "http" and result.get("open_loop"):
+        result["open_loop_summary"] = analysis.open_loop_summary(result["open_loop"], result["config"]["p99_budget_ms"])
+    if level == "memory":
+        result["targets"] = analysis.memory_targets(result)
+    return result
+
+
+def write(result: dict, out_dir: str | Path, name: str) -> tuple[Path, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / f"{name}.json", out / f"{name}.md"
+    json_path.write_text(json.dumps(result, indent=1))
+    md_path.write_text(render(result))
+    return json_path, md_path
+
+
+def _fmt(value, digits: int = 1) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_fmt(v) if not isinstance(v, str) else v for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _meta(result: dict) -> str:
+    env = result.get("environment", {})
+    lines = [f"- {key}: `{value}`" for key, value in env.items()]
+    if "texts" in result:
+        lines.append(f"- texts: {result['texts']['origin']} {result['texts']['sizes']}")
+    if "backbone" in result:
+        lines.append(f"- backbone: {result['backbone']}")
+    if "bench_process_memory" in result:
+        lines.append(f"- bench process memory (all modes, all task sets, the seed model): {result['bench_process_memory']}")
+    return "\n".join(lines)
+
+
+def _histogram(batch: dict | None) -> str:
+    if not batch or not batch.get("histogram"):
+        return "—"
+    return " ".join(f"≤{k}:{v}" for k, v in batch["histogram"].items())
+
+
+def _runs_table(runs: list[dict]) -> str:
+    rows = []
+    for r in runs:
+        lat, batch = r.get("latency") or {}, r.get("batch_size") or {}
+        memory = r.get("server_memory") or r.get("process_memory") or {}
+        rows.append([
+            str(r["tasks"] or "—"), str(r["inputs_per_request"]), r["mode"], r["inputs_per_s"], lat.get("p50_ms"),
+            lat.get("p95_ms"), lat.get("p99_ms"), _pct(r.get("padding_fraction")), _pct(r.get("key_padding_fraction")),
+            batch.get("mean"), _histogram(batch), r.get("tasks_per_forward_mean"), _busy(r), memory.get("peak_rss_mb"),
+        ])
+    header = ["tasks", "inputs/req", "mode", "inputs/s", "p50 ms", "p95 ms", "p99 ms", "padding", "key padding",
+              "mean batch", "batch sizes", "tasks/forward", "forward busy", "peak RSS MiB"]
+    return _table(header, rows)
+
+
+def _busy(run: dict) -> str:
+    """The share of the run's wall time spent inside forward passes."""
+    if not run.get("compute_s") or not run.get("wall_s"):
+        return "—"
+    return _pct(run["compute_s"] / run["wall_s"])
+
+
+def _pct(value) -> str:
+    return "—" if value is None else f"{100 * value:.0f}%"
+
+
+def _ratio_table(rows: list[dict]) -> str:
+    return _table(
+        ["tasks", "inputs/req", "vs limit", "vs per-task", "vs seed", "p99 vs per-task"],
+        [[str(r["tasks"]), str(r["inputs_per_request"]), _x(r["vs_limit"], r.get("vs_limit_rounds")),
+          _x(r["vs_per_task"], r.get("vs_per_task_rounds")), _x(r["vs_seed"], r.get("vs_seed_rounds")),
+          _x(r["p99_vs_per_task"])] for r in rows],
+    )
+
+
+def _x(value, rounds: list[float] | None = None) -> str:
+    if value is None:
+        return "—"
+    spread = f" ({min(rounds):.2f}–{max(rounds):.2f})" if rounds else ""
+    return f"{value:.2f}x{spread}"
+
+
+def _targets_table(rows: list[dict]) -> str:
+    marks = {True: "yes", False: "**no**", None: "—"}
+    return _table(
+        ["target", "configuration", "measured", "goal", "met", "note"],
+        [[t["target"], t["config"], _fmt(t["measured"], 2), t["goal"], marks[t["met"]], t.get("note", "")] for t in rows],
+    )
+
+
+def render(result: dict) -> str:
+    level = result["level"]
+    parts = [f"# prefix-server bench: {level} level", "", _meta(result), ""]
+    if level in ("engine", "http"):
+        parts += ["## Throughput, latency, batches", "", _runs_table(result["runs"]), ""]
+        parts += ["## prefix-server over each baseline (same texts, same run)", "", _ratio_table(result.get("ratios", [])), ""]
+        parts += ["## prefix-server, N tasks over 1 task", "", _table(
+            ["tasks", "inputs/req", "throughput", "p99"],
+            [[str(s["tasks"]), str(s["inputs_per_request"]), _x(s["throughput_vs_1_task"], s.get("throughput_vs_1_task_rounds")),
+              _x(s["p99_vs_1_task"])] for s in result.get("scaling", [])]), "",
+            "Throughput ratios: the median of the per-round ratios, (min–max over rounds), when there were several rounds.", ""]
+    if level == "http" and result.get("open_loop"):
+        parts += ["## Open loop (Poisson arrivals; latency from the scheduled send time)", "", _table(
+            ["rate req/s", "mode", "achieved inputs/s", "p50 ms", "p99 ms", "statuses", "saturated"],
+            [[r["rate_rps"], r["mode"], r["inputs_per_s"], r["latency"]["p50_ms"], r["latency"]["p99_ms"],
+              json.dumps(r["statuses"]), "yes" if r.get("saturated") else ""] for r in result["open_loop"]]), ""]
+        for mode, latency in (result.get("open_loop_solo_latency") or {}).items():
+            parts += [f"- {mode}, one request at a time (the floor under its p99 on this machine): "
+                      f"p50 {latency['p50_ms']} ms, p99 {latency['p99_ms']} ms over {latency['count']} requests"]
+        parts += [""]
+        summary = result.get("open_loop_summary") or {}
+        parts += [f"Sustainable throughput at p99 <= {summary.get('budget_ms')} ms: {summary.get('sustainable_inputs_per_s')}; "
+                  f"crossing: {summary.get('crossing')}", ""]
+    if level == "memory":
+        parts += _memory_sections(result)
+    if result.get("targets"):
+        parts += ["## Targets (issue 5)", "", _targets_table(result["targets"]), ""]
+    if result.get("notes"):
+        parts += ["## Notes", ""] + [f"- {note}" for note in result["notes"]] + [""]
+    return "\n".join(parts)
+
+
+def _memory_sections(result: dict) -> list[str]:
+    fit = result["comparison"][0]["fit"]
+    rows = [[str(r["tasks"]), r["prefix_server_rss_mb"], r["prefix_server_serving_rss_mb"], r["backbone_rss_mb"],
+             r["prefix_mb"], r["budget_mb"], r["separate_models_rss_mb"] if r["separate_models_rss_mb"] else None,
+             "extrapolated" if r["separate_models_extrapolated"] else "measured", _x(r["separate_over_prefix_server"])]
+            for r in result["comparison"][1:]]
+    copies = [[str(c["copies"]), c["rss_mb"], c["peak_rss_mb"]] for c in result["copies"]]
+    return [
+        f"Idle process (python, torch, server imported): {result['idle']['rss_mb']} MiB.", "",
+        "## prefix-server: one backbone, k tasks resident", "", _table(
+            ["tasks", "RSS MiB", "RSS after a forward", "backbone alone", "prefixes MiB", "budget MiB",
+             "separate models MiB", "separate models", "separate / prefix-server"], rows), "",
+        f"## Separately fine-tuned models: k backbone copies (measured), fit {fit['intercept_mb']} + "
+        f"{fit['mb_per_copy']} MiB per copy, extrapolated linearly past the largest k measured", "",
+        _table(["copies", "RSS MiB", "peak RSS MiB"], copies), "",
+    ]

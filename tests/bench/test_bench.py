@@ -1,0 +1,188 @@
+"""`prefix-server bench` smoke tests on the tiny backbone: the workload is deterministic, every level
+runs end to end with tiny sizes and yields the keys the report needs, the seed baseline computes what
+the engine computes, and the report renders."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from server.batching import BatchLimits
+from server.bench import analysis, report
+from server.bench.engine_level import EngineBenchConfig, limit_batches, run_engine_bench
+from server.bench.seed_model import SeedModel
+from server.bench.workload import (
+    DataMissing,
+    build_tasks,
+    generate_requests,
+    load_text_pools,
+    make_tasks,
+    synthetic_pools,
+)
+from server.cli import main
+from server.engine import Row
+from tests.conftest import SHARED_DATA
+
+RUN_KEYS = {"tasks", "inputs_per_request", "mode", "inputs_per_s", "latency", "requests", "inputs", "wall_s"}
+
+
+def test_request_stream_is_deterministic_and_the_same_texts_for_every_task_count():
+    pools = synthetic_pools(1)
+    first = generate_requests(pools, 8, 50, 16, seed=3)
+    assert first == generate_requests(pools, 8, 50, 16, seed=3)
+    assert all(len(r.inputs) == 16 and 0 <= r.task < 8 for r in first)
+    other_tasks = generate_requests(pools, 512, 50, 16, seed=3)
+    assert [r.inputs for r in other_tasks] == [r.inputs for r in first]
+    assert [r.task for r in other_tasks] != [r.task for r in first]
+    assert generate_requests(pools, 8, 50, 16, seed=4) != first
+
+
+def test_tasks_mix_prefix_lengths_labels_and_tenants():
+    tasks = make_tasks(64, seed=0, num_tenants=8)
+    assert tasks == make_tasks(64, seed=0, num_tenants=8)
+    lengths = [t.prefix_len for t in tasks]
+    assert min(lengths) == 4 and max(lengths) == 64 and abs(sum(lengths) / 64 - 34) < 0.5
+    assert {t.num_labels for t in tasks} <= set(range(2, 7)) and len({t.num_labels for t in tasks}) > 2
+    assert len({t.tenant for t in tasks}) == 8 and len({t.name for t in tasks}) == 64
+    assert [t.prefix_len for t in make_tasks(1)] == [34]
+
+
+def test_missing_data_fails_with_a_clear_message(tmp_path):
+    with pytest.raises(DataMissing, match="sst2.dev.jsonl.*--data"):
+        load_text_pools(tmp_path)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "sst2.dev.jsonl").is_file(), reason="the shared data folder is absent")
+def test_real_texts_load():
+    pools = load_text_pools(SHARED_DATA)
+    assert set(pools.sources) == {"sst2", "trec", "mrpc"}
+    assert len(pools.sources["sst2"]) == 872 and len(pools.sources["trec"]) == 5952
+    assert all(isinstance(pair, tuple) and len(pair) == 2 for pair in pools.sources["mrpc"])
+
+
+def test_limit_batches_are_sorted_and_bounded():
+    lengths = [5, 40, 3, 17, 9, 40, 2, 33] * 10
+    limits = BatchLimits(max_batch_size=8, max_batch_tokens=160)
+    batches = limit_batches(lengths, limits)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(flat)
+    assert all(len(b) <= 8 and len(b) * max(lengths[i] for i in b) <= 160 for b in batches)
+
+
+def test_seed_baseline_matches_the_engine(tiny_engine, tiny_backbone_dir):
+    seed = SeedModel(tiny_backbone_dir)
+    tasks = build_tasks(tiny_engine.shape, make_tasks(3, seed=5))
+    inputs = [["a short one", "a much longer sentence about a movie that goes on"], [("is it?", "yes it is"), ("a", "b c d")]]
+    for task in tasks:
+        prefix = tiny_engine.load_prefix(task.artifact)
+        for batch in inputs:
+            rows = [Row(e, prefix) for e in tiny_engine.encode(batch, task.spec.prefix_len)]
+            for got, want in zip(seed.classify(task.artifact, batch), tiny_engine.score(rows)):
+                assert max(abs(g - w) for g, w in zip(got, want)) < 1e-4
+
+
+def test_engine_level_runs_end_to_end(tiny_backbone_dir):
+    config = EngineBenchConfig(str(tiny_backbone_dir), tasks=[1, 4], inputs_per_request=[1, 4], inputs_per_run=16, concurrency=4,
+                               repeats=2, seed_seconds=0.05)
+    result = report.analyse(run_engine_bench(config, synthetic_pools(), progress=lambda line: None))
+    modes = {(r["tasks"], r["inputs_per_request"], r["mode"]) for r in result["runs"]}
+    assert modes == {(t, k, m) for t in (1, 4) for k in (1, 4) for m in ("limit", "seed", "per-task", "prefix-server")}
+    for run in result["runs"]:
+        assert RUN_KEYS <= set(run) and run["inputs_per_s"] > 0 and run["latency"]["p99_ms"] > 0
+        if run["mode"] != "seed":
+            assert 0 <= run["padding_fraction"] < 1 and run["batch_size"]["max"] >= 1
+    batched = [r for r in result["runs"] if r["mode"] == "prefix-server"]
+    assert all(r["inputs"] == 32 for r in batched)  # two repeats of 16 inputs
+    assert {(r["tasks"], r["inputs_per_request"]) for r in result["ratios"]} == {(t, k) for t in (1, 4) for k in (1, 4)}
+    assert any(t["target"].startswith("prefix-server vs backbone-alone limit") for t in result["targets"])
+    text = report.render(result)
+    assert "| tasks | inputs/req | mode | inputs/s" in text and "prefix-server" in text
+    json.dumps(result)
+
+
+def test_open_loop_crossing_is_interpolated():
+    def run(mode, rate, p99):
+        return {"mode": mode, "rate_rps": rate, "inputs_per_s": rate, "latency": {"p99_ms": p99}}
+
+    runs = [run("per-task", 10, 20), run("per-task", 20, 400), run("prefix-server", 10, 10), run("prefix-server", 20, 20),
+            run("prefix-server", 40, 90), run("prefix-server", 80, 300)]
+    summary = analysis.open_loop_summary(runs, 100.0)
+    crossing = summary["crossing"]
+    assert crossing["interpolated"] and 10 < crossing["rate_rps"] < 20
+    expected_rate = 10 + 10 * math.log(100 / 20) / math.log(400 / 20)
+    assert crossing["rate_rps"] == pytest.approx(expected_rate, abs=0.01)
+    assert 10 < crossing["prefix_server_p99_ms"] < 20 and crossing["p99_ratio"] > 5
+    assert summary["sustainable_inputs_per_s"] == {"per-task": 10, "prefix-server": 40}
+    assert summary["sustainable_ratio"] == 4.0
+
+
+def test_memory_level_runs_end_to_end(tmp_path, tiny_backbone_dir):
+    code = main(["bench", "memory", "--backbone", str(tiny_backbone_dir), "--resident", "1,20", "--copies", "1,2",
+                 "--out", str(tmp_path), "--omp-wait-policy", "inherit"])
+    assert code == 0
+    result = json.loads((tmp_path / "memory.json").read_text())
+    assert [r["tasks"] for r in result["resident"]] == [1, 20]
+    assert result["resident"][1]["prefix_mb"] > 0 and result["resident"][1]["rss_resident_mb"] > 0
+    rows = result["comparison"][1:]
+    assert rows[1]["separate_models_extrapolated"] and not rows[0]["separate_models_extrapolated"]
+    assert result["targets"][0]["met"] in (True, False)
+    assert "backbone copies" in (tmp_path / "memory.md").read_text()
+
+
+def test_engine_command_writes_json_and_markdown(tmp_path, tiny_backbone_dir):
+    code = main(["bench", "engine", "--synthetic-texts", "--backbone", str(tiny_backbone_dir), "--tasks", "1,2",
+                 "--inputs-per-request", "2", "--inputs-per-run", "8", "--repeats", "1", "--seed-seconds", "0.05",
+                 "--out", str(tmp_path), "--omp-wait-policy", "inherit"])
+    assert code == 0
+    result = json.loads((tmp_path / "engine.json").read_text())
+    assert {"environment", "runs", "ratios", "scaling", "targets", "config"} <= set(result)
+    assert result["environment"]["command"] and result["environment"]["cpu_cores"]
+    assert "synthetic texts (--synthetic-texts)" in result["notes"]
+    assert (tmp_path / "engine.md").read_text().startswith("# prefix-server bench: engine level")
+
+
+def test_engine_command_without_data_says_where_it_looked(tmp_path, tiny_backbone_dir, capsys):
+    code = main(["bench", "engine", "--backbone", str(tiny_backbone_dir), "--data", str(tmp_path / "nowhere"),
+                 "--out", str(tmp_path), "--omp-wait-policy", "inherit"])
+    assert code == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
+def test_http_level_runs_end_to_end(tiny_backbone_dir):
+    from server.bench.http_level import HttpBenchConfig, run_http_bench
+
+    config = HttpBenchConfig(str(tiny_backbone_dir), tasks=[3], inputs_per_request=[2], inputs_per_run=16, concurrency=2,
+                             open_loop_tasks=3, open_loop_inputs_per_request=2, rates=[20.0], open_loop_seconds=1.0,
+                             modes=("prefix-server", "per-task"))
+    result = report.analyse(run_http_bench(config, synthetic_pools(), progress=lambda line: None))
+    runs = {r["mode"]: r for r in result["runs"]}
+    assert set(runs) == {"limit", "prefix-server", "per-task"}
+    for mode in ("prefix-server", "per-task"):
+        assert runs[mode]["statuses"] == {"200": runs[mode]["requests"]} and runs[mode]["inputs_per_s"] > 0
+        assert runs[mode]["server_memory"]["peak_rss_mb"] > 0
+    assert runs["prefix-server"]["inputs"] == 16 and runs["prefix-server"]["forwards"] >= 1
+    assert 0 <= runs["prefix-server"]["key_padding_fraction"] < 1
+    assert {r["mode"] for r in result["open_loop"]} == {"prefix-server", "per-task"}
+    assert all(r["statuses"].get("200") for r in result["open_loop"])
+    assert "Open loop" in report.render(result)
+
+
+def test_seed_server_answers_like_prefix_server(tmp_path, tiny_engine, tiny_backbone_dir):
+    from fastapi.testclient import TestClient
+
+    from server.bench.http_servers import write_task_files
+    from server.bench.seed_server import create_seed_app
+
+    task = build_tasks(tiny_engine.shape, make_tasks(1, seed=2))[0]
+    write_task_files([task], tmp_path)
+    client = TestClient(create_seed_app(str(tiny_backbone_dir), str(tmp_path)))
+    body = {"task": task.spec.name, "inputs": ["a fine film", {"text": "is it?", "text_pair": "it is"}]}
+    answer = client.post("/v1/classify", json=body).json()
+    rows = [Row(e, tiny_engine.load_prefix(task.artifact)) for e in tiny_engine.encode(["a fine film", ("is it?", "it is")], task.spec.prefix_len)]
+    for result, want in zip(answer["results"], tiny_engine.score(rows)):
+        assert list(result["scores"]) == list(task.artifact.labels) and result["label"] in task.artifact.labels
+        assert max(abs(g - w) for g, w in zip(result["scores"].values(), want)) < 1e-4
+    assert client.post("/v1/classify", json={"task": "missing", "inputs": ["x"]}).status_code == 404

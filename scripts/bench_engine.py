@@ -3,16 +3,18 @@ different tasks as fast as the same rows on one task, and close to the bare back
 
 Variants (32 rows of SST-2 dev sentences per batch; tokenization is done beforehand and not timed):
   mixed32-P16   32 rows, 32 random prefixes, all P = 16
-  mixed32-Pmix  32 rows, 32 random prefixes, P cycling 8, 16, 32 (padded to P_max = 32 and masked)
+  mixed32-Pmix  32 rows, 32 random prefixes, P cycling 8, 16, 32 (shorter prefixes masked where padded)
   onetask-P16   32 rows, one prefix, P = 16
   backbone      32 rows, no prefix (Row(encoded, None) through engine.pooled)
-  proto: ...    as above, with the prototype prefix gather below instead of the engine's
 Prefixed variants are timed with engine.score (heads and scores included) and/or engine.pooled (the
 same forward as the backbone variant, so mixed/backbone compares like with like).
 
 The machine is shared and noisy, so every round runs every variant on each batch, interleaved per
-batch in a fresh random order, after warm-up rounds; ratios are taken within a round, then medianed.
-A component breakdown (collation, prefix gather, model, heads) is timed the same way.
+batch in a fresh random order, after warm-up rounds; ratios are taken within a round, then medianed,
+with a bootstrap interval of that median. A torch.profiler op table (variants alternated) shows where
+the time goes on any engine. Engines with the internals of commit 9300f1e (`_collate_tokens`,
+`_gather_prefixes`, `PackedLayout.pad`) also get a step breakdown and two prototypes ("proto" rows,
+checked to give identical outputs): `gather_direct` and `pad_in_place` below.
 
     .venv/bin/python scripts/bench_engine.py            # 30 rounds of 3 batches, updates BENCHMARKS.md
     .venv/bin/python scripts/bench_engine.py --rounds 3 --no-write   # a quick look
@@ -258,7 +260,7 @@ def environment() -> dict[str, str]:
         "torch": torch.__version__,
         "threads": str(torch.get_num_threads()),
         "date": sh("date -u"),
-        "load": sh("cat /proc/loadavg"),
+        "load": " ".join(sh("cat /proc/loadavg").split()[:3]),
         "code": sh("git rev-parse --short HEAD") + (f" with uncommitted changes ({dirty})" if dirty else ""),
     }
 
@@ -343,6 +345,9 @@ def write_report(args, table: str, prof_table: str, env: dict[str, str], longest
     command = ".venv/bin/python scripts/bench_engine.py"
     defaults = {"rounds": 30, "batches": 3, "warmup": 2, "threads": 2}
     command += "".join(f" --{k} {getattr(args, k)}" for k, v in defaults.items() if getattr(args, k) != v)
+    proto_note = ""
+    if "proto " in table:
+        proto_note = "\n\"proto\" rows run this script's prototypes (gather_direct, pad_in_place), not the engine's code."
     section = f"""{BEGIN}
 Command: `{command}` (writes this section; text outside the markers is kept)
 
@@ -352,8 +357,7 @@ Date: {env['date']}. Load average (1, 5, 15 min) at the end of the run: {env['lo
 Backbone: MiniLM-L6-H384 (the embedded default). Data: the first {BATCH * args.batches} sentences of SST-2 dev,
 {args.batches} batches of {BATCH} (longest row per batch: {', '.join(map(str, longest))} tokens). {args.rounds} rounds
 after {args.warmup} warm-up rounds; within a round every variant runs on each batch, in a fresh random order per batch.
-Prefixes are random, 2 labels, single-label; P = 16, or P cycling {', '.join(map(str, MIXED_P))} for Pmix.
-"proto gather" / "proto pad" rows run the script's prototypes (`gather_direct`, `pad_in_place`), not the engine's code.
+Prefixes are random, 2 labels, single-label; P = 16, or P cycling {', '.join(map(str, MIXED_P))} for Pmix.{proto_note}
 
 {table}
 

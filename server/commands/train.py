@@ -15,7 +15,7 @@ data: JSONL, JSON, CSV or TSV rows with `text`, optional `text_pair`, and `label
 name (single-label), a list of names (multi-label) or a number (regression).
 example:
   prefix-server train --train sst2.train.jsonl --eval sst2.dev.jsonl --labels negative,positive \\
-      --prefix-len 16 --projection --steps 1000 --lr 1e-2 --out sentiment.safetensors
+      --prefix-len 16 --lr 3e-2 --steps 1000 --dtype float16 --out sentiment.safetensors
 """
 
 

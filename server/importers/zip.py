@@ -31,15 +31,14 @@ def convert_peft_zip(
     problem_type: ProblemType | str | None = None,
 ) -> bytes:
     """Converts a zipped PEFT PREFIX_TUNING folder into artifact bytes; raises CheckpointError."""
+    try:
+        problem_type = ProblemType(problem_type) if problem_type is not None else None
+    except ValueError:
+        allowed = [p.value for p in ProblemType]
+        raise CheckpointError(f"problem_type: expected one of {allowed}, got {problem_type!r}") from None
     files = read_peft_zip(data)
-    artifact = convert_peft_files(
-        files,
-        backbone,
-        tuple(labels) if labels is not None else None,
-        ProblemType(problem_type) if problem_type is not None else None,
-        source="uploaded zip",
-    )
-    return artifact_to_bytes(artifact)
+    labels = tuple(labels) if labels is not None else None
+    return artifact_to_bytes(convert_peft_files(files, backbone, labels, problem_type, source="uploaded zip"))
 
 
 def read_peft_zip(data: bytes) -> dict[str, bytes]:

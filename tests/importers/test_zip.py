@@ -42,6 +42,11 @@ def test_labels_and_problem_type_as_strings(tiny_engine, files):
     assert artifact.labels == ("a", "b") and artifact.problem_type.value == "multi_label_classification"
 
 
+def test_unknown_problem_type_is_an_artifact_error(tiny_engine, files):
+    with pytest.raises(CheckpointError, match="problem_type: expected one of"):
+        convert_peft_zip(zip_bytes(files), tiny_engine.shape, problem_type="ranking")
+
+
 def _raw_zip(entries) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:

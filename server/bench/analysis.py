@@ -102,15 +102,16 @@ def open_loop_summary(open_runs: list[dict], budget_ms: float) -> dict:
     if crossing is None:
         out["crossing"] = None  # per-task stayed under the budget at every rate measured
         return out
-    rate = per_task[crossing][0]
+    rate, per_task_p99 = per_task[crossing]  # over the budget already at the lowest rate: read there
     if crossing > 0:
         (r0, p0), (r1, p1) = per_task[crossing - 1], per_task[crossing]
         rate = r0 + (r1 - r0) * (math.log(budget_ms) - math.log(p0)) / (math.log(p1) - math.log(p0))
+        per_task_p99 = budget_ms
     ps_p99 = _interpolate_log(prefix_server, rate)
     out["crossing"] = {
-        "rate_rps": round(rate, 2), "interpolated": crossing > 0, "per_task_p99_ms": budget_ms,
+        "rate_rps": round(rate, 2), "interpolated": crossing > 0, "per_task_p99_ms": round(per_task_p99, 2),
         "prefix_server_p99_ms": round(ps_p99, 2) if ps_p99 else None,
-        "p99_ratio": round(budget_ms / ps_p99, 2) if ps_p99 else None,
+        "p99_ratio": round(per_task_p99 / ps_p99, 2) if ps_p99 else None,
     }
     return out
 
@@ -145,9 +146,11 @@ def http_targets(result: dict) -> list[dict]:
         summary = open_loop_summary(result["open_loop"], result["config"]["p99_budget_ms"])
         crossing = summary["crossing"] or {}
         tasks = result["config"]["open_loop_tasks"]
+        note = "per-task never reached the budget: extend --rates" if not crossing else (
+            "" if crossing["interpolated"] else "per-task was over the budget at the lowest rate: add lower --rates")
         out.append(_target("open loop: p99 at the load where per-task reaches the budget, per-task / prefix-server",
                            f"http, {tasks} tasks, rate {crossing.get('rate_rps')} req/s", crossing.get("p99_ratio"), 2.0,
-                           note="" if crossing else "per-task never reached the budget: extend --rates"))
+                           note=note))
         out.append(_target("open loop: sustainable throughput at p99 <= budget, prefix-server / per-task",
                            f"http, {tasks} tasks", summary["sustainable_ratio"], 1.6,
                            note=f"{summary['sustainable_inputs_per_s']} inputs/s, resolution = the rate grid"))

@@ -31,7 +31,7 @@ from server.bench.stats import latency_summary
 from server.bench.workload import BenchRequest, BuiltTask, TextPools, build_tasks, generate_requests, make_tasks
 from server.engine import Engine
 
-RATE_FRACTIONS = (0.15, 0.3, 0.45, 0.6, 0.75, 0.9)
+RATE_FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.55, 0.7, 0.85)
 
 
 @dataclass

@@ -15,6 +15,30 @@ from pathlib import Path
 from server.bench import analysis
 
 
+PADDING_NOTE = (
+    "Padding describes each batch as formed: the *padded layout* columns are what a [B, max S] forward "
+    "wastes (the seed's layout; a measure of how mixed the batch is); *packed* is the key slots the "
+    "packed engine (rows of one length attend together, prefixes padded to that chunk's longest) still "
+    "masks, whose dense layers run on real tokens only. Over HTTP the figure comes from the server's "
+    "prefix_server_batch_tokens counter, i.e. the padded layout. Forward busy: the share of the wall "
+    "time spent inside forward passes."
+)
+
+
+def _git_revision() -> str:
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "server"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + (" + uncommitted changes under server/" if dirty.stdout.strip() else "")
+
+
 def environment(command: list[str] | None = None) -> dict:
     import tokenizers
     import torch
@@ -22,6 +46,7 @@ def environment(command: list[str] | None = None) -> dict:
 
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git": _git_revision(),
         "command": shlex.join(command if command is not None else sys.argv),
         "cpu_model": _cpu_model(),
         "cpu_cores": os.cpu_count(),
@@ -111,9 +136,11 @@ def _runs_table(runs: list[dict]) -> str:
         rows.append([
             str(r["tasks"] or "—"), str(r["inputs_per_request"]), r["mode"], r["inputs_per_s"], lat.get("p50_ms"),
             lat.get("p95_ms"), lat.get("p99_ms"), _pct(r.get("padding_fraction")), _pct(r.get("key_padding_fraction")),
+            _pct(r.get("packed_key_padding_fraction")),
             batch.get("mean"), _histogram(batch), r.get("tasks_per_forward_mean"), _busy(r), memory.get("peak_rss_mb"),
         ])
-    header = ["tasks", "inputs/req", "mode", "inputs/s", "p50 ms", "p95 ms", "p99 ms", "padding", "key padding",
+    header = ["tasks", "inputs/req", "mode", "inputs/s", "p50 ms", "p95 ms", "p99 ms", "padding (padded layout)",
+              "key padding (padded layout)", "key padding (packed)",
               "mean batch", "batch sizes", "tasks/forward", "forward busy", "peak RSS MiB"]
     return _table(header, rows)
 
@@ -158,7 +185,7 @@ def render(result: dict) -> str:
     level = result["level"]
     parts = [f"# prefix-server bench: {level} level", "", _meta(result), ""]
     if level in ("engine", "http"):
-        parts += ["## Throughput, latency, batches", "", _runs_table(result["runs"]), ""]
+        parts += ["## Throughput, latency, batches", "", _runs_table(result["runs"]), "", PADDING_NOTE, ""]
         parts += ["## prefix-server over each baseline (same texts, same run)", "", _ratio_table(result.get("ratios", [])), ""]
         parts += ["## prefix-server, N tasks over 1 task", "", _table(
             ["tasks", "inputs/req", "throughput", "p99"],

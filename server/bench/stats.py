@@ -1,11 +1,14 @@
 """Measurement helpers shared by the benchmark levels: latency percentiles, the forward-pass recorder
 (batch sizes, padding) and resident memory read from /proc.
 
-Padding is counted per forward pass, two ways:
-- `padding_fraction`: padded query slots over all query slots, 1 - sum(S_i) / (B * max S_i); the
-  token positions every layer's matmuls run over;
+Padding is counted per forward pass, for the batch as the batcher formed it:
+- `padding_fraction`: what a padded [B, max S] layout wastes, 1 - sum(S_i) / (B * max S_i) (the
+  seed's layout, and the engine's before it packed rows: a measure of how mixed the lengths are);
 - `key_padding_fraction`: the same over keys, prefixes included,
-  1 - sum(P_i + S_i) / (B * (max P_i + max S_i)); what the attention and the prefix gather see.
+  1 - sum(P_i + S_i) / (B * (max P_i + max S_i));
+- `packed_key_padding_fraction`: the key slots the packed engine (server/engine/packing.py: rows of
+  one length form a chunk, its prefixes padded to the chunk's longest) still masks out. Its dense
+  layers run on real tokens only. This mirrors the engine's documented layout; see the report.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ class ForwardRecorder:
 
     def reset(self) -> None:
         self.sizes: list[int] = []
-        self.query_slots = self.query_real = self.key_slots = self.key_real = 0
+        self.query_slots = self.query_real = self.key_slots = self.key_real = self.packed_key_slots = 0
         self.distinct_prefixes: list[int] = []
         self.seconds: list[float] = []
 
@@ -60,6 +63,10 @@ class ForwardRecorder:
         self.query_real += sum(tokens)
         self.key_slots += len(rows) * (max(tokens) + max(prefixes))
         self.key_real += sum(tokens) + sum(prefixes)
+        chunks: dict[int, list[int]] = {}  # rows of one length attend together; prefixes padded to the longest
+        for length, prefix_len in zip(tokens, prefixes):
+            chunks.setdefault(length, []).append(prefix_len)
+        self.packed_key_slots += sum(len(p) * (length + max(p)) for length, p in chunks.items())
         self.distinct_prefixes.append(len({id(row.prefix) for row in rows}))
         self.seconds.append(seconds)
 
@@ -69,6 +76,7 @@ class ForwardRecorder:
         self.query_real += other.query_real
         self.key_slots += other.key_slots
         self.key_real += other.key_real
+        self.packed_key_slots += other.packed_key_slots
         self.distinct_prefixes += other.distinct_prefixes
         self.seconds += other.seconds
 
@@ -84,6 +92,7 @@ class ForwardRecorder:
             "forwards": len(self.sizes),
             "padding_fraction": round(1 - self.query_real / self.query_slots, 4),
             "key_padding_fraction": round(1 - self.key_real / self.key_slots, 4),
+            "packed_key_padding_fraction": round(1 - self.key_real / self.packed_key_slots, 4),
             "batch_size": batch_size_summary(self.sizes),
             "tasks_per_forward_mean": round(float(np.mean(self.distinct_prefixes)), 2),
             "forward_ms": latency_summary(self.seconds),

@@ -94,6 +94,7 @@ def test_engine_level_runs_end_to_end(tiny_backbone_dir):
         assert RUN_KEYS <= set(run) and run["inputs_per_s"] > 0 and run["latency"]["p99_ms"] > 0
         if run["mode"] != "seed":
             assert 0 <= run["padding_fraction"] < 1 and run["batch_size"]["max"] >= 1
+            assert 0 <= run["packed_key_padding_fraction"] <= run["key_padding_fraction"]
     batched = [r for r in result["runs"] if r["mode"] == "prefix-server"]
     assert all(0 < r["inputs"] <= 32 and len(r["rounds_inputs_per_s"]) == 2 for r in batched)  # 2 rounds of <= 16
     assert {(r["tasks"], r["inputs_per_request"]) for r in result["ratios"]} == {(t, k) for t in (1, 4) for k in (1, 4)}

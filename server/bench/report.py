@@ -177,7 +177,7 @@ def _targets_table(rows: list[dict]) -> str:
     marks = {True: "yes", False: "**no**", None: "—"}
     return _table(
         ["target", "configuration", "measured", "goal", "met", "note"],
-        [[t["target"], t["config"], _fmt(t["measured"], 2), t["goal"], marks[t["met"]], t.get("note", "")] for t in rows],
+        [[t["target"], t["config"], _fmt(t["measured"], 3), t["goal"], marks[t["met"]], t.get("note", "")] for t in rows],
     )
 
 

@@ -186,21 +186,16 @@ async def closed_loop(batcher: Batcher, jobs: list[ClassifyJob], concurrency: in
     inputs and latencies completed in the window, and its length."""
     indices = iter(range(len(jobs)))  # shared by the workers: each takes the next request
     window = SteadyWindow(warmup, on_arm)
-    counted = {"requests": 0, "inputs": 0}
-    latencies: list[float] = []
 
     async def worker():
         for index in indices:
             started = time.perf_counter()
             await batcher.classify(jobs[index])
-            ended = time.perf_counter()
-            if window.completed():
-                latencies.append(ended - started)
-                counted["requests"] += 1
-                counted["inputs"] += len(jobs[index].inputs)
+            window.completed((time.perf_counter() - started, len(jobs[index].inputs)))
 
     await asyncio.gather(*(worker() for _ in range(min(concurrency, len(jobs)))))
-    return counted["requests"], counted["inputs"], latencies, window.length()
+    counted, length = window.finish()
+    return len(counted), sum(n for _, n in counted), [latency for latency, _ in counted], length
 
 
 def limit_batches(lengths: list[int], limits: BatchLimits) -> list[list[int]]:

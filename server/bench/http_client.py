@@ -140,22 +140,23 @@ async def closed_loop(pool: HttpPool, calls: list[Call], concurrency: int, timeo
                       max_seconds: float | None = None, warmup: int = 0, on_arm=None) -> LoadResult:
     """`concurrency` workers each send their next request when the previous one is answered. Measured
     in the SteadyWindow after `warmup` completions (`on_arm` as there), up to the last answer; with
-    `max_seconds`, no request starts later than that after the window opened."""
-    result = LoadResult()
+    `max_seconds`, no request starts later than that after the arming."""
     indices = iter(range(len(calls)))
     window = SteadyWindow(warmup, on_arm)
 
     async def worker():
         for index in indices:
-            if window.opened is not None and max_seconds is not None and time.perf_counter() - window.opened > max_seconds:
+            if window.armed and max_seconds is not None and time.perf_counter() - window.armed_at > max_seconds:
                 return
             own = LoadResult()
             await _send(pool, calls[index], time.perf_counter(), own, timeout_s)
-            if window.completed():
-                result.absorb(own)
+            window.completed(own)
 
     await asyncio.gather(*(worker() for _ in range(min(concurrency, len(calls)))))
-    result.wall_s = window.length()
+    counted, length = window.finish()
+    result = LoadResult(wall_s=length)
+    for own in counted:
+        result.absorb(own)
     return result
 
 

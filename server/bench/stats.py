@@ -144,38 +144,42 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 
 class SteadyWindow:
-    """The measurement window of a closed loop: it skips `warmup` completions and then opens at the
-    end of the burst the last of them belongs to. The answers of one forward pass arrive together and
-    the next pass's a forward later, so the window then holds whole forward passes only (opening
-    mid-burst would count answers computed before it). `on_arm()` runs at the warm-up's last
-    completion, i.e. after that pass and before the next one ends: the place to read counters. When
-    the passes are too quick to tell bursts apart (tiny models), it opens after another `warmup`
-    completions at the latest."""
+    """The measurement window of a closed loop: it skips `warmup` completions and opens at the end of
+    the burst the last of them belongs to. The answers of one forward pass arrive together and the
+    next pass's a forward later, so the window then holds whole forward passes only (opening mid-burst
+    would count answers computed before it). `on_arm()` runs at the warm-up's last completion, i.e.
+    after that pass and before the next one ends: the place to read counters. When no gap separates
+    the bursts (passes too quick to tell apart, tiny models), the window opens at the arming."""
 
     def __init__(self, warmup: int, on_arm=None, gap_s: float = 0.005):
         self.warmup, self.on_arm, self.gap_s = warmup, on_arm, gap_s
         self.done = 0
-        self.armed_at: float | None = None  # last completion of the current burst, once armed
-        self.opened: float | None = time.perf_counter() if warmup == 0 else None
+        self.armed_at: float | None = time.perf_counter() if warmup == 0 else None
+        self._after: list[tuple[float, object]] = []  # (time, item) of completions after the arming
 
-    def completed(self) -> bool:
-        """Notes one completion; True when it falls inside the window (is counted)."""
-        now = time.perf_counter()
+    def completed(self, item: object) -> None:
         self.done += 1
-        if self.opened is not None:
-            return True
         if self.armed_at is not None:
-            if now - self.armed_at > self.gap_s or self.done > 2 * self.warmup:
-                self.opened = self.armed_at
-                return True
-            self.armed_at = now
-            return False
-        if self.done >= self.warmup:
+            self._after.append((time.perf_counter(), item))
+        elif self.done >= self.warmup:
             if self.on_arm is not None:
                 self.on_arm()
             self.armed_at = time.perf_counter()
-        return False
 
-    def length(self) -> float:
+    @property
+    def armed(self) -> bool:
+        return self.armed_at is not None
+
+    def finish(self) -> tuple[list, float]:
+        """The items completed inside the window, and the window's length in seconds."""
         end = time.perf_counter()
-        return end - (self.opened if self.opened is not None else end)
+        if self.armed_at is None:
+            return [], 0.0
+        if self.warmup == 0:
+            return [item for _, item in self._after], end - self.armed_at
+        previous = self.armed_at
+        for index, (at, _) in enumerate(self._after):
+            if at - previous > self.gap_s:
+                return [item for _, item in self._after[index:]], end - previous
+            previous = at
+        return [item for _, item in self._after], end - self.armed_at

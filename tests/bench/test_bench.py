@@ -85,18 +85,18 @@ def test_seed_baseline_matches_the_engine(tiny_engine, tiny_backbone_dir):
 
 
 def test_engine_level_runs_end_to_end(tiny_backbone_dir):
-    config = EngineBenchConfig(str(tiny_backbone_dir), tasks=[1, 4], inputs_per_request=[1, 4], inputs_per_run=16, concurrency=4,
+    config = EngineBenchConfig(str(tiny_backbone_dir), tasks=[1, 4], inputs_per_request=[1, 4], inputs_per_run=48, concurrency=4,
                                repeats=2, seed_seconds=0.05)
     result = report.analyse(run_engine_bench(config, synthetic_pools(), progress=lambda line: None))
     modes = {(r["tasks"], r["inputs_per_request"], r["mode"]) for r in result["runs"]}
     assert modes == {(t, k, m) for t in (1, 4) for k in (1, 4) for m in ("limit", "seed", "per-task", "prefix-server")}
     for run in result["runs"]:
-        assert RUN_KEYS <= set(run) and run["inputs_per_s"] > 0 and run["latency"]["p99_ms"] > 0
+        assert RUN_KEYS <= set(run) and run["inputs_per_s"] > 0 and run["latency"]["p99_ms"] > 0, run
         if run["mode"] != "seed":
             assert 0 <= run["padding_fraction"] < 1 and run["batch_size"]["max"] >= 1
             assert 0 <= run["packed_key_padding_fraction"] <= run["key_padding_fraction"]
     batched = [r for r in result["runs"] if r["mode"] == "prefix-server"]
-    assert all(0 < r["inputs"] <= 32 and len(r["rounds_inputs_per_s"]) == 2 for r in batched)  # 2 rounds of <= 16
+    assert all(0 < r["inputs"] <= 96 and len(r["rounds_inputs_per_s"]) == 2 for r in batched)  # 2 rounds of <= 48
     assert {(r["tasks"], r["inputs_per_request"]) for r in result["ratios"]} == {(t, k) for t in (1, 4) for k in (1, 4)}
     assert any(t["target"].startswith("prefix-server vs backbone-alone limit") for t in result["targets"])
     text = report.render(result)
@@ -192,12 +192,25 @@ def test_seed_server_answers_like_prefix_server(tmp_path, tiny_engine, tiny_back
 def test_steady_window_opens_at_the_end_of_a_burst(monkeypatch):
     from server.bench import stats
 
-    # completions: 0.5; 1.0 (the warm-up's last: arms, the clock read again after on_arm); 1.0002 (same
-    # burst: not counted); 2.0 and 2.0001 (the next forward's burst: counted); the window ends at 3.0.
-    clock = iter([0.5, 1.0, 1.0, 1.0002, 2.0, 2.0001, 3.0])
+    # "a" is warm-up; "b" (the warm-up's last) arms at 1.0; "c" at 1.0002 is the same burst (not
+    # counted); "d" and "e" at 2.0 and 2.0001 are the next forward's burst (counted); finished at 3.0.
+    clock = iter([1.0, 1.0002, 2.0, 2.0001, 3.0])
     monkeypatch.setattr(stats.time, "perf_counter", lambda: next(clock))
     armed = []
     window = stats.SteadyWindow(warmup=2, on_arm=lambda: armed.append(True), gap_s=0.01)
-    assert [window.completed() for _ in range(5)] == [False, False, False, True, True]
-    assert armed == [True] and window.opened == 1.0002
-    assert window.length() == pytest.approx(1.9998)
+    for item in "abcde":
+        window.completed(item)
+    assert armed == [True]
+    counted, length = window.finish()
+    assert counted == ["d", "e"] and length == pytest.approx(1.9998)
+
+
+def test_steady_window_without_a_gap_counts_from_the_arming(monkeypatch):
+    from server.bench import stats
+
+    clock = iter([1.0, 1.001, 1.002, 1.5])
+    monkeypatch.setattr(stats.time, "perf_counter", lambda: next(clock))
+    window = stats.SteadyWindow(warmup=1, gap_s=0.01)
+    for item in "abc":
+        window.completed(item)
+    assert window.finish() == (["b", "c"], pytest.approx(0.5))

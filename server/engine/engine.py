@@ -87,17 +87,17 @@ class Engine:
     def score(self, rows: list[Row]) -> list[list[float]]:
         """Scores per row, in row order: probabilities, or raw values for regression."""
         prefixes, row_to_prefix = _unique_prefixes(rows)
-        pooled = self._pooled(rows, prefixes, row_to_prefix).float()  # [B, C]
+        pooled = self._pooled(rows, row_to_prefix).float()  # [B, C]
         scores = _apply_heads(pooled, prefixes, row_to_prefix.to(self.device))  # [B, labels_max]
         return [values[: row.prefix.num_labels] for values, row in zip(scores.tolist(), rows)]
 
     @torch.inference_mode()
     def pooled(self, rows: list[Row]) -> torch.Tensor:
         """The pooled output per row, [B, C]; rows may lack a prefix (the bare-backbone baseline)."""
-        prefixes, row_to_prefix = _unique_prefixes(rows)
-        return self._pooled(rows, prefixes, row_to_prefix)
+        _, row_to_prefix = _unique_prefixes(rows)
+        return self._pooled(rows, row_to_prefix)
 
-    def _pooled(self, rows: list[Row], prefixes, row_to_prefix: torch.Tensor) -> torch.Tensor:
+    def _pooled(self, rows: list[Row], row_to_prefix: torch.Tensor) -> torch.Tensor:
         return self.model.forward_packed(self._pack(rows, row_to_prefix.tolist()))
 
     def _pack(self, rows: list[Row], prefix_slots: list[int]) -> PackedBatch:

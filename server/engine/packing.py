@@ -9,6 +9,7 @@ chunk's key/value buffer: one copy of the prefix per row, no per-batch [L, 2, B,
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -30,11 +31,12 @@ class Chunk:
     runs: list[PrefixRun] = field(default_factory=list)
     _mask: torch.Tensor | None = field(default=None, repr=False)
 
-    @property
+    # Read by every layer: computed once, after build_chunks has finished the chunk.
+    @functools.cached_property
     def prefix_max(self) -> int:
         return max((run.prefix_len for run in self.runs), default=0)
 
-    @property
+    @functools.cached_property
     def ragged(self) -> bool:
         return any(run.prefix_len != self.prefix_max for run in self.runs)
 

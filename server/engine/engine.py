@@ -16,7 +16,8 @@ import torch
 from server.artifact import BackboneShape, PrefixArtifact, ProblemType
 from server.engine.backbone import BackboneFiles, read_backbone_folder
 from server.engine.model import PrefixBert
-from server.engine.packing import PackedBatch, build_chunks
+from server.engine.packing import PackedBatch, pack
+from server.engine.prefix_pool import PoolEntry, PrefixPool
 from server.engine.tokenize import EncodedInput, TextEncoder, TextInput
 
 _PROBLEM_CODES = {ProblemType.SINGLE_LABEL: 0, ProblemType.MULTI_LABEL: 1, ProblemType.REGRESSION: 2}
@@ -24,9 +25,10 @@ _PROBLEM_CODES = {ProblemType.SINGLE_LABEL: 0, ProblemType.MULTI_LABEL: 1, Probl
 
 @dataclass(frozen=True, eq=False)
 class LoadedPrefix:
-    """A task version resident on the engine's device, in the engine's dtype (heads in float32)."""
+    """A task version resident on the engine's device: its prefix in the engine's prefix pool (in the
+    engine's dtype), its head in float32. Its pool slots are freed when the last reference goes."""
 
-    key_values: torch.Tensor  # [L, 2, H, P, D]
+    pooled_prefix: PoolEntry
     classifier_weight: torch.Tensor  # [C, hidden] float32
     classifier_bias: torch.Tensor  # [C] float32
     problem_type: ProblemType
@@ -34,7 +36,7 @@ class LoadedPrefix:
 
     @property
     def prefix_len(self) -> int:
-        return self.key_values.shape[3]
+        return self.pooled_prefix.prefix_len
 
     @property
     def num_labels(self) -> int:
@@ -42,8 +44,12 @@ class LoadedPrefix:
 
     @property
     def nbytes(self) -> int:
-        tensors = (self.key_values, self.classifier_weight, self.classifier_bias)
-        return sum(t.numel() * t.element_size() for t in tensors)
+        head = sum(t.numel() * t.element_size() for t in (self.classifier_weight, self.classifier_bias))
+        return self.prefix_len * self.pooled_prefix.pool.slot_bytes + head
+
+    def key_values(self) -> torch.Tensor:
+        """The prefix read back from the pool, [L, 2, H, P, D] (tests and tools; serving never calls it)."""
+        return self.pooled_prefix.read()
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +59,21 @@ class Row:
 
 
 class Engine:
-    def __init__(self, files: BackboneFiles, encoder: TextEncoder, device: str = "cpu", dtype=torch.float32):
+    def __init__(
+        self, files: BackboneFiles, encoder: TextEncoder, device: str = "cpu", dtype=torch.float32,
+        merge_pairs: int | None = None,
+    ):
         self.files = files
         self.encoder = encoder
         self.device = torch.device(device)
         self.dtype = dtype
         self.model = PrefixBert.from_backbone_weights(files.geometry, files.state_dict).to(self.device, dtype)
+        g = files.geometry
+        self.prefix_pool = PrefixPool(g.num_layers, g.num_heads, g.head_dim, self.device, dtype)
+        # What one more attention call costs, in padded query-key pairs (packing.plan_chunks). Measured on
+        # MiniLM, 2-core CPU (BENCHMARKS.md): 4096-16384 beat 0 by 4-7% at 64 tasks. A GPU launch
+        # costs far more than a small chunk's math, so there nearly every batch is one chunk.
+        self.merge_pairs = merge_pairs if merge_pairs is not None else (8192 if self.device.type == "cpu" else 1 << 20)
 
     @classmethod
     def from_folder(cls, folder: str | Path, device: str = "cpu", dtype=torch.float32) -> "Engine":
@@ -73,7 +88,7 @@ class Engine:
 
     def load_prefix(self, artifact: PrefixArtifact) -> LoadedPrefix:
         return LoadedPrefix(
-            key_values=artifact.key_values.to(self.device, self.dtype).contiguous(),
+            pooled_prefix=self.prefix_pool.add(artifact.key_values),
             classifier_weight=artifact.classifier_weight.to(self.device, torch.float32),
             classifier_bias=artifact.classifier_bias.to(self.device, torch.float32),
             problem_type=artifact.problem_type,
@@ -87,46 +102,40 @@ class Engine:
     def score(self, rows: list[Row]) -> list[list[float]]:
         """Scores per row, in row order: probabilities, or raw values for regression."""
         prefixes, row_to_prefix = _unique_prefixes(rows)
-        pooled = self._pooled(rows, row_to_prefix).float()  # [B, C]
+        pooled = self.model.forward_packed(self.pack(rows)).float()  # [B, C]
         scores = _apply_heads(pooled, prefixes, row_to_prefix.to(self.device))  # [B, labels_max]
         return [values[: row.prefix.num_labels] for values, row in zip(scores.tolist(), rows)]
 
     @torch.inference_mode()
     def pooled(self, rows: list[Row]) -> torch.Tensor:
         """The pooled output per row, [B, C]; rows may lack a prefix (the bare-backbone baseline)."""
-        _, row_to_prefix = _unique_prefixes(rows)
-        return self._pooled(rows, row_to_prefix)
+        return self.model.forward_packed(self.pack(rows))
 
-    def _pooled(self, rows: list[Row], row_to_prefix: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_packed(self._pack(rows, row_to_prefix.tolist()))
+    def pack(self, rows: list[Row]) -> PackedBatch:
+        """Orders rows by (length, prefix length) and concatenates their tokens (packing.py)."""
+        def prefix_len(row: Row) -> int:
+            return row.prefix.prefix_len if row.prefix is not None else 0
 
-    def _pack(self, rows: list[Row], prefix_slots: list[int]) -> PackedBatch:
-        """Orders rows by (length, prefix) and concatenates their tokens: no padding anywhere."""
-        order = sorted(range(len(rows)), key=lambda i: (len(rows[i].encoded), prefix_slots[i]))
+        order = sorted(range(len(rows)), key=lambda i: (len(rows[i].encoded), prefix_len(rows[i])))
         ids: list[int] = []
         types: list[int] = []
-        positions: list[int] = []
-        lengths: list[int] = []
-        prefixes = []
         for i in order:
-            encoded, prefix = rows[i].encoded, rows[i].prefix
-            p = prefix.prefix_len if prefix is not None else 0
-            ids += encoded.input_ids
-            types += encoded.token_type_ids
-            positions += range(p, p + len(encoded))
-            lengths.append(len(encoded))
-            prefixes.append((prefix.key_values, p) if prefix is not None else (None, 0))
+            ids += rows[i].encoded.input_ids
+            types += rows[i].encoded.token_type_ids
         restore = [0] * len(rows)
         for packed_row, caller_row in enumerate(order):
             restore[caller_row] = packed_row
-        lengths_t = torch.tensor(lengths, device=self.device)  # [B]
-        return PackedBatch(
+        slots = [rows[i].prefix.pooled_prefix.slots for i in order if rows[i].prefix is not None]
+        return pack(
+            lengths=[len(rows[i].encoded) for i in order],
+            prefix_lens=[prefix_len(rows[i]) for i in order],
             input_ids=torch.tensor(ids, device=self.device),  # [T]
             token_type_ids=torch.tensor(types, device=self.device),  # [T]
-            positions=torch.tensor(positions, device=self.device),  # [T]
-            chunks=build_chunks(lengths, [rows[i].prefix for i in order], prefixes),
-            cls_index=lengths_t.cumsum(0) - lengths_t,  # [B]
-            restore_order=torch.tensor(restore, device=self.device),  # [B]
+            restore_order=torch.tensor(restore),  # [B]
+            prefix_storage=self.prefix_pool.storage if slots else None,  # read once: growth replaces it
+            prefix_source=torch.cat(slots) if slots else None,  # [sum P]
+            merge_pairs=self.merge_pairs,
+            max_positions=self.files.geometry.max_position_embeddings,
         )
 
 

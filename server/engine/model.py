@@ -3,7 +3,8 @@
 Each batch row b carries its own prefix of length P_b that is prepended to the keys and values of
 every layer, and its tokens take positions P_b .. P_b+S-1, exactly as HF BERT does when given past
 key/values (SPEC section 1). Batches arrive packed (server/engine/packing.py): dense layers see only
-real tokens, attention runs per chunk of equal-length rows, and a shorter prefix in a chunk is masked. Attention runs through
+real tokens; attention runs per chunk of rows over [prefix | tokens] keys the batch assembles with
+one index copy per layer, padded slots masked. Attention runs through
 `scaled_dot_product_attention`, so nothing here depends on transformers' cache classes. The same
 module serves inference (under inference_mode) and training (gradients flow into the prefix).
 """
@@ -34,15 +35,17 @@ class EncoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, batch: PackedBatch, layer_index: int) -> torch.Tensor:  # x: [T, C]
         T, C = x.shape
-        qkv = self.qkv(x)  # [T, 3C]
-        y = x.new_empty(T, C)  # [T, C]
+        H, D = self.num_heads, self.head_dim
+        queries, keys_values = batch.attention_inputs(layer_index, self.qkv(x))  # [Q, C], [K, 2C]
+        outputs = []
         for chunk in batch.chunks:
-            n, S, start = chunk.num_rows, chunk.length, chunk.token_start
-            block = qkv[start : start + n * S].view(n, S, 3, self.num_heads, self.head_dim)  # [n, S, 3, H, D]
-            q, k, v = block.permute(2, 0, 3, 1, 4).unbind(0)  # each [n, H, S, D]
-            k, v = chunk.with_prefix(layer_index, k, v)  # each [n, H, P_max + S, D]
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=chunk.attention_mask(x.device))  # [n, H, S, D]
-            y[start : start + n * S].view(n, S, self.num_heads, self.head_dim).copy_(out.transpose(1, 2))
+            n, S, Lk = chunk.rows, chunk.query_len, chunk.key_len
+            q = queries[chunk.query_start : chunk.query_end].view(n, S, H, D).transpose(1, 2)  # [n, H, S, D]
+            kv = keys_values[chunk.key_start : chunk.key_end].view(n, Lk, 2, H, D)  # [n, Lk, 2, H, D]
+            k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each [n, H, Lk, D]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=batch.attention_mask(chunk))  # [n, H, S, D]
+            outputs.append(out.transpose(1, 2).reshape(n * S, C))  # [n * S, C]
+        y = batch.unpad(outputs[0] if len(outputs) == 1 else torch.cat(outputs))  # [T, C]
         x = self.attn_norm(x + self.attn_out(y))
         return self.ffn_norm(x + self.ffn_out(self.activation(self.ffn_in(x))))
 
@@ -87,8 +90,11 @@ class PrefixBert(nn.Module):
 
     @classmethod
     def from_backbone_weights(cls, g: BertGeometry, weights: dict[str, torch.Tensor]) -> "PrefixBert":
-        model = cls(g)
-        model.load_state_dict(_to_engine_names(weights, g.num_layers))
+        # Built on the meta device and given the loaded tensors themselves (assign=True): the weights
+        # are held once, not once read and once more in the module (only the fused qkv is new).
+        with torch.device("meta"):
+            model = cls(g)
+        model.load_state_dict(_to_engine_names(weights, g.num_layers), assign=True)
         model.requires_grad_(False)
         return model.eval()
 

@@ -1,6 +1,6 @@
-"""The engine around the model: batches are padded only to their longest row and longest prefix,
-prefixes are converted to the engine's dtype and device once (at load, never per request), scores
-follow the problem type, and a half-precision engine stays close to float32."""
+"""The engine around the model: batches are padded at most to their longest row and longest prefix,
+prefixes are converted to the engine's dtype and device once (at load, into the prefix pool, never
+per request), scores follow the problem type, and a half-precision engine stays close to float32."""
 
 from __future__ import annotations
 
@@ -110,9 +110,10 @@ def test_bare_backbone_batch_attends_over_no_prefix(tiny_engine, seen):
 def test_padding_a_short_prefix_does_not_touch_the_loaded_one(tiny_engine):
     short, long = make_artifact(tiny_engine.shape, 2, 2, seed=1), make_artifact(tiny_engine.shape, 50, 2, seed=2)
     rows = rows_for(tiny_engine, [short, long])
-    before = rows[0].prefix.key_values.clone()
+    before = rows[0].prefix.key_values()
     tiny_engine.score(rows)
-    assert rows[0].prefix.key_values.shape[3] == 2 and torch.equal(rows[0].prefix.key_values, before)
+    assert rows[0].prefix.key_values().shape[3] == 2 and torch.equal(rows[0].prefix.key_values(), before)
+    assert torch.equal(before, short.key_values)
 
 
 # --- prefixes are converted once, at load ----------------------------------------------------------
@@ -128,20 +129,22 @@ def test_loaded_prefix_is_in_engine_dtype_and_device(tiny_engine, bf16_engine, a
     artifact = make_artifact(tiny_engine.shape, 6, 3, dtype=artifact_dtype)
     for engine in (tiny_engine, bf16_engine):
         loaded = engine.load_prefix(artifact)
-        assert loaded.key_values.dtype == engine.dtype and loaded.key_values.device == engine.device
-        assert loaded.key_values.is_contiguous()
+        storage = engine.prefix_pool.storage
+        assert storage.dtype == engine.dtype and storage.device == engine.device
+        assert torch.equal(loaded.key_values(), artifact.key_values.to(engine.dtype))  # converted once, at load
         assert loaded.classifier_weight.dtype == loaded.classifier_bias.dtype == torch.float32  # heads in float32
         assert loaded.classifier_weight.device == engine.device
-        assert loaded.nbytes == sum(
-            t.numel() * t.element_size() for t in (loaded.key_values, loaded.classifier_weight, loaded.classifier_bias)
+        kv_bytes = loaded.key_values().numel() * storage.element_size()
+        assert loaded.nbytes == kv_bytes + sum(
+            t.numel() * t.element_size() for t in (loaded.classifier_weight, loaded.classifier_bias)
         )
         assert (loaded.prefix_len, loaded.num_labels, loaded.labels) == (6, 3, artifact.labels)
 
 
 def test_score_never_converts_prefix_tensors(bf16_engine, monkeypatch):
     rows = rows_for(bf16_engine, mixed_tasks(bf16_engine.shape))
-    watched = {id(t) for row in rows for t in (row.prefix.key_values, row.prefix.classifier_weight)}
-    watched |= {id(row.prefix.classifier_bias) for row in rows}
+    storage = bf16_engine.prefix_pool.storage
+    watched = {id(storage)} | {id(t) for row in rows for t in (row.prefix.classifier_weight, row.prefix.classifier_bias)}
     conversions = []
     for method in ("to", "type", "float", "half", "bfloat16", "double", "cpu", "cuda", "clone", "contiguous"):
         real = getattr(torch.Tensor, method)
@@ -155,7 +158,7 @@ def test_score_never_converts_prefix_tensors(bf16_engine, monkeypatch):
     bf16_engine.score(rows)
     bf16_engine.pooled(rows)
     assert conversions == []
-    rows[0].prefix.key_values.to(torch.float32)  # the spy itself works
+    storage.to(torch.float32)  # the spy itself works
     assert conversions == ["to"]
 
 

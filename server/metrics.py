@@ -25,7 +25,7 @@ BATCH_SIZE = Histogram(
 )
 BATCH_TOKENS = Histogram(
     "prefix_server_batch_tokens",
-    "Padded token slots (rows x (longest prefix + longest input)) per forward pass",
+    "Tokens per forward pass: each input's tokens plus its prefix length (what max_batch_tokens bounds)",
     buckets=(64, 256, 1024, 2048, 4096, 8192, 16384, 32768),
 )
 BATCH_TASKS = Histogram(

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     device: str = "cpu"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     torch_threads: int = Field(0, ge=0, description="0 keeps torch's default")
+    engine_process: bool = Field(True, description="run the model in its own process (off: in the server's)")
 
     # Batching
     max_batch_size: int = Field(64, ge=1)

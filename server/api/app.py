@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         bring_up.cancel()
         await asyncio.gather(bring_up, return_exceptions=True)
         if services.runtime is not None:
-            await services.runtime.batcher.stop()
+            await services.runtime.stop()
         if services.registry is not None:
             services.registry.close()
 
@@ -69,7 +69,7 @@ async def _bring_up(services: Services) -> None:
         )
         runtime = await run_in_threadpool(
             build_runtime, s.backbone, s.device, s.dtype, limits, s.prefix_cache_bytes,
-            lambda sha256: services.registry.read_artifact_bytes(sha256),
+            lambda sha256: services.registry.read_artifact_bytes(sha256), s.engine_process, s.torch_threads,
         )
         registry = await run_in_threadpool(SqliteRegistry, s.data_dir, runtime.shape, services.default_limits())
         services.registry, services.runtime = registry, runtime

@@ -11,7 +11,7 @@ from server.api.responses import FastJSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.artifact import ArtifactError
-from server.batching import DeadlineExceeded, Overloaded, ShuttingDown
+from server.batching import DeadlineExceeded, EngineUnavailable, Overloaded, ShuttingDown
 from server.engine import InputTooLong
 from server.registry.base import Conflict, InvalidRoute, LimitExceeded, NotFound
 from server.registry.names import InvalidName
@@ -80,6 +80,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Overloaded)
     async def _overloaded(_: Request, exc: Overloaded):
         return error_response(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
+
+    @app.exception_handler(EngineUnavailable)
+    async def _engine_down(_: Request, exc: EngineUnavailable):
+        return error_response(503, str(exc), headers={"Retry-After": "1"})
 
     for exc_type, status in _DOMAIN_ERRORS:
         app.add_exception_handler(exc_type, _make_handler(status))

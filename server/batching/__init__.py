@@ -11,12 +11,14 @@ from server.batching.batcher import (
     ShuttingDown,
 )
 from server.batching.prefix_cache import PrefixCache
+from server.engine import EngineUnavailable  # raised through the batcher's calls; the API maps it to 503
 
 __all__ = [
     "BatchLimits",
     "Batcher",
     "ClassifyJob",
     "DeadlineExceeded",
+    "EngineUnavailable",
     "Overloaded",
     "PrefixCache",
     "ShuttingDown",

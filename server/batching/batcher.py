@@ -4,7 +4,8 @@ Handlers call `classify(job)` and await its result; nothing else touches the que
 reserves queue room (429 past the bounds), loads the routed prefix and tokenizes off the event loop,
 then enqueues one item per input in the tenant's own FIFO. A single loop forms batches by taking
 items from the tenants in turn (a tenant that floods 10,000 inputs waits its turn like one that sends
-one), closes a batch on max_batch_size, max_batch_tokens or max_wait_ms, drops items of cancelled
+one), closes a batch on max_batch_size, max_batch_tokens (inputs' tokens plus their prefixes: the
+engine packs rows, so no padding is counted) or max_wait_ms, drops items of cancelled
 or expired requests before compute, and runs the forward pass on the compute thread.
 """
 
@@ -196,7 +197,7 @@ class Batcher:
 
     def _take_batch(self) -> list[_Item]:
         batch: list[_Item] = []
-        longest_tokens = longest_prefix = 0
+        tokens = 0  # each input's tokens plus its prefix: the keys it attends over; the engine pads nothing else
         now = asyncio.get_running_loop().time()
         while self._turns and len(batch) < self.limits.max_batch_size:
             key = self._turns[0]
@@ -205,12 +206,11 @@ class Batcher:
             if item.request.cancelled or item.request.deadline <= now:
                 self._drop(queue.popleft())
             else:
-                tokens = max(longest_tokens, len(item.row.encoded))
-                prefix = max(longest_prefix, item.row.prefix.prefix_len)
-                if batch and (len(batch) + 1) * (tokens + prefix) > self.limits.max_batch_tokens:
+                cost = len(item.row.encoded) + item.row.prefix.prefix_len
+                if batch and tokens + cost > self.limits.max_batch_tokens:
                     break
                 batch.append(queue.popleft())
-                longest_tokens, longest_prefix = tokens, prefix
+                tokens += cost
                 if not self.limits.per_task_batches:
                     self._turns.rotate(-1)  # the next input comes from the next tenant in turn
             if not queue:
@@ -261,6 +261,5 @@ class Batcher:
     def _observe(batch: list[_Item], seconds: float) -> None:
         metrics.INFERENCE_SECONDS.observe(seconds)
         metrics.BATCH_SIZE.observe(len(batch))
-        longest = max(len(i.row.encoded) for i in batch) + max(i.row.prefix.prefix_len for i in batch)
-        metrics.BATCH_TOKENS.observe(len(batch) * longest)
+        metrics.BATCH_TOKENS.observe(sum(len(i.row.encoded) + i.row.prefix.prefix_len for i in batch))
         metrics.BATCH_TASKS.observe(len({id(i.row.prefix) for i in batch}))

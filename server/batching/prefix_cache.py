@@ -2,7 +2,8 @@
 artifact's sha256 (so identical artifacts of different tenants share one copy).
 
 A request takes a reference to its LoadedPrefix at admission; eviction only drops the cache's
-reference, so a request in flight keeps the exact version it was routed to.
+reference, so a request in flight keeps the exact version it was routed to. Entries of an engine
+process that has since restarted are stale and load again on their next request.
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ class PrefixCache:
 
     def _lookup(self, sha256: str) -> LoadedPrefix | None:
         prefix = self._entries.get(sha256)
+        if prefix is not None and getattr(prefix, "stale", False):  # its engine process has restarted
+            del self._entries[sha256]
+            self._bytes -= prefix.nbytes
+            return None
         if prefix is not None:
             self._entries.move_to_end(sha256)
             metrics.CACHE_HITS.inc()

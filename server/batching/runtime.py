@@ -1,5 +1,6 @@
 """Builds the serving runtime (engine, prefix cache, batcher) from plain settings values, so the API
-layer can start a server without touching the engine or tensors itself."""
+layer can start a server without touching the engine or tensors itself. The engine runs in its own
+process (EngineProcess) unless asked to run in this one (tests, tools)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from server.artifact import BackboneShape
 from server.batching.batcher import BatchLimits, Batcher
 from server.batching.prefix_cache import PrefixCache
 from server.engine import Engine, Row
+from server.engine.process import EngineProcess
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -21,7 +23,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 @dataclass
 class Runtime:
-    engine: Engine
+    engine: Engine | EngineProcess
     cache: PrefixCache
     batcher: Batcher
 
@@ -29,18 +31,20 @@ class Runtime:
     def shape(self) -> BackboneShape:
         return self.engine.shape
 
+    @property
+    def healthy(self) -> bool:
+        """False while an engine process is down or restarting."""
+        return getattr(self.engine, "alive", True)
+
     def info(self) -> dict:
-        g = self.engine.files.geometry
-        return {
-            "name": self.engine.files.name,
-            "fingerprint": self.engine.files.fingerprint,
-            "num_layers": g.num_layers,
-            "num_heads": g.num_heads,
-            "hidden_size": g.hidden_size,
-            "max_position_embeddings": g.max_position_embeddings,
-            "device": str(self.engine.device),
-            "dtype": str(self.engine.dtype).removeprefix("torch."),
-        }
+        info = self.engine.info()
+        info["engine_process"] = isinstance(self.engine, EngineProcess)
+        return info
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        if isinstance(self.engine, EngineProcess):
+            self.engine.close()
 
     def warm_up(self) -> None:
         """One forward pass per padded shape class, so the first user request is not the slow one."""
@@ -57,12 +61,21 @@ def build_runtime(
     limits: BatchLimits,
     cache_bytes: int,
     read_artifact_bytes: Callable[[str], bytes],
+    engine_process: bool = True,
+    torch_threads: int = 0,
 ) -> Runtime:
     started = time.perf_counter()
-    engine = Engine.from_folder(backbone_dir, device=device, dtype=DTYPES[dtype])
+    if engine_process:
+        engine = EngineProcess(backbone_dir, device, dtype, torch_threads=torch_threads)
+    else:
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        engine = Engine.from_folder(backbone_dir, device=device, dtype=DTYPES[dtype])
+    info = engine.info()
     log.info(
-        "backbone %s loaded on %s/%s in %.1f s (fingerprint %s)",
-        engine.files.name, device, dtype, time.perf_counter() - started, engine.files.fingerprint,
+        "backbone %s loaded on %s/%s in %.1f s (fingerprint %s, %s)",
+        info["name"], device, dtype, time.perf_counter() - started, info["fingerprint"],
+        f"engine process {engine.pid}" if engine_process else "engine in this process",
     )
     cache = PrefixCache(engine, read_artifact_bytes, cache_bytes)
     return Runtime(engine, cache, Batcher(engine, cache, limits))

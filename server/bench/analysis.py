@@ -51,7 +51,7 @@ def ratios(runs: list[dict]) -> list[dict]:
         per_task = index.get((tasks, ipr, "per-task"))
         row = {"tasks": tasks, "inputs_per_request": ipr}
         for name, other in (("limit", _limit_for(index, tasks, ipr)), ("per_task", per_task),
-                            ("seed", index.get((tasks, ipr, "seed")))):
+                            ("seed", index.get((tasks, ipr, "seed"))), ("in_process", index.get((tasks, ipr, "in-process")))):
             row[f"vs_{name}"], row[f"vs_{name}_rounds"] = throughput_ratio(run, other)
         row["p99_vs_per_task"] = ratio(_p99(run), _p99(per_task))
         out.append(row)

@@ -1,12 +1,15 @@
-"""Engine-level benchmark: the Batcher and the Engine in process, fed by a closed-loop request driver,
-against the baselines on the very same texts:
+"""Engine-level benchmark: the Batcher and the engine as `serve` runs them (the engine in its own
+process, EngineProcess), fed by a closed-loop request driver in this process, against the baselines
+on the very same texts:
 
 - `limit`: the backbone alone, no prefix, the inputs sorted by length and cut into batches under the
-  same size and token bounds (tokenization included in the time);
+  same size and token bounds, on the same engine process (tokenization included in the time);
 - `seed`: transformers' BertModel with a DynamicCache, one request at a time (a time-boxed prefix of
   the same request stream; its latency is the service time, there is no queue);
 - `per-task`: the Batcher with BatchLimits(per_task_batches=True), one prefix per forward pass;
-- `prefix-server`: the Batcher as it serves.
+- `prefix-server`: the Batcher as it serves;
+- `in-process` (an ablation, not a baseline): prefix-server with the engine in this process, as
+  `serve --engine-in-process` runs it.
 
 For each inputs-per-request, `repeats` rounds run every (task count, mode) back to back, task counts
 and modes in alternating order (so a drift in the machine's load hits every configuration alike);
@@ -25,9 +28,9 @@ from server.batching import BatchLimits, Batcher, ClassifyJob, PrefixCache
 from server.bench.seed_model import SeedModel
 from server.bench.stats import ForwardRecorder, RecordingEngine, SteadyWindow, latency_summary, proc_memory
 from server.bench.workload import BenchRequest, BuiltTask, TextPools, build_tasks, flat_inputs, generate_requests, make_tasks
-from server.engine import Engine, Row
+from server.engine import Engine, EngineProcess, Row
 
-MODES = ("limit", "seed", "per-task", "prefix-server")
+MODES = ("limit", "seed", "per-task", "prefix-server", "in-process")
 
 
 @dataclass
@@ -44,6 +47,7 @@ class EngineBenchConfig:
     seed: int = 0
     limits: BatchLimits = field(default_factory=BatchLimits)
     modes: tuple[str, ...] = MODES
+    torch_threads: int = 0  # the engine process's; 0 keeps torch's default
 
     def requests_for(self, ipr: int) -> int:
         return self.requests or max(1, self.inputs_per_run // ipr)
@@ -77,51 +81,65 @@ class Measured:
 
 @dataclass
 class _Setup:
-    engine: Engine
-    spy: RecordingEngine
+    spies: dict[str, RecordingEngine]  # "process": the engine process, "in-process": an Engine here
     seed_model: SeedModel | None
     compute: ThreadPoolExecutor  # the baselines' forward thread
     tasks: list[BuiltTask]
     requests: list[BenchRequest]
-    cache: PrefixCache
+    caches: dict[str, PrefixCache]
     concurrency: int
 
 
 def run_engine_bench(config: EngineBenchConfig, pools: TextPools, progress=print) -> dict:
-    engine = Engine.from_folder(config.backbone)
+    spies = {"process": RecordingEngine(EngineProcess(config.backbone, torch_threads=config.torch_threads), ForwardRecorder())}
+    if "in-process" in config.modes:
+        spies["in-process"] = RecordingEngine(Engine.from_folder(config.backbone), ForwardRecorder())
     seed_model = SeedModel(config.backbone) if "seed" in config.modes else None
-    spy = RecordingEngine(engine, ForwardRecorder())
+    shape = spies["process"].shape
     runs = []
-    with ThreadPoolExecutor(1, thread_name_prefix="bench-compute") as compute:
-        setups = {}
-        for num_tasks in config.tasks:
-            specs = make_tasks(num_tasks, config.seed, config.num_tenants, engine.shape.max_prefix_len)
-            tasks = build_tasks(engine.shape, specs)
-            blobs = {task.sha256: task.data for task in tasks}
-            cache = PrefixCache(spy, blobs.__getitem__, max_bytes=1 << 40)
-            for task in tasks:
-                cache.get(task.sha256)  # all resident: loading is not what this level measures
-            setups[num_tasks] = (tasks, cache)
-        for ipr in config.inputs_per_request:
-            measured = {(n, mode): Measured() for n in config.tasks for mode in config.modes}
-            for repeat in range(config.repeats):
-                # Task counts and modes alternate their order each round: a drift in the machine's load
-                # then weighs on every configuration alike.
-                for num_tasks in _alternate(config.tasks, repeat):
-                    tasks, cache = setups[num_tasks]
-                    requests = generate_requests(pools, num_tasks, config.requests_for(ipr), ipr, config.seed)
-                    setup = _Setup(engine, spy, seed_model, compute, tasks, requests, cache, config.concurrency_for(ipr))
-                    for mode in _alternate(config.modes, repeat + num_tasks):
-                        measured[(num_tasks, mode)].add(_run_mode(setup, config, mode))
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="bench-compute") as compute:
+            setups = {}
             for num_tasks in config.tasks:
-                for mode in config.modes:
-                    runs.append(summarize(num_tasks, ipr, mode, measured[(num_tasks, mode)], config.concurrency_for(ipr)))
-                    progress(_line(runs[-1]))
+                tasks = build_tasks(shape, make_tasks(num_tasks, config.seed, config.num_tenants, shape.max_prefix_len))
+                setups[num_tasks] = (tasks, {kind: _resident_cache(spy, tasks) for kind, spy in spies.items()})
+            runs = _measure_all(config, pools, spies, seed_model, compute, setups, progress)
+    finally:
+        spies["process"].close()
     return {
         "level": "engine", "config": config.describe(), "texts": pools.describe(), "runs": runs,
+        "engine": spies["process"].info(),
         # One process runs every mode and holds every task set and the seed model: see `bench memory`.
         "bench_process_memory": proc_memory(),
     }
+
+
+def _resident_cache(spy: RecordingEngine, tasks: list[BuiltTask]) -> PrefixCache:
+    blobs = {task.sha256: task.data for task in tasks}
+    cache = PrefixCache(spy, blobs.__getitem__, max_bytes=1 << 40)
+    for task in tasks:
+        cache.get(task.sha256)  # all resident: loading is not what this level measures
+    return cache
+
+
+def _measure_all(config, pools, spies, seed_model, compute, setups, progress) -> list[dict]:
+    runs = []
+    for ipr in config.inputs_per_request:
+        measured = {(n, mode): Measured() for n in config.tasks for mode in config.modes}
+        for repeat in range(config.repeats):
+            # Task counts and modes alternate their order each round: a drift in the machine's load
+            # then weighs on every configuration alike.
+            for num_tasks in _alternate(config.tasks, repeat):
+                tasks, caches = setups[num_tasks]
+                requests = generate_requests(pools, num_tasks, config.requests_for(ipr), ipr, config.seed)
+                setup = _Setup(spies, seed_model, compute, tasks, requests, caches, config.concurrency_for(ipr))
+                for mode in _alternate(config.modes, repeat + num_tasks):
+                    measured[(num_tasks, mode)].add(_run_mode(setup, config, mode))
+        for num_tasks in config.tasks:
+            for mode in config.modes:
+                runs.append(summarize(num_tasks, ipr, mode, measured[(num_tasks, mode)], config.concurrency_for(ipr)))
+                progress(_line(runs[-1]))
+    return runs
 
 
 def _alternate(items, index: int) -> list:
@@ -130,11 +148,13 @@ def _alternate(items, index: int) -> list:
 
 def _run_mode(setup: _Setup, config: EngineBenchConfig, mode: str) -> Measured:
     if mode == "limit":
-        return setup.compute.submit(run_limit, setup.engine, setup.requests, config.limits).result()
+        return setup.compute.submit(run_limit, setup.spies["process"], setup.requests, config.limits).result()
     if mode == "seed":
         return setup.compute.submit(run_seed, setup.seed_model, setup.tasks, setup.requests, config.seed_seconds).result()
     limits = replace(config.limits, per_task_batches=(mode == "per-task"))
-    return run_batcher(setup.spy, setup.cache, limits, make_jobs(setup.tasks, setup.requests), setup.concurrency)
+    kind = "in-process" if mode == "in-process" else "process"
+    jobs = make_jobs(setup.tasks, setup.requests)
+    return run_batcher(setup.spies[kind], setup.caches[kind], limits, jobs, setup.concurrency)
 
 
 def summarize(num_tasks: int, ipr: int, mode: str, m: Measured, concurrency: int) -> dict:
@@ -199,21 +219,21 @@ async def closed_loop(batcher: Batcher, jobs: list[ClassifyJob], concurrency: in
 
 
 def limit_batches(lengths: list[int], limits: BatchLimits) -> list[list[int]]:
-    """Indices sorted by length, cut into batches under max_batch_size and max_batch_tokens."""
-    batches, current, longest = [], [], 0
+    """Indices sorted by length, cut into batches under max_batch_size and max_batch_tokens (counted as
+    the batcher counts them: real tokens)."""
+    batches, current, tokens = [], [], 0
     for index in sorted(range(len(lengths)), key=lengths.__getitem__):
-        longest_with = max(longest, lengths[index])
-        if current and (len(current) >= limits.max_batch_size or (len(current) + 1) * longest_with > limits.max_batch_tokens):
+        if current and (len(current) >= limits.max_batch_size or tokens + lengths[index] > limits.max_batch_tokens):
             batches.append(current)
-            current, longest_with = [], lengths[index]
+            current, tokens = [], 0
         current.append(index)
-        longest = longest_with
+        tokens += lengths[index]
     if current:
         batches.append(current)
     return batches
 
 
-def run_limit(engine: Engine, requests: list[BenchRequest], limits: BatchLimits) -> Measured:
+def run_limit(engine: Engine | EngineProcess, requests: list[BenchRequest], limits: BatchLimits) -> Measured:
     """The backbone alone over the same inputs, sorted by length; its latency is one batch's forward."""
     inputs = flat_inputs(requests)
     warm = engine.encode(inputs[: 2 * limits.max_batch_size], 0)

@@ -29,7 +29,7 @@ from server.bench.engine_level import Measured, run_limit, summarize
 from server.bench.http_client import Call, HttpPool, LoadResult, closed_loop, open_loop
 from server.bench.stats import latency_summary
 from server.bench.workload import BenchRequest, BuiltTask, TextPools, build_tasks, generate_requests, make_tasks
-from server.engine import Engine
+from server.engine import EngineProcess
 
 RATE_FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.55, 0.7, 0.85)
 
@@ -70,7 +70,7 @@ class HttpBenchConfig:
 
 
 def run_http_bench(config: HttpBenchConfig, pools: TextPools, progress=print) -> dict:
-    engine = Engine.from_folder(config.backbone)  # the limit, and counting tokens for the padding
+    engine = EngineProcess(config.backbone, torch_threads=config.torch_threads)  # the limit, as the servers run the engine
     counts = sorted(set(config.tasks) | ({config.open_loop_tasks} if config.open_loop else set()))
     task_sets = {n: build_tasks(engine.shape, make_tasks(n, config.seed, config.num_tenants, engine.shape.max_prefix_len)) for n in counts}
     every_task = [task for n in counts for task in task_sets[n]]
@@ -93,6 +93,7 @@ def run_http_bench(config: HttpBenchConfig, pools: TextPools, progress=print) ->
         finally:
             for server in servers.values():
                 server.stop()
+            engine.close()
     return {
         "level": "http", "config": config.describe(), "texts": pools.describe(), "runs": runs,
         "open_loop": open_runs, "open_loop_solo_latency": solo,
@@ -109,26 +110,18 @@ def _calls(server: http_servers.ServerProcess, tasks: list[BuiltTask], requests:
     return calls
 
 
-def _key_tokens(engine: Engine, tasks: list[BuiltTask], requests: list[BenchRequest]) -> int:
-    total = 0
-    for request in requests:
-        prefix_len = tasks[request.task].spec.prefix_len
-        total += sum(len(e) + prefix_len for e in engine.encode(list(request.inputs), prefix_len))
-    return total
-
-
 def _closed_loops(config, engine, compute, servers, task_sets, pools, ipr: int, progress) -> list[dict]:
     """Every task count and server at one inputs-per-request, `repeats` rounds in alternating order."""
     concurrency = config.concurrency_for(ipr)
     plans = {}
     for n in config.tasks:
         requests = generate_requests(pools, n, config.requests_for(ipr), ipr, config.seed)
-        plans[n] = (task_sets[n], requests, _key_tokens(engine, task_sets[n], requests))
+        plans[n] = (task_sets[n], requests)
     limits = {n: Measured() for n in config.tasks}
     loads: dict[tuple[int, str], tuple[LoadResult, dict]] = {}
     for repeat in range(config.repeats):
         for n in _alternate(config.tasks, repeat):
-            tasks, requests, _ = plans[n]
+            tasks, requests = plans[n]
             limits[n].add(compute.submit(run_limit, engine, requests, BatchLimits()).result())
             for mode in _alternate(_modes_at(config, n), repeat + n):
                 result, delta = asyncio.run(_measure(servers[mode], tasks, requests, concurrency, config, first=repeat == 0))
@@ -142,7 +135,7 @@ def _closed_loops(config, engine, compute, servers, task_sets, pools, ipr: int, 
         progress(_line(out[-1]))
         for mode in _modes_at(config, n):
             result, counters = loads[(n, mode)]
-            stats = http_servers.batch_stats(counters, plans[n][2] * config.repeats) if counters else {}
+            stats = http_servers.batch_stats(counters) if counters else {}
             out.append(_summary(n, ipr, mode, result, stats, concurrency, servers[mode]))
             progress(_line(out[-1]))
     return out

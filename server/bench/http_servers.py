@@ -6,7 +6,7 @@
 - `seed`: server.bench.seed_server (transformers, one request at a time).
 
 Also owns putting the benchmark's tenants and tasks into a server through the API, and reading the
-server's Prometheus counters (batch sizes, padded token slots) before and after a run.
+server's Prometheus counters (batch sizes, tokens per forward) before and after a run.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from server.bench.stats import BATCH_SIZE_BUCKETS, proc_memory
+from server.bench.stats import BATCH_SIZE_BUCKETS, proc_tree_memory
 from server.bench.workload import BuiltTask
 
 ADMIN_TOKEN = "bench-admin-token"
@@ -46,7 +46,7 @@ class ServerProcess:
         return f"Authorization: Bearer {key}\r\n" if key else ""
 
     def memory(self) -> dict:
-        return proc_memory(self.proc.pid)
+        return proc_tree_memory(self.proc.pid)  # the server and its engine process
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -156,10 +156,9 @@ def counter_delta(before: dict | None, after: dict | None) -> dict:
     return {name: value - before.get(name, 0.0) for name, value in after.items()}
 
 
-def batch_stats(delta: dict, real_key_tokens: int) -> dict:
-    """Forwards, batch-size histogram and key padding from counter deltas (counter_delta);
-    `real_key_tokens` is the sum of P + S over the inputs sent, counted by the client with the same
-    tokenizer."""
+def batch_stats(delta: dict) -> dict:
+    """Forwards, batch-size histogram and tokens (inputs' plus prefixes') per forward from counter
+    deltas (counter_delta)."""
     forwards = delta.get("prefix_server_batch_size_count", 0.0)
     if not forwards:
         return {"forwards": 0}
@@ -169,10 +168,10 @@ def batch_stats(delta: dict, real_key_tokens: int) -> dict:
         if cumulative - below:
             histogram[str(bound)] = int(cumulative - below)
         below = cumulative
-    slots = delta.get("prefix_server_batch_tokens_sum", 0.0)
+    tokens = delta.get("prefix_server_batch_tokens_sum", 0.0)
     return {
         "forwards": int(forwards),
-        "key_padding_fraction": round(1 - real_key_tokens / slots, 4) if slots else None,
+        "tokens_per_forward": round(tokens / forwards, 1),
         "batch_size": {"mean": round(delta.get("prefix_server_batch_size_sum", 0.0) / forwards, 2), "histogram": histogram},
         "compute_s": round(delta.get("prefix_server_inference_seconds_sum", 0.0), 3),
     }

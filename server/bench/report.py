@@ -17,11 +17,11 @@ from server.bench import analysis
 
 PADDING_NOTE = (
     "Padding describes each batch as formed: the *padded layout* columns are what a [B, max S] forward "
-    "wastes (the seed's layout; a measure of how mixed the batch is); *packed* is the key slots the "
-    "packed engine (rows of one length attend together, prefixes padded to that chunk's longest) still "
-    "masks, whose dense layers run on real tokens only. Over HTTP the figure comes from the server's "
-    "prefix_server_batch_tokens counter, i.e. the padded layout. Forward busy: the share of the wall "
-    "time spent inside forward passes."
+    "would waste (the seed's layout; a measure of how mixed the batch is); *attention padding (packed)* "
+    "is the share of the query-key pairs the packed engine's attention computes that are padding (its "
+    "dense layers run on real tokens only; rows of close lengths share one attention call, "
+    "server/engine/packing.py). Over HTTP the server counts real tokens only, so the padding columns "
+    "come from the engine level. Forward busy: the share of the wall time spent inside forward passes."
 )
 
 
@@ -140,7 +140,7 @@ def _runs_table(runs: list[dict]) -> str:
             batch.get("mean"), _histogram(batch), r.get("tasks_per_forward_mean"), _busy(r), memory.get("peak_rss_mb"),
         ])
     header = ["tasks", "inputs/req", "mode", "inputs/s", "p50 ms", "p95 ms", "p99 ms", "padding (padded layout)",
-              "key padding (padded layout)", "key padding (packed)",
+              "key padding (padded layout)", "attention padding (packed)",
               "mean batch", "batch sizes", "tasks/forward", "forward busy", "peak RSS MiB"]
     return _table(header, rows)
 
@@ -159,10 +159,10 @@ def _pct(value) -> str:
 
 def _ratio_table(rows: list[dict]) -> str:
     return _table(
-        ["tasks", "inputs/req", "vs limit", "vs per-task", "vs seed", "p99 vs per-task"],
+        ["tasks", "inputs/req", "vs limit", "vs per-task", "vs seed", "p99 vs per-task", "engine process vs in-process"],
         [[str(r["tasks"]), str(r["inputs_per_request"]), _x(r["vs_limit"], r.get("vs_limit_rounds")),
           _x(r["vs_per_task"], r.get("vs_per_task_rounds")), _x(r["vs_seed"], r.get("vs_seed_rounds")),
-          _x(r["p99_vs_per_task"])] for r in rows],
+          _x(r["p99_vs_per_task"]), _x(r.get("vs_in_process"), r.get("vs_in_process_rounds"))] for r in rows],
     )
 
 

@@ -6,9 +6,9 @@ Padding is counted per forward pass, for the batch as the batcher formed it:
   seed's layout, and the engine's before it packed rows: a measure of how mixed the lengths are);
 - `key_padding_fraction`: the same over keys, prefixes included,
   1 - sum(P_i + S_i) / (B * (max P_i + max S_i));
-- `packed_key_padding_fraction`: the key slots the packed engine (server/engine/packing.py: rows of
-  one length form a chunk, its prefixes padded to the chunk's longest) still masks out. Its dense
-  layers run on real tokens only. This mirrors the engine's documented layout; see the report.
+- `packed_key_padding_fraction`: the query-key pairs the packed engine's attention computes that
+  are padding, from the engine's own chunk plan (server/engine/packing.plan_chunks) for the batch.
+  Its dense layers run on real tokens only.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from server.engine import Row
+from server.engine.packing import plan_chunks
 
 # The server's prometheus buckets (server/metrics.py), so engine and HTTP levels report alike.
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -44,14 +45,17 @@ def bucket_of(size: int) -> str:
 
 
 class ForwardRecorder:
-    """Collects one record per forward pass: rows, longest input, longest prefix, real tokens, seconds."""
+    """Collects one record per forward pass: rows, longest input, longest prefix, real tokens, seconds.
+    `merge_pairs`: the engine's chunk-merging setting, to plan its attention chunks as it does."""
 
-    def __init__(self):
+    def __init__(self, merge_pairs: int = 0):
+        self.merge_pairs = merge_pairs
         self.reset()
 
     def reset(self) -> None:
         self.sizes: list[int] = []
-        self.query_slots = self.query_real = self.key_slots = self.key_real = self.packed_key_slots = 0
+        self.query_slots = self.query_real = self.key_slots = self.key_real = 0
+        self.pairs_real = self.pairs_packed = 0
         self.distinct_prefixes: list[int] = []
         self.seconds: list[float] = []
 
@@ -63,10 +67,10 @@ class ForwardRecorder:
         self.query_real += sum(tokens)
         self.key_slots += len(rows) * (max(tokens) + max(prefixes))
         self.key_real += sum(tokens) + sum(prefixes)
-        chunks: dict[int, list[int]] = {}  # rows of one length attend together; prefixes padded to the longest
-        for length, prefix_len in zip(tokens, prefixes):
-            chunks.setdefault(length, []).append(prefix_len)
-        self.packed_key_slots += sum(len(p) * (length + max(p)) for length, p in chunks.items())
+        ordered = sorted(zip(tokens, prefixes))  # the engine's packed order
+        chunks = plan_chunks([t for t, _ in ordered], [p for _, p in ordered], self.merge_pairs)
+        self.pairs_packed += sum(c.rows * c.query_len * c.key_len for c in chunks)
+        self.pairs_real += sum(t * (t + p) for t, p in ordered)
         self.distinct_prefixes.append(len({id(row.prefix) for row in rows}))
         self.seconds.append(seconds)
 
@@ -76,12 +80,13 @@ class ForwardRecorder:
         self.query_real += other.query_real
         self.key_slots += other.key_slots
         self.key_real += other.key_real
-        self.packed_key_slots += other.packed_key_slots
+        self.pairs_real += other.pairs_real
+        self.pairs_packed += other.pairs_packed
         self.distinct_prefixes += other.distinct_prefixes
         self.seconds += other.seconds
 
     def copy(self) -> "ForwardRecorder":
-        clone = ForwardRecorder()
+        clone = ForwardRecorder(self.merge_pairs)
         clone.extend(self)
         return clone
 
@@ -92,7 +97,7 @@ class ForwardRecorder:
             "forwards": len(self.sizes),
             "padding_fraction": round(1 - self.query_real / self.query_slots, 4),
             "key_padding_fraction": round(1 - self.key_real / self.key_slots, 4),
-            "packed_key_padding_fraction": round(1 - self.key_real / self.packed_key_slots, 4),
+            "packed_key_padding_fraction": round(1 - self.pairs_real / self.pairs_packed, 4),
             "batch_size": batch_size_summary(self.sizes),
             "tasks_per_forward_mean": round(float(np.mean(self.distinct_prefixes)), 2),
             "forward_ms": latency_summary(self.seconds),
@@ -116,6 +121,7 @@ class RecordingEngine:
 
     def __init__(self, engine, recorder: ForwardRecorder):
         self._engine, self.recorder = engine, recorder
+        recorder.merge_pairs = engine.info().get("merge_pairs", 0)
 
     def __getattr__(self, name):
         return getattr(self._engine, name)
@@ -125,6 +131,24 @@ class RecordingEngine:
         scores = self._engine.score(rows)
         self.recorder.record(rows, time.perf_counter() - started)
         return scores
+
+
+def proc_tree_memory(pid: int) -> dict:
+    """proc_memory summed over a process and its descendants (a server and its engine process).
+    The peak is the sum of each process's own peak: an upper bound on the tree's."""
+    total = {"rss_mb": 0.0, "peak_rss_mb": 0.0}
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            memory = proc_memory(current)
+            # Per thread: a child belongs to the thread that started it.
+            children = [c for task in Path(f"/proc/{current}/task").iterdir() for c in (task / "children").read_text().split()]
+        except OSError:  # it exited meanwhile
+            continue
+        total = {key: round(total[key] + memory[key], 1) for key in total}
+        pending += [int(child) for child in children]
+    return total
 
 
 def proc_memory(pid: int | str = "self") -> dict:

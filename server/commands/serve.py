@@ -35,6 +35,10 @@ def register(subparsers) -> None:
     for flag, (field, kind) in _FLAGS.items():
         parser.add_argument(flag, dest=field, type=kind, default=None, help=f"overrides PREFIX_SERVER_{field.upper()}")
     parser.add_argument(
+        "--engine-in-process", dest="engine_process", action="store_const", const=False, default=None,
+        help="run the model in the server's own process instead of a child (PREFIX_SERVER_ENGINE_PROCESS=false)",
+    )
+    parser.add_argument(
         "--per-task-batches", dest="per_task_batches", action="store_const", const=True, default=None,
         help="benchmark baseline: one task per forward pass (PREFIX_SERVER_PER_TASK_BATCHES)",
     )
@@ -59,12 +63,14 @@ def run(args: argparse.Namespace) -> int:
     from server.api.app import create_app
     from server.settings import Settings
 
-    fields = [field for field, _ in _FLAGS.values()] + ["per_task_batches"]
+    fields = [field for field, _ in _FLAGS.values()] + ["per_task_batches", "engine_process"]
     overrides = {field: getattr(args, field) for field in fields if getattr(args, field) is not None}
     settings = Settings(**overrides)
     configure_logging(settings.log_level)
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
+    if settings.engine_process:
+        # The model runs in the child; here torch only parses artifacts, so its threads would only
+        # compete with the engine's for the cores.
+        torch.set_num_threads(1)
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False
     )

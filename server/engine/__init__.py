@@ -4,6 +4,7 @@ Never imports the API or batching layers."""
 
 from server.engine.backbone import BackboneError, BackboneFiles, BertGeometry, read_backbone_folder
 from server.engine.engine import Engine, LoadedPrefix, Row
+from server.engine.process import EngineProcess, EngineUnavailable, RemotePrefix
 from server.engine.tokenize import EncodedInput, InputTooLong, TextEncoder, TextInput
 
 __all__ = [
@@ -12,8 +13,11 @@ __all__ = [
     "BertGeometry",
     "EncodedInput",
     "Engine",
+    "EngineProcess",
+    "EngineUnavailable",
     "InputTooLong",
     "LoadedPrefix",
+    "RemotePrefix",
     "Row",
     "TextEncoder",
     "TextInput",

@@ -76,8 +76,8 @@ class Engine:
         self.merge_pairs = merge_pairs if merge_pairs is not None else (8192 if self.device.type == "cpu" else 1 << 20)
 
     @classmethod
-    def from_folder(cls, folder: str | Path, device: str = "cpu", dtype=torch.float32) -> "Engine":
-        return cls(read_backbone_folder(folder), TextEncoder.from_folder(folder), device, dtype)
+    def from_folder(cls, folder: str | Path, device: str = "cpu", dtype=torch.float32, merge_pairs: int | None = None) -> "Engine":
+        return cls(read_backbone_folder(folder), TextEncoder.from_folder(folder), device, dtype, merge_pairs)
 
     @property
     def shape(self) -> BackboneShape:
@@ -98,13 +98,31 @@ class Engine:
     def encode(self, inputs: list[TextInput], prefix_len: int, truncate: bool = True) -> list[EncodedInput]:
         return self.encoder.encode(inputs, self.max_tokens(prefix_len), truncate)
 
-    @torch.inference_mode()
+    def info(self) -> dict:
+        g = self.files.geometry
+        return {
+            "name": self.files.name,
+            "fingerprint": self.files.fingerprint,
+            "num_layers": g.num_layers,
+            "num_heads": g.num_heads,
+            "hidden_size": g.hidden_size,
+            "max_position_embeddings": g.max_position_embeddings,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "merge_pairs": self.merge_pairs,
+        }
+
     def score(self, rows: list[Row]) -> list[list[float]]:
         """Scores per row, in row order: probabilities, or raw values for regression."""
+        scores = self.score_matrix(rows).tolist()
+        return [values[: row.prefix.num_labels] for values, row in zip(scores, rows)]
+
+    @torch.inference_mode()
+    def score_matrix(self, rows: list[Row]) -> torch.Tensor:
+        """Scores as [B, labels_max] float32 on the CPU; row i's are its first num_labels columns."""
         prefixes, row_to_prefix = _unique_prefixes(rows)
         pooled = self.model.forward_packed(self.pack(rows)).float()  # [B, C]
-        scores = _apply_heads(pooled, prefixes, row_to_prefix.to(self.device))  # [B, labels_max]
-        return [values[: row.prefix.num_labels] for values, row in zip(scores.tolist(), rows)]
+        return _apply_heads(pooled, prefixes, row_to_prefix.to(self.device)).cpu()  # [B, labels_max]
 
     @torch.inference_mode()
     def pooled(self, rows: list[Row]) -> torch.Tensor:

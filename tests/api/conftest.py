@@ -17,7 +17,9 @@ ADMIN = "admin-secret-token"
 
 
 def make_settings(data_dir, backbone, **overrides) -> Settings:
-    values = dict(backbone=str(backbone), data_dir=data_dir, prefixes_dir="", max_wait_ms=1.0)
+    """The engine runs in the test process here (fast to start); test_server_process and
+    tests/engine/test_process run it in its own process, as `serve` does by default."""
+    values = dict(backbone=str(backbone), data_dir=data_dir, prefixes_dir="", max_wait_ms=1.0, engine_process=False)
     values.update(overrides)
     return Settings(**values)
 

@@ -189,6 +189,27 @@ def test_batches_respect_size_and_token_budget(tiny_engine):
     assert max(sizes) <= 5 and sum(sizes) == 12
 
 
+def test_token_budget_counts_real_tokens_not_padding(tiny_engine):
+    """One long input and short ones share a batch up to the budget of their own tokens + prefixes;
+    padding every row to the longest would have left the long one alone."""
+    store = Store(tiny_engine.shape)
+    task = store.add(10)
+    long_text, short_text = "word " * 60, "ok"  # 62 and 3 tokens
+
+    async def main():
+        batcher, spy, _ = make_batcher(tiny_engine, store, max_batch_size=64, max_batch_tokens=72 + 13 * 6)
+        batcher.start()
+        spy.gate.clear()
+        pending = asyncio.ensure_future(batcher.classify(job("a", task, [long_text] + [short_text] * 10)))
+        await asyncio.sleep(0.1)
+        spy.gate.set()
+        await pending
+        await batcher.stop()
+        return [len(rows) for rows in spy.batches]
+
+    assert run(main())[0] == 7  # 72 + 6 x 13 tokens; padded it would be 7 x 72
+
+
 def test_prefix_loads_once_per_version(tiny_engine):
     store = Store(tiny_engine.shape)
     task = store.add(6)

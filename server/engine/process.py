@@ -1,0 +1,241 @@
+"""EngineProcess: the engine in a child process, behind the calls the batcher makes of an Engine.
+
+Why: in one process, every torch op of a forward pass hands the GIL back and forth with the event
+loop, the tokenizer and the HTTP layer; measured on the 2-core CPU, the same batches ran 12-25%
+slower under load than alone (BENCHMARKS.md, "engine process"). Here the forward is the only Python
+in its process. The server keeps tokenization (its own tokenizer), batching and the prefix cache;
+the child keeps the model, the prefix pool and the loaded prefixes, addressed by handle.
+
+Calls block (the batcher makes them from its compute and prep threads); one reader thread routes
+replies. A prefix's handle is released when its RemotePrefix is garbage: the finalizer only queues
+the handle (it may run inside any thread), and the next message carries the queue along.
+If the child dies, every waiting call fails with EngineUnavailable (HTTP 503) and a new child is
+started with backoff; prefixes of the dead one are stale (`stale`), and the cache reloads them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+
+import torch
+
+from server.artifact import BackboneShape, PrefixArtifact, ProblemType, artifact_to_bytes
+from server.engine import wire
+from server.engine.engine import Row
+from server.engine.tokenize import EncodedInput, TextEncoder, TextInput
+
+log = logging.getLogger(__name__)
+_handles = itertools.count(1)  # never reused, across restarts too
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine process is down or restarting; the call may be retried."""
+
+
+@dataclass(frozen=True, eq=False)
+class RemotePrefix:
+    """A prefix loaded in the engine process: what the batcher needs to know of it, and its handle."""
+
+    handle: int
+    generation: int
+    prefix_len: int
+    problem_type: ProblemType
+    labels: tuple[str, ...]
+    nbytes: int
+    owner: "EngineProcess" = field(repr=False)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    @property
+    def stale(self) -> bool:
+        return self.generation != self.owner.generation
+
+
+class EngineProcess:
+    def __init__(self, backbone: str, device: str = "cpu", dtype: str = "float32", merge_pairs: int | None = None,
+                 torch_threads: int = 0, start_timeout_s: float = 600.0, max_restarts: int = 5):
+        self.encoder = TextEncoder.from_folder(backbone)
+        self._config = {"backbone": str(backbone), "device": device, "dtype": dtype, "merge_pairs": merge_pairs,
+                        "torch_threads": torch_threads, "log_level": logging.getLevelName(log.getEffectiveLevel())}
+        self._start_timeout_s, self._max_restarts = start_timeout_s, max_restarts
+        self._send_lock = threading.Lock()
+        self._pending: dict[int, Future] = {}
+        self._ids = itertools.count()
+        self._released: deque[int] = deque()
+        self._closing = False
+        self.generation = 0
+        self.restarts = 0
+        self._up = threading.Event()
+        self._start()
+
+    # --- the Engine surface the batcher, the cache and the runtime use -------------------------
+
+    @property
+    def shape(self) -> BackboneShape:
+        return self._shape
+
+    def info(self) -> dict:
+        return dict(self._info)
+
+    @property
+    def alive(self) -> bool:
+        return self._up.is_set()
+
+    def max_tokens(self, prefix_len: int) -> int:
+        return self._info["max_position_embeddings"] - prefix_len
+
+    def encode(self, inputs: list[TextInput], prefix_len: int, truncate: bool = True) -> list[EncodedInput]:
+        return self.encoder.encode(inputs, self.max_tokens(prefix_len), truncate)
+
+    def load_prefix(self, artifact: PrefixArtifact) -> RemotePrefix:
+        handle, generation = next(_handles), self.generation
+        reply, _ = self._call({"op": "load", "handle": handle}, artifact_to_bytes(artifact))
+        prefix = RemotePrefix(handle, generation, artifact.prefix_len, artifact.problem_type, artifact.labels,
+                              reply["nbytes"], self)
+        weakref.finalize(prefix, self._released.append, handle)
+        return prefix
+
+    def score(self, rows: list[Row]) -> list[list[float]]:
+        _, data = self._call({"op": "score"}, self._batch(rows))
+        matrix = wire.decode_matrix(data)  # [B, labels_max]
+        return [matrix[i, : row.prefix.num_labels].tolist() for i, row in enumerate(rows)]
+
+    def pooled(self, rows: list[Row]) -> torch.Tensor:
+        _, data = self._call({"op": "pooled"}, self._batch(rows))
+        return torch.from_numpy(wire.decode_matrix(data).copy())  # [B, C]
+
+    def stats(self) -> dict:
+        reply, _ = self._call({"op": "stats"})
+        return {"resident_prefixes": reply["resident_prefixes"], "pool_slots": reply["pool_slots"], "pid": self.pid}
+
+    def close(self) -> None:
+        self._closing = True
+        if self._up.is_set():
+            try:
+                self._call({"op": "stop"}, timeout_s=10)
+            except (EngineUnavailable, TimeoutError):
+                pass
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    # --- the pipe ------------------------------------------------------------------------------
+
+    def _batch(self, rows: list[Row]) -> bytes:
+        if any(row.prefix is not None and row.prefix.stale for row in rows):
+            raise EngineUnavailable("the engine process restarted while this request was queued; retry it")
+        return wire.encode_batch([(row.encoded, row.prefix.handle if row.prefix else wire.NO_PREFIX) for row in rows])
+
+    def _call(self, header: dict, payload: bytes | None = None, timeout_s: float | None = None) -> tuple[dict, bytes | None]:
+        if not self._up.is_set():
+            raise EngineUnavailable("the engine process is not running (restarting); retry shortly")
+        future: Future = Future()
+        call_id = next(self._ids)
+        self._pending[call_id] = future
+        released = []
+        while self._released:
+            released.append(self._released.popleft())
+        message = {**header, "id": call_id, "payload": payload is not None, "release": released}
+        try:
+            with self._send_lock:
+                self._conn.send_bytes(wire.encode_header(message))
+                if payload is not None:
+                    self._conn.send_bytes(payload)
+        except (OSError, ValueError) as exc:
+            self._pending.pop(call_id, None)
+            raise EngineUnavailable(f"the engine process is not reachable ({exc})") from None
+        reply, data = future.result(timeout=timeout_s)
+        if not reply.get("ok"):
+            raise RuntimeError(f"engine process: {reply.get('error')}")
+        return reply, data
+
+    def _read_replies(self, conn, generation: int) -> None:
+        while True:
+            try:
+                reply = wire.decode_header(conn.recv_bytes())
+                data = conn.recv_bytes() if reply.get("payload") else None
+            except (EOFError, OSError):
+                break
+            future = self._pending.pop(reply.get("id"), None)
+            if future is not None:
+                future.set_result((reply, data))
+        self._on_exit(generation)
+
+    def _on_exit(self, generation: int) -> None:
+        if generation != self.generation:
+            return
+        self._up.clear()
+        try:
+            code = self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            code = None
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            future.set_exception(EngineUnavailable(f"the engine process exited (code {code}) during this call"))
+        if self._closing:
+            return
+        log.error("engine process %s exited with code %s; restarting it", self._process.pid, code)
+        threading.Thread(target=self._restart, name="engine-restart", daemon=True).start()
+
+    def _restart(self) -> None:
+        for attempt in range(self._max_restarts):
+            time.sleep(min(30.0, 0.5 * 2**attempt))
+            try:
+                self._start()
+                self.restarts += 1
+                log.warning("engine process restarted (pid %s); stale prefixes reload on their next request", self.pid)
+                return
+            except Exception:
+                log.exception("engine process restart %d of %d failed", attempt + 1, self._max_restarts)
+        log.error("the engine process could not be restarted; the server stays unready")
+
+    def _start(self) -> None:
+        # A fresh interpreter (`python -m server.engine.worker`), not multiprocessing: nothing of the
+        # server's threads, locks or __main__ module is copied or re-imported into the engine.
+        ours, theirs = socket.socketpair()
+        command = [sys.executable, "-m", "server.engine.worker", str(theirs.fileno()), json.dumps(self._config)]
+        process = subprocess.Popen(command, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        theirs.close()
+        conn = Connection(ours.detach())
+        if not conn.poll(self._start_timeout_s):
+            process.kill()
+            raise RuntimeError(f"the engine process did not start within {self._start_timeout_s:.0f} s")
+        try:
+            ready = wire.decode_header(conn.recv_bytes())
+        except (EOFError, OSError):
+            raise RuntimeError(f"the engine process exited at start-up (code {process.wait()})") from None
+        if ready.get("op") != "ready":
+            process.wait()
+            raise RuntimeError(f"the engine process failed to start: {ready.get('error')}")
+        self._info, self._shape = ready["info"], BackboneShape(*ready["shape"])
+        self._process, self._conn = process, conn
+        self.generation += 1
+        log.info("engine process %s up (%s threads)", ready["pid"], ready["torch_threads"])
+        threading.Thread(target=self._read_replies, args=(conn, self.generation), name="engine-replies", daemon=True).start()
+        self._up.set()
+
+
+def default_engine_env() -> None:
+    """OpenMP reads its wait policy when torch loads, so the child gets it from the environment."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -1,0 +1,65 @@
+"""What crosses the pipe between the server and its engine process: a JSON header, then an optional
+binary payload. Nothing is pickled: batches travel as flat integer arrays, prefixes as the
+.safetensors bytes the engine parses with the same validator uploads go through.
+
+A batch of B rows is one payload: `lengths [B] int32 | prefix handles [B] int64 (-1: no prefix) |
+input ids [T] int32 | token types [T] int8`, T = sum(lengths). Scores come back as `[B, labels_max]`
+float32, probabilities padded past each row's labels.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+
+from server.engine.tokenize import EncodedInput
+
+NO_PREFIX = -1
+
+
+def encode_header(header: dict) -> bytes:
+    return json.dumps(header, separators=(",", ":")).encode()
+
+
+def decode_header(data: bytes) -> dict:
+    return json.loads(data)
+
+
+def encode_batch(rows: list[tuple[EncodedInput, int]]) -> bytes:
+    """Rows as (encoded input, prefix handle or NO_PREFIX)."""
+    lengths = np.fromiter((len(encoded) for encoded, _ in rows), dtype=np.int32, count=len(rows))  # [B]
+    handles = np.fromiter((handle for _, handle in rows), dtype=np.int64, count=len(rows))  # [B]
+    total = int(lengths.sum())
+    ids = np.fromiter(itertools.chain.from_iterable(e.input_ids for e, _ in rows), dtype=np.int32, count=total)  # [T]
+    types = np.fromiter(itertools.chain.from_iterable(e.token_type_ids for e, _ in rows), dtype=np.int8, count=total)
+    return np.int64(len(rows)).tobytes() + lengths.tobytes() + handles.tobytes() + ids.tobytes() + types.tobytes()
+
+
+def decode_batch(data: bytes) -> list[tuple[EncodedInput, int]]:
+    B = int(np.frombuffer(data, dtype=np.int64, count=1)[0])
+    offset = 8
+    lengths = np.frombuffer(data, dtype=np.int32, count=B, offset=offset)  # [B]
+    offset += 4 * B
+    handles = np.frombuffer(data, dtype=np.int64, count=B, offset=offset).tolist()  # [B]
+    offset += 8 * B
+    T = int(lengths.sum())
+    ids = np.frombuffer(data, dtype=np.int32, count=T, offset=offset).tolist()  # [T]
+    types = np.frombuffer(data, dtype=np.int8, count=T, offset=offset + 4 * T).tolist()  # [T]
+    rows, start = [], 0
+    for length, handle in zip(lengths.tolist(), handles):
+        rows.append((EncodedInput(ids[start : start + length], types[start : start + length]), handle))
+        start += length
+    return rows
+
+
+def encode_matrix(values: np.ndarray) -> bytes:
+    """A float32 matrix [R, K] with its shape."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    return np.asarray(values.shape, dtype=np.int64).tobytes() + values.tobytes()
+
+
+def decode_matrix(data: bytes) -> np.ndarray:
+    rows, cols = np.frombuffer(data, dtype=np.int64, count=2).tolist()
+    return np.frombuffer(data, dtype=np.float32, count=rows * cols, offset=16).reshape(rows, cols)

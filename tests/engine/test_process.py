@@ -1,0 +1,112 @@
+"""The engine process: it answers exactly as the engine in this process does, frees what the server
+lets go, and survives its own death: in-flight calls fail with EngineUnavailable, a new process
+comes up, stale prefixes are refused and reloaded by the cache."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import time
+
+import pytest
+
+from server.batching import PrefixCache
+from server.engine import EngineProcess, EngineUnavailable, Row
+from server.artifact import ProblemType, artifact_to_bytes
+from tests.helpers import make_artifact
+
+TEXTS = ["a fine film", ("is it good?", "yes it is"), "the plot is a mess and the actors look bored", "ok"]
+
+
+@pytest.fixture(scope="module")
+def engine_process(tiny_backbone_dir):
+    process = EngineProcess(str(tiny_backbone_dir), max_restarts=3)
+    yield process
+    process.close()
+
+
+def _wait_until(predicate, timeout_s=60.0):
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _tasks(shape):
+    kinds = [ProblemType.SINGLE_LABEL, ProblemType.MULTI_LABEL, ProblemType.REGRESSION, ProblemType.SINGLE_LABEL]
+    return [make_artifact(shape, p, n, kind, seed=p) for p, n, kind in zip((1, 9, 30, 64), (2, 3, 1, 5), kinds)]
+
+
+def test_scores_equal_the_engine_in_this_process(engine_process, tiny_engine):
+    tasks = _tasks(tiny_engine.shape)
+    remote = [engine_process.load_prefix(t) for t in tasks]
+    local = [tiny_engine.load_prefix(t) for t in tasks]
+    remote_rows = [Row(engine_process.encode([x], t.prefix_len)[0], p) for x, t, p in zip(TEXTS, tasks, remote)]
+    local_rows = [Row(tiny_engine.encode([x], t.prefix_len)[0], p) for x, t, p in zip(TEXTS, tasks, local)]
+    assert engine_process.score(remote_rows) == tiny_engine.score(local_rows)  # float32 on both sides: bit for bit
+    bare = [Row(row.encoded, None) for row in remote_rows]
+    assert engine_process.pooled(bare).tolist() == tiny_engine.pooled([Row(r.encoded, None) for r in local_rows]).tolist()
+    assert engine_process.info()["fingerprint"] == tiny_engine.files.fingerprint
+    assert engine_process.shape == tiny_engine.shape
+    assert [p.prefix_len for p in remote] == [1, 9, 30, 64] and remote[1].num_labels == 3
+
+
+def test_released_prefixes_free_the_engine_side(engine_process, tiny_engine):
+    before = engine_process.stats()["resident_prefixes"]
+    prefixes = [engine_process.load_prefix(make_artifact(tiny_engine.shape, 8, 2, seed=s)) for s in range(5)]
+    assert engine_process.stats()["resident_prefixes"] == before + 5
+    del prefixes
+    gc.collect()
+    assert engine_process.stats()["resident_prefixes"] == before  # the release rode on this call
+
+
+def test_a_failed_load_says_why(engine_process, tiny_engine, monkeypatch):
+    import server.engine.process as process_module
+
+    monkeypatch.setattr(process_module, "artifact_to_bytes", lambda artifact: b"not a safetensors file")
+    with pytest.raises(RuntimeError, match="engine process: ArtifactError"):
+        engine_process.load_prefix(make_artifact(tiny_engine.shape, 4, 2))
+    monkeypatch.setattr(process_module, "artifact_to_bytes", artifact_to_bytes)
+    assert engine_process.load_prefix(make_artifact(tiny_engine.shape, 4, 2)).prefix_len == 4  # still serving
+
+
+def test_a_killed_engine_process_is_replaced(engine_process, tiny_engine):
+    artifact = make_artifact(tiny_engine.shape, 6, 2, seed=11)
+    blobs = {"sha": artifact_to_bytes(artifact)}
+    cache = PrefixCache(engine_process, blobs.__getitem__, max_bytes=1 << 30)
+    prefix = cache.get("sha")
+    row = Row(engine_process.encode(["before the crash"], 6)[0], prefix)
+    expected = engine_process.score([row])
+    old_pid, generation = engine_process.pid, engine_process.generation
+
+    os.kill(old_pid, signal.SIGKILL)
+    _wait_until(lambda: not engine_process.alive or engine_process.generation != generation)
+    with pytest.raises(EngineUnavailable):
+        engine_process.score([row])  # down, or up again with this prefix stale
+    _wait_until(lambda: engine_process.alive)
+    assert engine_process.pid != old_pid and engine_process.restarts >= 1
+    assert prefix.stale
+    with pytest.raises(EngineUnavailable, match="restarted"):
+        engine_process.score([row])
+    reloaded = cache.get("sha")
+    assert reloaded is not prefix and not reloaded.stale
+    assert engine_process.score([Row(row.encoded, reloaded)]) == expected
+
+
+def test_the_engine_process_exits_when_the_server_goes_away(tiny_backbone_dir):
+    process = EngineProcess(str(tiny_backbone_dir))
+    child = process._process
+    process._closing = True  # no restart: this is the server going away
+    process._conn.close()
+    assert child.wait(timeout=30) == 0
+
+
+def test_a_backbone_the_engine_cannot_load_fails_start_up_with_its_reason(tmp_path, tiny_backbone_dir):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    for name in os.listdir(tiny_backbone_dir):
+        if not name.endswith(".safetensors"):
+            (folder / name).write_bytes((tiny_backbone_dir / name).read_bytes())
+    with pytest.raises(RuntimeError, match="the engine process failed to start: BackboneError"):
+        EngineProcess(str(folder))

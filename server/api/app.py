@@ -7,6 +7,7 @@ backbone is loaded, the registry open, the demo prefixes registered and the back
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from contextlib import asynccontextmanager
 
@@ -51,14 +52,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         lifespan=lifespan,
         default_response_class=FastJSONResponse,
+        **_telemetry_options(settings),
     )
     app.state.services = services
     install_error_handlers(app)
-    for router in (ops.router, admin.router, tasks.router, classify.router):
+    for router in (classify.router, ops.router, admin.router, tasks.router):  # the hot route is matched first
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, upload_limit=settings.max_upload_bytes, request_limit=settings.max_request_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def _telemetry_options(settings: Settings) -> dict:
+    """FastAPI >= 0.165 checks for OpenTelemetry providers on every request; off unless asked for."""
+    if settings.opentelemetry or "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}
+    return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
 
 
 async def _bring_up(services: Services) -> None:

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
-from starlette.concurrency import run_in_threadpool
 
 from server.api.errors import ApiError
 from server.api.state import Services
@@ -26,17 +25,27 @@ async def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
-async def get_ready_services(services: Annotated[Services, Depends(get_services)]) -> Services:
-    if not services.ready:
-        detail = f" (start-up failed: {services.startup_error})" if services.startup_error else ""
-        raise ApiError(503, f"the server is not ready: the backbone is still loading{detail}")
-    return services
+async def get_ready_services(request: Request) -> Services:
+    return ready_services(request)
 
 
 ReadyServices = Annotated[Services, Depends(get_ready_services)]
 
 
 async def get_caller(request: Request, services: ReadyServices) -> Caller:
+    return await authenticate(request, services)
+
+
+def ready_services(request: Request) -> Services:
+    """get_ready_services without the dependency machinery (for the classify hot path)."""
+    services = request.app.state.services
+    if not services.ready:
+        detail = f" (start-up failed: {services.startup_error})" if services.startup_error else ""
+        raise ApiError(503, f"the server is not ready: the backbone is still loading{detail}")
+    return services
+
+
+async def authenticate(request: Request, services: Services) -> Caller:
     """Single-tenant mode: everyone is tenant 'default'. Otherwise the bearer key decides; the admin
     token acts as tenant 'default' (where the demo prefixes live) for task calls."""
     if not services.settings.multi_tenant:
@@ -45,9 +54,7 @@ async def get_caller(request: Request, services: ReadyServices) -> Caller:
     admin_token = services.settings.admin_token.get_secret_value()
     if hmac.compare_digest(key.encode(), admin_token.encode()):
         return Caller(services.default_tenant, is_admin=True)
-    hit, tenant = services.lookups.cached_tenant(key)
-    if not hit:
-        tenant = await run_in_threadpool(services.lookups.tenant_for_key, key)
+    tenant = await services.lookups.tenant(key)
     if tenant is None:
         raise ApiError(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
     return Caller(tenant, is_admin=False)

@@ -1,50 +1,85 @@
-"""A short-lived cache in front of the registry's two per-request reads: API key -> tenant and
-task -> route. Every classify request needs both; without the cache each costs a database round trip
-on a thread. Writes made through this process invalidate at once (a new version serves as soon as
-its upload returned 201); writes by another process are seen within `ttl_s`."""
+"""A cache in front of the registry's two per-request reads: API key -> tenant and task -> route.
+
+Every classify request needs both. Without the cache each costs a database round trip on a thread;
+with a plain TTL cache, every expiry sends all the requests that arrive before the first reload to
+the database at once (measured: a quarter of the API process's CPU at 64 tasks and 270 requests/s).
+So entries are served stale-while-revalidate: a hit never waits, an entry older than `ttl_s` is
+served once more while one background read refreshes it, and concurrent misses share one read.
+
+Writes made through this process invalidate at once (a new version serves as soon as its upload
+returned 201); writes by another process are seen within `ttl_s` (5 s) plus one read. Each
+refresh is a database read on a thread, about 1 ms of CPU: at 64 tasks and a 1 s TTL the refreshes
+alone took 7% of a core, CPU the forward pass shares. A task another
+process deleted answers 404 from the refresh on. Unknown tasks are not cached (uploads appear at
+once); unknown keys are (401 again, and its cost stays bounded).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import random
 import threading
 import time
+from typing import Callable
 
-from server.registry import Registry, TaskRecord, Tenant, VersionRecord
+from server.registry import NotFound, Registry, TaskRecord, Tenant, VersionRecord
 from server.registry.routing import pick_version
+
+log = logging.getLogger(__name__)
 
 
 class RegistryLookups:
-    def __init__(self, registry: Registry, ttl_s: float = 1.0, max_entries: int = 100_000):
+    def __init__(self, registry: Registry, ttl_s: float = 5.0, max_entries: int = 100_000):
         self.registry, self.ttl_s, self.max_entries = registry, ttl_s, max_entries
         self._tenants: dict[str, tuple[float, Tenant | None]] = {}
         self._tasks: dict[tuple[str, str], tuple[float, TaskRecord]] = {}
+        self._reads: dict[tuple, asyncio.Future] = {}  # one registry read in flight per key
         self._lock = threading.Lock()
         self._rng = random.Random()
 
-    def cached_tenant(self, api_key: str) -> tuple[bool, Tenant | None]:
-        """(hit, tenant) without touching the database; a miss is answered by tenant_for_key."""
-        cached = self._tenants.get(_key_digest(api_key))
-        if cached is not None and cached[0] > time.monotonic():
-            return True, cached[1]
-        return False, None
+    async def tenant(self, api_key: str) -> Tenant | None:
+        """The tenant owning `api_key`, or None."""
+        digest = _key_digest(api_key)
+        return await self._get(self._tenants, digest, lambda: self.registry.tenant_for_key(api_key))
 
-    def tenant_for_key(self, api_key: str) -> Tenant | None:
-        tenant = self.registry.tenant_for_key(api_key)
-        self._store(self._tenants, _key_digest(api_key), tenant)
-        return tenant
-
-    def cached_version(self, tenant: str, task: str) -> VersionRecord | None:
-        """The routed version from the cached route, or None on a miss (then call resolve)."""
-        cached = self._tasks.get((tenant, task))
-        if cached is None or cached[0] <= time.monotonic():
-            return None
-        return self._pick(cached[1])
-
-    def resolve(self, tenant: str, task: str) -> VersionRecord:
-        record = self.registry.get_task(tenant, task)  # NotFound is not cached: uploads appear at once
-        self._store(self._tasks, (tenant, task), record)
+    async def version(self, tenant: str, task: str) -> VersionRecord:
+        """The version this request is routed to (pinned or drawn by weight). Raises NotFound."""
+        record = await self._get(self._tasks, (tenant, task), lambda: self.registry.get_task(tenant, task))
         return self._pick(record)
+
+    def invalidate_task(self, tenant: str, task: str) -> None:
+        self._tasks.pop((tenant, task), None)
+
+    async def _get(self, table: dict, key, read: Callable):
+        cached = table.get(key)
+        if cached is not None:
+            if cached[0] <= time.monotonic():
+                self._start_read(table, key, read)  # refresh in the background; this request does not wait
+            return cached[1]
+        return await asyncio.shield(self._start_read(table, key, read))  # a cancelled caller leaves the read running
+
+    def _start_read(self, table: dict, key, read: Callable) -> asyncio.Future:
+        flight = (id(table), key)
+        future = self._reads.get(flight)
+        if future is None:
+            future = asyncio.get_running_loop().run_in_executor(None, read)
+            self._reads[flight] = future
+            future.add_done_callback(lambda done: self._finish_read(table, key, flight, done))
+        return future
+
+    def _finish_read(self, table: dict, key, flight, future: asyncio.Future) -> None:
+        self._reads.pop(flight, None)
+        if future.cancelled():
+            return
+        error = future.exception()  # also marks it retrieved: a failed background refresh is logged here
+        if error is None:
+            self._store(table, key, future.result())
+        elif isinstance(error, NotFound):
+            table.pop(key, None)  # deleted elsewhere: stop serving the stale entry
+        elif key in table:
+            log.warning("refreshing a cached registry entry failed (%s); serving the last one read", error)
 
     def _pick(self, record: TaskRecord) -> VersionRecord:
         version = record.route.pinned
@@ -52,9 +87,6 @@ class RegistryLookups:
             with self._lock:
                 version = pick_version(record.route, self._rng)
         return next(v for v in record.versions if v.version == version)
-
-    def invalidate_task(self, tenant: str, task: str) -> None:
-        self._tasks.pop((tenant, task), None)
 
     def _store(self, table: dict, key, value) -> None:
         with self._lock:

@@ -37,6 +37,11 @@ class PrefixCache:
     def __contains__(self, sha256: str) -> bool:
         return sha256 in self._entries
 
+    def peek(self, sha256: str) -> LoadedPrefix | None:
+        """The loaded prefix if resident (counted as a hit), else None; never loads, never blocks long."""
+        with self._lock:
+            return self._lookup(sha256)
+
     def get(self, sha256: str) -> LoadedPrefix:
         """The loaded prefix for `sha256`, loading it from the registry on a miss. Blocking."""
         with self._lock:

@@ -165,3 +165,21 @@ def memory_targets(result: dict) -> list[dict]:
                                "memory", row["prefix_server_rss_mb"], row["budget_mb"], higher_is_better=False,
                                note=f"backbone {row['backbone_rss_mb']} MiB + 1.2 x {row['prefix_mb']} MiB"))
     return out
+
+
+def precision_targets(result: dict) -> list[dict]:
+    """Per reduced-precision dtype: is it within the stated tolerance of float32 on every demo task?"""
+    tolerance, out = result["tolerance"], []
+    for dtype in sorted({row["dtype"] for row in result["tasks"]} - {"float32"}):
+        rows = [row for row in result["tasks"] if row["dtype"] == dtype]
+        agreement = min(row["label_agreement"] for row in rows)
+        accuracy_delta = max(abs(row["accuracy"] - row["accuracy_float32"]) for row in rows)
+        max_diff = max(row["max_abs_diff"] for row in rows)
+        config = f"{dtype}, demo tasks"
+        out.append(_target(f"{dtype}: predicted label equals float32's (worst task)", config, agreement, tolerance["label_agreement"]))
+        out.append(_target(f"{dtype}: accuracy change from float32 (worst task)", config, round(accuracy_delta, 4),
+                           tolerance["accuracy_delta"], higher_is_better=False))
+        out.append(_target(f"{dtype}: largest score difference from float32", config, round(max_diff, 4),
+                           tolerance["max_abs_diff"], higher_is_better=False,
+                           note=f"{result['throughput'][dtype]['vs_float32']}x float32's throughput"))
+    return out

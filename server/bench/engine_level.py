@@ -24,6 +24,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 
+import torch
+
 from server.batching import BatchLimits, Batcher, ClassifyJob, PrefixCache
 from server.bench.seed_model import SeedModel
 from server.bench.stats import ForwardRecorder, RecordingEngine, SteadyWindow, latency_summary, proc_memory
@@ -48,6 +50,7 @@ class EngineBenchConfig:
     limits: BatchLimits = field(default_factory=BatchLimits)
     modes: tuple[str, ...] = MODES
     torch_threads: int = 0  # the engine process's; 0 keeps torch's default
+    dtype: str = "float32"  # the engine's (limit, per-task, prefix-server, in-process); the seed stays float32
 
     def requests_for(self, ipr: int) -> int:
         return self.requests or max(1, self.inputs_per_run // ipr)
@@ -91,9 +94,10 @@ class _Setup:
 
 
 def run_engine_bench(config: EngineBenchConfig, pools: TextPools, progress=print) -> dict:
-    spies = {"process": RecordingEngine(EngineProcess(config.backbone, torch_threads=config.torch_threads), ForwardRecorder())}
+    process = EngineProcess(config.backbone, dtype=config.dtype, torch_threads=config.torch_threads)
+    spies = {"process": RecordingEngine(process, ForwardRecorder())}
     if "in-process" in config.modes:
-        spies["in-process"] = RecordingEngine(Engine.from_folder(config.backbone), ForwardRecorder())
+        spies["in-process"] = RecordingEngine(Engine.from_folder(config.backbone, dtype=getattr(torch, config.dtype)), ForwardRecorder())
     seed_model = SeedModel(config.backbone) if "seed" in config.modes else None
     shape = spies["process"].shape
     runs = []

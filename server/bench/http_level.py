@@ -31,7 +31,7 @@ from server.bench.stats import latency_summary
 from server.bench.workload import BenchRequest, BuiltTask, TextPools, build_tasks, generate_requests, make_tasks
 from server.engine import EngineProcess
 
-RATE_FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.55, 0.7, 0.85)
+RATE_FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 @dataclass
@@ -56,6 +56,7 @@ class HttpBenchConfig:
     num_tenants: int = 8
     seed: int = 0
     torch_threads: int = 0
+    dtype: str = "float32"  # the engine's, in every server but the seed's (transformers in float32)
     modes: tuple[str, ...] = http_servers.MODES
     open_loop: bool = True
 
@@ -70,7 +71,7 @@ class HttpBenchConfig:
 
 
 def run_http_bench(config: HttpBenchConfig, pools: TextPools, progress=print) -> dict:
-    engine = EngineProcess(config.backbone, torch_threads=config.torch_threads)  # the limit, as the servers run the engine
+    engine = EngineProcess(config.backbone, dtype=config.dtype, torch_threads=config.torch_threads)  # the limit, as served
     counts = sorted(set(config.tasks) | ({config.open_loop_tasks} if config.open_loop else set()))
     task_sets = {n: build_tasks(engine.shape, make_tasks(n, config.seed, config.num_tenants, engine.shape.max_prefix_len)) for n in counts}
     every_task = [task for n in counts for task in task_sets[n]]
@@ -81,7 +82,8 @@ def run_http_bench(config: HttpBenchConfig, pools: TextPools, progress=print) ->
             http_servers.write_task_files(every_task, Path(tmp) / "tasks")
             progress(f"http: starting the {', '.join(config.modes)} servers")
             for mode in config.modes:
-                servers[mode] = http_servers.launch_server(mode, config.backbone, Path(tmp), Path(tmp) / "tasks", config.torch_threads)
+                servers[mode] = http_servers.launch_server(mode, config.backbone, Path(tmp), Path(tmp) / "tasks", config.torch_threads,
+                                                           serve_flags=("--dtype", config.dtype) if mode != "seed" else ())
             for mode in config.modes:
                 http_servers.wait_ready(servers[mode])
                 progress(f"http: {mode} ready; installing {len(every_task)} tasks")

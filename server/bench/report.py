@@ -84,6 +84,8 @@ def analyse(result: dict) -> dict:
         result["open_loop_summary_looser"] = [analysis.open_loop_summary(result["open_loop"], b) for b in (2 * budget, 4 * budget)]
     if level == "memory":
         result["targets"] = analysis.memory_targets(result)
+    if level == "precision":
+        result["targets"] = analysis.precision_targets(result)
     return result
 
 
@@ -207,6 +209,10 @@ def render(result: dict) -> str:
         parts += [""]
     if level == "memory":
         parts += _memory_sections(result)
+    if level == "precision":
+        parts += _precision_sections(result)
+    if level == "external":
+        parts += _external_sections(result)
     if result.get("targets"):
         parts += ["## Targets (issue 5)", "", _targets_table(result["targets"]), ""]
     if result.get("notes"):
@@ -229,4 +235,35 @@ def _memory_sections(result: dict) -> list[str]:
         f"## Separately fine-tuned models: k backbone copies (measured), fit {fit['intercept_mb']} + "
         f"{fit['mb_per_copy']} MiB per copy, extrapolated linearly past the largest k measured", "",
         _table(["copies", "RSS MiB", "peak RSS MiB"], copies), "",
+    ]
+
+
+def _precision_sections(result: dict) -> list[str]:
+    rows = [[r["dtype"], r["task"], str(r["rows"]), f"{100 * r['accuracy']:.2f}", f"{100 * r['accuracy_float32']:.2f}",
+             f"{100 * r['label_agreement']:.2f}%", f"{r['max_abs_diff']:.2e}", f"{r['mean_abs_diff']:.2e}"] for r in result["tasks"]]
+    speed = [[name, s["inputs_per_s"], _x(s["vs_float32"])] for name, s in result["throughput"].items()]
+    return [
+        "## Scores against float32 (the demo prefixes on their eval sets, mixed batches)", "", _table(
+            ["dtype", "task", "rows", "accuracy %", "float32 accuracy %", "same label as float32", "max |score diff|",
+             "mean |score diff|"], rows), "",
+        "## Engine throughput on the same batches (dtypes interleaved; median of rounds)", "",
+        _table(["dtype", "inputs/s", "vs float32"], speed), "",
+    ]
+
+
+def _external_sections(result: dict) -> list[str]:
+    config, rows = result["config"], []
+    for index, pair in enumerate(result["rounds"], 1):
+        for key in ("wrk", "ours"):
+            r = pair[key]
+            rows.append([str(index), r["tool"], r["inputs_per_s"], r["p50_ms"], r["p99_ms"], r["mean_ms"], str(r["requests"]),
+                         str(r.get("non_2xx", "")) or json.dumps(r.get("statuses", {}))])
+    s = result["summary"]
+    return [
+        f"## wrk ({result['wrk_version']}) and the bench client against the same prefix-server", "",
+        f"{config['tasks']} tasks, {config['inputs_per_request']} input(s) per request, {config['concurrency']} requests in flight, "
+        f"{config['seconds']:g} s per run, the tools alternating.", "",
+        _table(["round", "load generator", "inputs/s", "p50 ms", "p99 ms", "mean ms", "requests", "non-200"], rows), "",
+        f"wrk over the bench client (median of rounds): throughput {_x(s['wrk_over_ours_inputs_per_s'])}, "
+        f"p50 {_x(s['wrk_over_ours_p50_ms'])}, p99 {_x(s['wrk_over_ours_p99_ms'])}.", "",
     ]

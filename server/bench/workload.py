@@ -54,7 +54,8 @@ class TextPools:
         return {"origin": self.origin, "sizes": {name: len(items) for name, items in self.sources.items()}}
 
 
-def load_text_pools(data_dir: str | Path | None = None) -> TextPools:
+def require_data(data_dir: str | Path | None = None) -> Path:
+    """The shared data folder, or DataMissing naming every file that is not there."""
     folder = Path(data_dir) if data_dir else default_data_dir()
     files = [folder / name for names, _ in SOURCES.values() for name in names]
     missing = [str(path) for path in files if not path.is_file()]
@@ -63,6 +64,11 @@ def load_text_pools(data_dir: str | Path | None = None) -> TextPools:
             f"the benchmark needs the shared texts (SST-2, TREC, MRPC as JSONL, see shared/data/SOURCES.md): "
             f"expected {', '.join(missing)}; pass --data DIR or set {DATA_ENV}"
         )
+    return folder
+
+
+def load_text_pools(data_dir: str | Path | None = None) -> TextPools:
+    folder = require_data(data_dir)
     sources: dict[str, list[TextInput]] = {}
     for name, (file_names, pairs) in SOURCES.items():
         items: list[TextInput] = []

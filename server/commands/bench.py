@@ -24,7 +24,9 @@ def register(subparsers) -> None:
     engine = levels.add_parser("engine", help="batcher + engine in process, with the limit, seed and per-task baselines")
     http = levels.add_parser("http", help="load generator against real servers: closed and open loop")
     memory = levels.add_parser("memory", help="RSS with 1/100/1000 tasks resident vs one backbone copy per task")
-    for level in (engine, http, memory):
+    precision = levels.add_parser("precision", help="bfloat16/float16 engines against float32 on the demo tasks")
+    external = levels.add_parser("external", help="the HTTP closed loop cross-checked with wrk (apt install wrk)")
+    for level in (engine, http, memory, precision, external):
         _common(level)
     for level in (engine, http):
         level.add_argument("--tasks", type=_ints, default=[1, 8, 64, 512], help="task counts (default 1,8,64,512)")
@@ -36,6 +38,9 @@ def register(subparsers) -> None:
         level.add_argument("--concurrency", type=int, default=None, help="requests in flight (default 128 / inputs per request)")
         level.add_argument("--tenants", type=int, default=8, help="tasks are spread over this many tenants (default 8)")
         level.add_argument("--seed-seconds", type=float, default=None, help="time box of the seed baseline per run")
+    for level in (engine, http):
+        level.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                           help="the engine's dtype (limit, per-task, prefix-server); the seed model stays float32")
     engine.add_argument("--max-batch-size", type=int, default=64)
     engine.add_argument("--max-batch-tokens", type=int, default=8192)
     engine.add_argument("--max-wait-ms", type=float, default=2.0)
@@ -48,6 +53,15 @@ def register(subparsers) -> None:
     http.add_argument("--no-open-loop", dest="open_loop", action="store_false")
     memory.add_argument("--resident", type=_ints, default=[1, 100, 1000], help="tasks resident (default 1,100,1000)")
     memory.add_argument("--copies", type=_ints, default=[1, 2, 4], help="backbone copies measured (default 1,2,4)")
+    external.add_argument("--tasks", type=int, default=64)
+    external.add_argument("--inputs-per-request", type=int, default=1)
+    external.add_argument("--concurrency", type=int, default=64, help="requests in flight = wrk connections (default 64)")
+    external.add_argument("--seconds", type=float, default=15.0, help="per run (default 15)")
+    external.add_argument("--rounds", type=int, default=2, help="wrk and the bench client alternate (default 2)")
+    external.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    precision.add_argument("--dtypes", default="float32,bfloat16,float16", help="float32 first (default float32,bfloat16,float16)")
+    precision.add_argument("--prefixes", default=None, help="the demo prefixes folder (default: the project's prefixes/)")
+    precision.add_argument("--repeats", type=int, default=3, help="throughput rounds (default 3)")
     parser.set_defaults(func=run)
 
 
@@ -60,9 +74,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--torch-threads", type=int, default=0, help="0 keeps torch's default")
     parser.add_argument(
-        "--omp-wait-policy", choices=("passive", "inherit"), default="passive",
-        help="passive (default) sets OMP_WAIT_POLICY=PASSIVE for the bench and the servers: with active spinning, "
-             "torch's OpenMP threads stall whenever another thread shares the cores; inherit keeps the environment",
+        "--omp-wait-policy", choices=("passive", "inherit"), default="inherit",
+        help="inherit (default) keeps the environment, as `serve` does: OpenMP's threads spin briefly between ops, "
+             "fastest when the cores are the server's; passive sets OMP_WAIT_POLICY=PASSIVE for the bench and the "
+             "servers, better when other jobs share the cores (spinning threads then stall each other)",
     )
 
 
@@ -75,11 +90,12 @@ def run(args: argparse.Namespace) -> int:
                 # OpenMP read its policy when torch was imported: measure in a fresh process that has it.
                 return subprocess.call([sys.executable, "-m", "server", *sys.argv[1:]])
             args.notes.append("OMP_WAIT_POLICY=PASSIVE reached the subprocesses only: torch was imported before")
+    from server.bench.external import WrkMissing
     from server.bench.workload import DataMissing
 
     try:
         return _run_level(args)
-    except DataMissing as exc:
+    except (DataMissing, WrkMissing) as exc:
         print(f"prefix-server bench: {exc}", file=sys.stderr)
         return 2
 
@@ -98,6 +114,10 @@ def _run_level(args: argparse.Namespace) -> int:
     env = report.environment(command)
     if args.level == "memory":
         result = _memory(args, backbone)
+    elif args.level == "precision":
+        result = _precision(args, backbone)
+    elif args.level == "external":
+        result = _external(args, backbone)
     else:
         pools = synthetic_pools(args.seed) if args.synthetic_texts else load_text_pools(args.data)
         result = _engine(args, backbone, pools) if args.level == "engine" else _http(args, backbone, pools)
@@ -119,6 +139,7 @@ def _engine(args, backbone: str, pools) -> dict:
         backbone=backbone, tasks=args.tasks, inputs_per_request=args.inputs_per_request, requests=args.requests,
         concurrency=args.concurrency, num_tenants=args.tenants, seed=args.seed,
         limits=BatchLimits(args.max_batch_size, args.max_batch_tokens, args.max_wait_ms),
+        torch_threads=args.torch_threads, dtype=args.dtype,
     )
     _override(config, args, "inputs_per_run", "repeats", "seed_seconds")
     if args.quick:
@@ -133,7 +154,7 @@ def _http(args, backbone: str, pools) -> dict:
         backbone=backbone, tasks=args.tasks, inputs_per_request=args.inputs_per_request, requests=args.requests,
         concurrency=args.concurrency, seed_tasks=args.seed_tasks, open_loop_tasks=args.open_loop_tasks,
         rates=args.rates, p99_budget_ms=args.p99_budget_ms,
-        num_tenants=args.tenants, seed=args.seed, torch_threads=args.torch_threads, open_loop=args.open_loop,
+        num_tenants=args.tenants, seed=args.seed, torch_threads=args.torch_threads, open_loop=args.open_loop, dtype=args.dtype,
     )
     _override(config, args, "inputs_per_run", "repeats", "seed_seconds", "open_loop_seconds", "open_loop_rounds")
     if args.quick:
@@ -149,6 +170,33 @@ def _override(config, args, *names: str) -> None:
     for name in names:
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
+
+
+def _external(args, backbone: str) -> dict:
+    from server.bench.external import ExternalBenchConfig, run_external_bench
+    from server.bench.workload import load_text_pools, synthetic_pools
+
+    pools = synthetic_pools(args.seed) if args.synthetic_texts else load_text_pools(args.data)
+    config = ExternalBenchConfig(backbone, args.tasks, args.inputs_per_request, args.concurrency, args.seconds, args.rounds,
+                                 seed=args.seed, dtype=args.dtype)
+    if args.quick:
+        config.seconds, config.rounds, config.requests = 3.0, 1, 1000
+    return run_external_bench(config, pools)
+
+
+def _precision(args, backbone: str) -> dict:
+    from server.bench.precision import PrecisionBenchConfig, run_precision_bench
+    from server.bench.workload import default_data_dir, require_data
+    from server.settings import default_prefixes_dir
+
+    data_dir = str(require_data(args.data or default_data_dir()))
+    dtypes = [d for d in args.dtypes.split(",") if d]
+    if dtypes[:1] != ["float32"]:
+        dtypes = ["float32"] + [d for d in dtypes if d != "float32"]  # the reference comes first
+    config = PrecisionBenchConfig(backbone, data_dir, args.prefixes or default_prefixes_dir(), dtypes, repeats=args.repeats)
+    if args.quick:
+        config.limit_rows, config.repeats = 64, 1
+    return run_precision_bench(config)
 
 
 def _memory(args, backbone: str) -> dict:

@@ -98,6 +98,9 @@ class Engine:
     def encode(self, inputs: list[TextInput], prefix_len: int, truncate: bool = True) -> list[EncodedInput]:
         return self.encoder.encode(inputs, self.max_tokens(prefix_len), truncate)
 
+    def try_encode(self, inputs: list[TextInput], prefix_len: int, truncate: bool = True) -> list[EncodedInput] | None:
+        return self.encoder.try_encode(inputs, self.max_tokens(prefix_len), truncate)
+
     def info(self) -> dict:
         g = self.files.geometry
         return {

@@ -102,6 +102,9 @@ class EngineProcess:
     def encode(self, inputs: list[TextInput], prefix_len: int, truncate: bool = True) -> list[EncodedInput]:
         return self.encoder.encode(inputs, self.max_tokens(prefix_len), truncate)
 
+    def try_encode(self, inputs: list[TextInput], prefix_len: int, truncate: bool = True) -> list[EncodedInput] | None:
+        return self.encoder.try_encode(inputs, self.max_tokens(prefix_len), truncate)
+
     def load_prefix(self, artifact: PrefixArtifact) -> RemotePrefix:
         handle, generation = next(_handles), self.generation
         reply, _ = self._call({"op": "load", "handle": handle}, artifact_to_bytes(artifact))

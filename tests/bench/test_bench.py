@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 
@@ -215,3 +216,42 @@ def test_steady_window_without_a_gap_counts_from_the_arming(monkeypatch):
     for item in "abc":
         window.completed(item)
     assert window.finish() == (["b", "c"], pytest.approx(0.5))
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "sst2.dev.jsonl").is_file(), reason="the shared data folder is absent")
+def test_precision_level_compares_dtypes_on_the_demo_tasks(tmp_path, minilm_dir):
+    code = main(["bench", "precision", "--quick", "--data", str(SHARED_DATA), "--dtypes", "bfloat16",
+                 "--backbone", str(minilm_dir), "--out", str(tmp_path)])
+    assert code == 0
+    result = json.loads((tmp_path / "precision-quick.json").read_text())
+    assert {(r["dtype"], r["task"]) for r in result["tasks"]} == {
+        (d, t) for d in ("float32", "bfloat16") for t in ("sentiment", "question-type", "paraphrase")}
+    reference = [r for r in result["tasks"] if r["dtype"] == "float32"]
+    assert all(r["max_abs_diff"] == 0 and r["label_agreement"] == 1 for r in reference)
+    half = [r for r in result["tasks"] if r["dtype"] == "bfloat16"]
+    assert all(0 < r["max_abs_diff"] < 0.2 and r["rows"] == 64 for r in half)
+    assert {t["met"] for t in result["targets"]} <= {True, False} and len(result["targets"]) == 3
+
+
+def test_wrk_summary_is_read_in_the_bench_units():
+    from server.bench.external import parse_wrk
+
+    output = ("Running 15s test @ http://127.0.0.1:1234\n  2 threads and 64 connections\n"
+              '{"requests": 3000, "duration_us": 15000000, "non_2xx": 0, "connect_errors": 0, "read_errors": 0, '
+              '"timeouts": 0, "p50_us": 180000, "p90_us": 210000, "p99_us": 260500, "mean_us": 181234.5, "max_us": 300000}\n')
+    parsed = parse_wrk(output, inputs_per_request=2)
+    assert parsed["inputs_per_s"] == 400.0 and parsed["p99_ms"] == 260.5 and parsed["p50_ms"] == 180.0
+    assert parsed["errors"] == 0 and parsed["non_2xx"] == 0
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt install wrk)")
+def test_external_level_runs_wrk_and_the_bench_client(tmp_path, tiny_backbone_dir):
+    code = main(["bench", "external", "--quick", "--synthetic-texts", "--backbone", str(tiny_backbone_dir), "--tasks", "4",
+                 "--concurrency", "4", "--out", str(tmp_path)])
+    assert code == 0
+    result = json.loads((tmp_path / "external-quick.json").read_text())
+    (pair,) = result["rounds"]
+    assert pair["wrk"]["requests"] > 0 and pair["wrk"]["non_2xx"] == 0 and pair["wrk"]["errors"] == 0
+    assert pair["ours"]["statuses"] == {"200": pair["ours"]["requests"]}
+    assert result["summary"]["wrk_over_ours_inputs_per_s"] > 0
+    assert "wrk" in (tmp_path / "external-quick.md").read_text()

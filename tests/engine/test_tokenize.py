@@ -4,9 +4,12 @@ row's token budget is max_position_embeddings - P."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from server.engine import InputTooLong
+from tests.conftest import SHARED_DATA
 
 LONG = "the quick brown fox jumps over the lazy dog and keeps on running " * 20  # ~260 tokens
 MIXED = [
@@ -121,3 +124,20 @@ def test_per_prefix_limit_is_max_positions_minus_p(tiny_engine, prefix_len):
     with pytest.raises(InputTooLong) as caught:
         tiny_engine.encode(["", LONG], prefix_len, truncate=False)  # "" is [CLS] [SEP]: fits
     assert (caught.value.index, caught.value.limit) == (1, max_positions - prefix_len)
+
+
+@pytest.mark.minilm
+@pytest.mark.skipif(not (SHARED_DATA / "mrpc.dev.jsonl").is_file(), reason="the shared data folder is absent")
+@pytest.mark.parametrize("max_tokens", [24, 512])
+def test_real_texts_encode_as_the_transformers_tokenizer_does(minilm_engine, max_tokens):
+    """Every SST-2 dev sentence and MRPC dev pair, cut to 24 tokens (most are cut) or not at all."""
+    rows = [json.loads(line) for name in ("sst2.dev.jsonl", "mrpc.dev.jsonl") for line in open(SHARED_DATA / name)]
+    items = [row["text"] if "text_pair" not in row else (row["text"], row["text_pair"]) for row in rows]
+    tokenizer = minilm_engine.encoder.tokenizer
+    singles, pairs = [i for i in items if isinstance(i, str)], [i for i in items if not isinstance(i, str)]
+    expected = tokenizer(singles, truncation=True, max_length=max_tokens)
+    expected_pairs = tokenizer([a for a, _ in pairs], [b for _, b in pairs], truncation=True, max_length=max_tokens)
+    got = minilm_engine.encoder.encode(singles + pairs, max_tokens)
+    want = list(zip(expected["input_ids"], expected["token_type_ids"])) + list(
+        zip(expected_pairs["input_ids"], expected_pairs["token_type_ids"]))
+    assert [(g.input_ids, g.token_type_ids) for g in got] == want

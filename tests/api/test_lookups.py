@@ -1,0 +1,111 @@
+"""The registry lookups cache: hits never wait on the database, an expired entry is served once more
+while a single read refreshes it, concurrent misses share one read, a task deleted elsewhere stops
+being served, and local writes invalidate at once."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pytest
+
+from server.api.lookups import RegistryLookups
+from server.registry import NotFound
+
+
+@dataclass
+class CountingRegistry:
+    """Stands in for the registry: counts reads, can be slowed down and made to forget a task."""
+
+    reads: list[str] = field(default_factory=list)
+    delay_s: float = 0.0
+    deleted: bool = False
+    generation: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get_task(self, tenant, task):
+        with self.lock:
+            self.reads.append(task)
+        time.sleep(self.delay_s)
+        if self.deleted:
+            raise NotFound(f"task {task!r} not found")
+        return f"{task}@{self.generation}"
+
+    def tenant_for_key(self, api_key):
+        with self.lock:
+            self.reads.append("key")
+        return None if api_key == "wrong" else f"tenant-of-{api_key}"
+
+
+def _lookups(registry, ttl_s=60.0):
+    lookups = RegistryLookups(registry, ttl_s=ttl_s)
+    lookups._pick = lambda record: record  # routing is tested in tests/registry
+    return lookups
+
+
+def test_concurrent_misses_share_one_read_and_hits_read_nothing():
+    registry = CountingRegistry(delay_s=0.05)
+    lookups = _lookups(registry)
+
+    async def main():
+        first = await asyncio.gather(*(lookups.version("t", "a") for _ in range(50)))
+        again = await asyncio.gather(*(lookups.version("t", "a") for _ in range(50)))
+        return first, again
+
+    first, again = asyncio.run(main())
+    assert set(first) == set(again) == {"a@0"}
+    assert registry.reads == ["a"]
+
+
+def test_an_expired_entry_is_served_while_one_read_refreshes_it():
+    registry = CountingRegistry()
+    lookups = _lookups(registry, ttl_s=0.01)
+
+    async def main():
+        assert await lookups.version("t", "a") == "a@0"
+        await asyncio.sleep(0.02)
+        registry.generation, registry.delay_s = 1, 0.05
+        served = await asyncio.gather(*(lookups.version("t", "a") for _ in range(20)))
+        await asyncio.sleep(0.1)
+        reads = len(registry.reads)
+        lookups.ttl_s = 60.0
+        return served, reads, await lookups.version("t", "a")
+
+    served, reads, later = asyncio.run(main())
+    assert set(served) == {"a@0"}  # nobody waited for the refresh
+    assert reads == 2  # twenty requests on an expired entry: one refresh
+    assert later == "a@1"
+
+
+def test_a_task_deleted_elsewhere_stops_being_served():
+    registry = CountingRegistry()
+    lookups = _lookups(registry, ttl_s=0.01)
+
+    async def main():
+        await lookups.version("t", "a")
+        registry.deleted = True
+        await asyncio.sleep(0.02)
+        assert await lookups.version("t", "a") == "a@0"  # stale, while the refresh learns of the deletion
+        await asyncio.sleep(0.05)
+        with pytest.raises(NotFound):
+            await lookups.version("t", "a")
+
+    asyncio.run(main())
+
+
+def test_local_writes_invalidate_at_once_and_unknown_keys_are_remembered():
+    registry = CountingRegistry()
+    lookups = _lookups(registry)
+
+    async def main():
+        await lookups.version("t", "a")
+        registry.generation = 2
+        lookups.invalidate_task("t", "a")
+        assert await lookups.version("t", "a") == "a@2"
+        assert await lookups.tenant("wrong") is None and await lookups.tenant("wrong") is None
+        assert await lookups.tenant("k1") == "tenant-of-k1"
+
+    asyncio.run(main())
+    assert registry.reads == ["a", "a", "key", "key"]

@@ -33,6 +33,7 @@ class MemoryBenchConfig:
     resident: list[int] = field(default_factory=lambda: [1, 100, 1000])
     copies: list[int] = field(default_factory=lambda: [1, 2, 4])
     seed: int = 0
+    served: bool = True  # also measure `serve` itself over HTTP
 
     def describe(self) -> dict:
         return asdict(self)
@@ -56,10 +57,56 @@ def run_memory_bench(config: MemoryBenchConfig, progress=print) -> dict:
             result = _probe({"kind": "copies", "backbone": config.backbone, "copies": count})
             copies.append({"copies": count, **result})
             progress(f"memory: {count} backbone copies: RSS {result['rss_mb']} MiB")
+        served = _served(config, Path(folder), progress) if config.served else []
     return {
         "level": "memory", "config": config.describe(), "idle": idle, "resident": resident, "copies": copies,
-        "comparison": compare(resident, copies),
+        "comparison": compare(resident, copies), "served": served,
     }
+
+
+def _served(config: MemoryBenchConfig, folder: Path, progress) -> list[dict]:
+    """`prefix-server serve` as users run it (the API process and its engine process), its tasks
+    uploaded over HTTP and each classified once (so its prefix is resident), measured as the
+    processes' summed RSS after 0, then each of config.resident tasks."""
+    import asyncio
+
+    import orjson
+
+    from server.bench import http_servers
+    from server.bench.http_client import Call, HttpPool, closed_loop
+    from server.bench.stats import proc_tree_memory
+    from server.engine.backbone import read_backbone_folder
+
+    shape = read_backbone_folder(config.backbone).shape()
+    specs = make_tasks(max(config.resident), config.seed, max_prefix=shape.max_prefix_len, tag="srv")
+    server = http_servers.launch_server("prefix-server", config.backbone, folder / "served", folder / "unused")
+    rows = []
+    try:
+        http_servers.wait_ready(server)
+        rows.append({"tasks": 0, **proc_tree_memory(server.proc.pid)})
+        done = 0
+        for count in sorted(config.resident):
+            for start in range(done, count, 100):
+                http_servers.install_tasks(server, build_tasks(shape, specs[start : min(count, start + 100)]))
+            calls = [Call(orjson.dumps({"task": spec.name, "inputs": ["a fine film"]}), server.auth_header(spec.tenant), 1)
+                     for spec in specs[done:count]]
+
+            async def touch(calls=calls):
+                pool = HttpPool("127.0.0.1", server.port)
+                try:
+                    return await closed_loop(pool, calls, 16)
+                finally:
+                    await pool.close()
+
+            result = asyncio.run(touch())
+            if result.statuses != {"200": len(calls)}:
+                raise RuntimeError(f"memory (served): classifying the new tasks answered {result.statuses}")
+            done = count
+            rows.append({"tasks": count, **proc_tree_memory(server.proc.pid)})
+            progress(f"memory: served, {count} tasks resident: RSS {rows[-1]['rss_mb']} MiB (API + engine processes)")
+    finally:
+        server.stop()
+    return rows
 
 
 def compare(resident: list[dict], copies: list[dict]) -> list[dict]:

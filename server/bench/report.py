@@ -235,6 +235,18 @@ def _memory_sections(result: dict) -> list[str]:
         f"## Separately fine-tuned models: k backbone copies (measured), fit {fit['intercept_mb']} + "
         f"{fit['mb_per_copy']} MiB per copy, extrapolated linearly past the largest k measured", "",
         _table(["copies", "RSS MiB", "peak RSS MiB"], copies), "",
+    ] + _served_section(result)
+
+
+def _served_section(result: dict) -> list[str]:
+    served = result.get("served") or []
+    if not served:
+        return []
+    base = served[0]["rss_mb"]
+    rows = [[str(r["tasks"]), r["rss_mb"], r["peak_rss_mb"], round(r["rss_mb"] - base, 1)] for r in served]
+    return [
+        "## `prefix-server serve` (API process + engine process), tasks uploaded and classified over HTTP", "",
+        _table(["tasks resident", "RSS MiB (both processes)", "peak RSS MiB (sum of each process's peak)", "over 0 tasks"], rows), "",
     ]
 
 

@@ -51,3 +51,12 @@ def test_console_command_is_declared_and_runs():
     assert project["scripts"]["prefix-server"] == "server.cli:main"
     out = subprocess.run([sys.executable, "-m", "server", "--help"], capture_output=True, text=True, check=True)
     assert "serve" in out.stdout
+
+
+def test_every_setting_is_documented_in_the_readme():
+    from server.settings import Settings
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Configuration") : readme.index("## How it works")]
+    missing = [name for name in Settings.model_fields if f"`{name.upper()}`" not in table]
+    assert not missing, f"settings without a row in the README's configuration table: {missing}"

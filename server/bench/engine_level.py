@@ -51,6 +51,7 @@ class EngineBenchConfig:
     modes: tuple[str, ...] = MODES
     torch_threads: int = 0  # the engine process's; 0 keeps torch's default
     dtype: str = "float32"  # the engine's (limit, per-task, prefix-server, in-process); the seed stays float32
+    merge_pairs: int | None = None  # the engine's default when None
 
     def requests_for(self, ipr: int) -> int:
         return self.requests or max(1, self.inputs_per_run // ipr)
@@ -94,10 +95,11 @@ class _Setup:
 
 
 def run_engine_bench(config: EngineBenchConfig, pools: TextPools, progress=print) -> dict:
-    process = EngineProcess(config.backbone, dtype=config.dtype, torch_threads=config.torch_threads)
+    process = EngineProcess(config.backbone, dtype=config.dtype, merge_pairs=config.merge_pairs, torch_threads=config.torch_threads)
     spies = {"process": RecordingEngine(process, ForwardRecorder())}
     if "in-process" in config.modes:
-        spies["in-process"] = RecordingEngine(Engine.from_folder(config.backbone, dtype=getattr(torch, config.dtype)), ForwardRecorder())
+        in_process = Engine.from_folder(config.backbone, dtype=getattr(torch, config.dtype), merge_pairs=config.merge_pairs)
+        spies["in-process"] = RecordingEngine(in_process, ForwardRecorder())
     seed_model = SeedModel(config.backbone) if "seed" in config.modes else None
     shape = spies["process"].shape
     runs = []

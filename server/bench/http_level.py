@@ -138,6 +138,7 @@ def _closed_loops(config, engine, compute, servers, task_sets, pools, ipr: int, 
         for mode in _modes_at(config, n):
             result, counters = loads[(n, mode)]
             stats = http_servers.batch_stats(counters) if counters else {}
+            stats.update(http_servers.cpu_per_request(counters, result.requests))
             out.append(_summary(n, ipr, mode, result, stats, concurrency, servers[mode]))
             progress(_line(out[-1]))
     return out
@@ -161,7 +162,7 @@ async def _measure(server, tasks, requests, concurrency: int, config: HttpBenchC
     scrapes = {}
 
     def scrape(key: str) -> None:  # blocks the load generator for one GET: the counters are exact
-        scrapes[key] = http_servers.scrape(server)
+        scrapes[key] = {**(http_servers.scrape(server) or {}), **server.cpu_seconds()}
 
     try:
         if first:

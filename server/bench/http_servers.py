@@ -48,6 +48,10 @@ class ServerProcess:
     def memory(self) -> dict:
         return proc_tree_memory(self.proc.pid)  # the server and its engine process
 
+    def cpu_seconds(self) -> dict:
+        """CPU time used so far (user + system) by the server process and by its children (the engine)."""
+        return {"cpu_server_seconds": _cpu(self.proc.pid), "cpu_children_seconds": sum(_cpu(c) for c in _children(self.proc.pid))}
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -154,6 +158,29 @@ def counter_delta(before: dict | None, after: dict | None) -> dict:
     if before is None or after is None:
         return {}
     return {name: value - before.get(name, 0.0) for name, value in after.items()}
+
+
+def _cpu(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+    except OSError:
+        return []
+
+
+def cpu_per_request(delta: dict, requests: int) -> dict:
+    """Server-side CPU per request over the window: the HTTP/batching process, and its engine process."""
+    if not requests or "cpu_server_seconds" not in delta:
+        return {}
+    return {"server_cpu_us_per_request": round(delta["cpu_server_seconds"] / requests * 1e6),
+            "engine_cpu_us_per_request": round(delta["cpu_children_seconds"] / requests * 1e6)}
 
 
 def batch_stats(delta: dict) -> dict:

@@ -131,6 +131,7 @@ def _histogram(batch: dict | None) -> str:
 
 
 def _runs_table(runs: list[dict]) -> str:
+    http = any("server_cpu_us_per_request" in r for r in runs)
     rows = []
     for r in runs:
         lat, batch = r.get("latency") or {}, r.get("batch_size") or {}
@@ -140,10 +141,12 @@ def _runs_table(runs: list[dict]) -> str:
             lat.get("p95_ms"), lat.get("p99_ms"), _pct(r.get("padding_fraction")), _pct(r.get("key_padding_fraction")),
             _pct(r.get("packed_key_padding_fraction")),
             batch.get("mean"), _histogram(batch), r.get("tasks_per_forward_mean"), _busy(r), memory.get("peak_rss_mb"),
-        ])
+        ] + ([r.get("server_cpu_us_per_request"), r.get("engine_cpu_us_per_request")] if http else []))
     header = ["tasks", "inputs/req", "mode", "inputs/s", "p50 ms", "p95 ms", "p99 ms", "padding (padded layout)",
               "key padding (padded layout)", "attention padding (packed)",
               "mean batch", "batch sizes", "tasks/forward", "forward busy", "peak RSS MiB"]
+    if http:
+        header += ["server CPU us/request", "engine process CPU us/request"]
     return _table(header, rows)
 
 

@@ -41,6 +41,9 @@ def register(subparsers) -> None:
     for level in (engine, http):
         level.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                            help="the engine's dtype (limit, per-task, prefix-server); the seed model stays float32")
+    engine.add_argument("--modes", default=None, help="a subset of limit,seed,per-task,prefix-server,in-process (default all)")
+    engine.add_argument("--merge-pairs", type=int, default=None,
+                        help="the engine's attention-chunk merging budget in query-key pairs (default: the engine's own)")
     engine.add_argument("--max-batch-size", type=int, default=64)
     engine.add_argument("--max-batch-tokens", type=int, default=8192)
     engine.add_argument("--max-wait-ms", type=float, default=2.0)
@@ -139,9 +142,16 @@ def _engine(args, backbone: str, pools) -> dict:
         backbone=backbone, tasks=args.tasks, inputs_per_request=args.inputs_per_request, requests=args.requests,
         concurrency=args.concurrency, num_tenants=args.tenants, seed=args.seed,
         limits=BatchLimits(args.max_batch_size, args.max_batch_tokens, args.max_wait_ms),
-        torch_threads=args.torch_threads, dtype=args.dtype,
+        torch_threads=args.torch_threads, dtype=args.dtype, merge_pairs=args.merge_pairs,
     )
     _override(config, args, "inputs_per_run", "repeats", "seed_seconds")
+    if args.modes:
+        from server.bench.engine_level import MODES
+
+        config.modes = tuple(mode for mode in args.modes.split(",") if mode)
+        unknown = sorted(set(config.modes) - set(MODES))
+        if unknown:
+            raise SystemExit(f"prefix-server bench engine: --modes expected some of {', '.join(MODES)}, got {', '.join(unknown)}")
     if args.quick:
         config.tasks, config.inputs_per_run, config.repeats, config.seed_seconds = [1, 64], 64, 1, 1.0
     return run_engine_bench(config, pools)

@@ -23,7 +23,7 @@ from server.api.responses import FastJSONResponse
 from server.api.routes import admin, classify, ops, tasks
 from server.api.state import Services
 from server.batching import BatchLimits
-from server.batching.runtime import build_runtime
+from server.batching.runtime import build_runtime, freeze_heap
 from server.registry.demo import register_demo_prefixes
 from server.registry import SqliteRegistry
 from server.settings import Settings
@@ -87,6 +87,7 @@ async def _bring_up(services: Services) -> None:
         if s.prefixes_dir:
             await run_in_threadpool(register_demo_prefixes, registry, s.prefixes_dir)
         await run_in_threadpool(runtime.warm_up)
+        freeze_heap()
         runtime.batcher.start()
         services.ready = True
         log.info("ready: serving on the backbone %s", runtime.info()["name"])

@@ -58,6 +58,22 @@ def ratios(runs: list[dict]) -> list[dict]:
     return out
 
 
+def decomposition(runs: list[dict]) -> list[dict]:
+    """prefix-server over the limit as a product of three measured steps (engine level, when the
+    replay modes ran): arrival-order layout, prefixes, serving."""
+    index, out = _index(runs), []
+    for (tasks, ipr, mode), run in index.items():
+        if mode != PS or (tasks, ipr, "replay") not in index or (tasks, ipr, "replay-bare") not in index:
+            continue
+        limit, bare, replay = index.get((tasks, ipr, "limit")), index[(tasks, ipr, "replay-bare")], index[(tasks, ipr, "replay")]
+        out.append({
+            "tasks": tasks, "inputs_per_request": ipr,
+            "layout": throughput_ratio(bare, limit)[0], "prefixes": throughput_ratio(replay, bare)[0],
+            "serving": throughput_ratio(run, replay)[0], "total": throughput_ratio(run, limit)[0],
+        })
+    return out
+
+
 def scaling(runs: list[dict], mode: str = PS) -> list[dict]:
     """Throughput and p99 of N tasks over 1 task, per inputs-per-request."""
     index = _index(runs)

@@ -9,7 +9,12 @@ on the very same texts:
 - `per-task`: the Batcher with BatchLimits(per_task_batches=True), one prefix per forward pass;
 - `prefix-server`: the Batcher as it serves;
 - `in-process` (an ablation, not a baseline): prefix-server with the engine in this process, as
-  `serve --engine-in-process` runs it.
+  `serve --engine-in-process` runs it;
+- `replay`, `replay-bare` (a decomposition, not baselines): the batches prefix-server formed in the
+  same round, run again back to back on the same engine process with nothing else running, with
+  their prefixes and without. limit -> replay-bare is what arrival order costs the layout, replay-bare
+  -> replay what the prefixes cost, replay -> prefix-server what serving them costs (the batcher,
+  tokenization and the request driver sharing the cores with the forward pass).
 
 For each inputs-per-request, `repeats` rounds run every (task count, mode) back to back, task counts
 and modes in alternating order (so a drift in the machine's load hits every configuration alike);
@@ -27,12 +32,14 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 
 from server.batching import BatchLimits, Batcher, ClassifyJob, PrefixCache
+from server.batching.runtime import freeze_heap
 from server.bench.seed_model import SeedModel
 from server.bench.stats import ForwardRecorder, RecordingEngine, SteadyWindow, latency_summary, proc_memory
 from server.bench.workload import BenchRequest, BuiltTask, TextPools, build_tasks, flat_inputs, generate_requests, make_tasks
 from server.engine import Engine, EngineProcess, Row
 
-MODES = ("limit", "seed", "per-task", "prefix-server", "in-process")
+MODES = ("limit", "seed", "per-task", "prefix-server", "in-process", "replay", "replay-bare")
+REPLAYS = ("replay", "replay-bare")  # run after the round's other modes, on prefix-server's batches
 
 
 @dataclass
@@ -92,6 +99,7 @@ class _Setup:
     requests: list[BenchRequest]
     caches: dict[str, PrefixCache]
     concurrency: int
+    served_batches: list[list[Row]] = field(default_factory=list)  # what prefix-server formed this round
 
 
 def run_engine_bench(config: EngineBenchConfig, pools: TextPools, progress=print) -> dict:
@@ -109,6 +117,7 @@ def run_engine_bench(config: EngineBenchConfig, pools: TextPools, progress=print
             for num_tasks in config.tasks:
                 tasks = build_tasks(shape, make_tasks(num_tasks, config.seed, config.num_tenants, shape.max_prefix_len))
                 setups[num_tasks] = (tasks, {kind: _resident_cache(spy, tasks) for kind, spy in spies.items()})
+            freeze_heap()  # as `serve` does once it is up: the batcher runs in this process
             runs = _measure_all(config, pools, spies, seed_model, compute, setups, progress)
     finally:
         spies["process"].close()
@@ -139,8 +148,10 @@ def _measure_all(config, pools, spies, seed_model, compute, setups, progress) ->
                 tasks, caches = setups[num_tasks]
                 requests = generate_requests(pools, num_tasks, config.requests_for(ipr), ipr, config.seed)
                 setup = _Setup(spies, seed_model, compute, tasks, requests, caches, config.concurrency_for(ipr))
-                for mode in _alternate(config.modes, repeat + num_tasks):
+                for mode in [m for m in _alternate(config.modes, repeat + num_tasks) if m not in REPLAYS]:
                     measured[(num_tasks, mode)].add(_run_mode(setup, config, mode))
+                for mode in [m for m in config.modes if m in REPLAYS]:
+                    measured[(num_tasks, mode)].add(setup.compute.submit(run_replay, setup, mode).result())
         for num_tasks in config.tasks:
             for mode in config.modes:
                 runs.append(summarize(num_tasks, ipr, mode, measured[(num_tasks, mode)], config.concurrency_for(ipr)))
@@ -160,7 +171,30 @@ def _run_mode(setup: _Setup, config: EngineBenchConfig, mode: str) -> Measured:
     limits = replace(config.limits, per_task_batches=(mode == "per-task"))
     kind = "in-process" if mode == "in-process" else "process"
     jobs = make_jobs(setup.tasks, setup.requests)
-    return run_batcher(setup.spies[kind], setup.caches[kind], limits, jobs, setup.concurrency)
+    spy = setup.spies[kind]
+    spy.batches = [] if mode == "prefix-server" else None
+    try:
+        return run_batcher(spy, setup.caches[kind], limits, jobs, setup.concurrency)
+    finally:
+        if mode == "prefix-server":
+            setup.served_batches, spy.batches = spy.batches, None
+
+
+def run_replay(setup: _Setup, mode: str) -> Measured:
+    """prefix-server's batches of this round again, back to back, with their prefixes or without."""
+    if not setup.served_batches:
+        raise ValueError(f"mode {mode!r} replays prefix-server's batches: run it with mode 'prefix-server'")
+    spy = setup.spies["process"]
+    batches = setup.served_batches if mode == "replay" else [[Row(r.encoded, None) for r in b] for b in setup.served_batches]
+    run = spy.inner.score if mode == "replay" else spy.inner.pooled
+    recorder = ForwardRecorder(spy.recorder.merge_pairs)
+    run(batches[0])  # warm
+    started = time.perf_counter()
+    for rows in batches:
+        forward_started = time.perf_counter()
+        run(rows)
+        recorder.record(rows, time.perf_counter() - forward_started)
+    return Measured(0, sum(map(len, batches)), time.perf_counter() - started, [], recorder)
 
 
 def summarize(num_tasks: int, ipr: int, mode: str, m: Measured, concurrency: int) -> dict:
@@ -168,9 +202,10 @@ def summarize(num_tasks: int, ipr: int, mode: str, m: Measured, concurrency: int
     latency = latency_summary(m.latencies) if m.latencies else forwards.get("forward_ms")
     return {
         "tasks": num_tasks, "inputs_per_request": ipr, "mode": mode, "requests": m.requests, "inputs": m.inputs,
-        "concurrency": {"limit": None, "seed": 1}.get(mode, concurrency), "wall_s": round(m.wall_s, 3),
+        "concurrency": {"limit": None, "seed": 1, "replay": None, "replay-bare": None}.get(mode, concurrency),
+        "wall_s": round(m.wall_s, 3),
         "inputs_per_s": round(m.inputs / m.wall_s, 2) if m.wall_s > 0 else 0.0, "rounds_inputs_per_s": m.rounds, "latency": latency,
-        "latency_kind": "forward pass of one sorted batch" if mode == "limit" else "request",
+        "latency_kind": "request" if m.latencies else "forward pass",
         **{k: v for k, v in forwards.items() if k != "forward_ms"}, "forward_ms": forwards.get("forward_ms"),
     }
 

@@ -76,6 +76,7 @@ def analyse(result: dict) -> dict:
     if level in ("engine", "http"):
         result["ratios"] = analysis.ratios(result["runs"])
         result["scaling"] = analysis.scaling(result["runs"])
+        result["decomposition"] = analysis.decomposition(result["runs"])
         result["targets"] = analysis.engine_targets(result["runs"]) if level == "engine" else analysis.http_targets(result)
     if level == "http" and result.get("open_loop"):
         budget = result["config"]["p99_budget_ms"]
@@ -192,6 +193,13 @@ def render(result: dict) -> str:
     if level in ("engine", "http"):
         parts += ["## Throughput, latency, batches", "", _runs_table(result["runs"]), "", PADDING_NOTE, ""]
         parts += ["## prefix-server over each baseline (same texts, same run)", "", _ratio_table(result.get("ratios", [])), ""]
+        if result.get("decomposition"):
+            parts += ["## Where prefix-server's distance to the limit goes (throughput ratios, same run)", "", _table(
+                ["tasks", "inputs/req", "arrival-order batches, no prefix / limit", "with their prefixes / without",
+                 "served / replayed alone", "= prefix-server / limit"],
+                [[str(d["tasks"]), str(d["inputs_per_request"]), _x(d["layout"]), _x(d["prefixes"]), _x(d["serving"]),
+                  _x(d["total"])] for d in result["decomposition"]]), "",
+                "Each step is the median of per-round ratios: the product of the first three is close to, not exactly, the last.", ""]
         parts += ["## prefix-server, N tasks over 1 task", "", _table(
             ["tasks", "inputs/req", "throughput", "p99"],
             [[str(s["tasks"]), str(s["inputs_per_request"]), _x(s["throughput_vs_1_task"], s.get("throughput_vs_1_task_rounds")),

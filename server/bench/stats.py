@@ -122,11 +122,19 @@ class RecordingEngine:
     def __init__(self, engine, recorder: ForwardRecorder):
         self._engine, self.recorder = engine, recorder
         recorder.merge_pairs = engine.info().get("merge_pairs", 0)
+        self.batches: list[list[Row]] | None = None  # a list: every scored batch is kept there too (for replays)
 
     def __getattr__(self, name):
         return getattr(self._engine, name)
 
+    @property
+    def inner(self):
+        """The engine itself, for calls that must not be recorded."""
+        return self._engine
+
     def score(self, rows: list[Row]) -> list[list[float]]:
+        if self.batches is not None:
+            self.batches.append(list(rows))
         started = time.perf_counter()
         scores = self._engine.score(rows)
         self.recorder.record(rows, time.perf_counter() - started)

@@ -12,7 +12,7 @@ import pytest
 
 from server.batching import BatchLimits
 from server.bench import analysis, report
-from server.bench.engine_level import EngineBenchConfig, limit_batches, run_engine_bench
+from server.bench.engine_level import MODES, EngineBenchConfig, limit_batches, run_engine_bench
 from server.bench.seed_model import SeedModel
 from server.bench.workload import (
     DataMissing,
@@ -90,7 +90,7 @@ def test_engine_level_runs_end_to_end(tiny_backbone_dir):
                                repeats=2, seed_seconds=0.05)
     result = report.analyse(run_engine_bench(config, synthetic_pools(), progress=lambda line: None))
     modes = {(r["tasks"], r["inputs_per_request"], r["mode"]) for r in result["runs"]}
-    assert modes == {(t, k, m) for t in (1, 4) for k in (1, 4) for m in ("limit", "seed", "per-task", "prefix-server", "in-process")}
+    assert modes == {(t, k, m) for t in (1, 4) for k in (1, 4) for m in MODES}
     for run in result["runs"]:
         assert RUN_KEYS <= set(run) and run["inputs_per_s"] > 0 and run["latency"]["p99_ms"] > 0, run
         if run["mode"] != "seed":
@@ -100,6 +100,10 @@ def test_engine_level_runs_end_to_end(tiny_backbone_dir):
     assert all(0 < r["inputs"] <= 96 and len(r["rounds_inputs_per_s"]) == 2 for r in batched)  # 2 rounds of <= 48
     assert {(r["tasks"], r["inputs_per_request"]) for r in result["ratios"]} == {(t, k) for t in (1, 4) for k in (1, 4)}
     assert all(r["vs_in_process"] > 0 for r in result["ratios"])
+    assert {(d["tasks"], d["inputs_per_request"]) for d in result["decomposition"]} == {(t, k) for t in (1, 4) for k in (1, 4)}
+    assert all(d["layout"] > 0 and d["prefixes"] > 0 and d["serving"] > 0 for d in result["decomposition"])
+    replayed = [r for r in result["runs"] if r["mode"] == "replay"]
+    assert all(r["inputs"] >= 2 * 48 for r in replayed)  # every batch prefix-server formed, warm-up included
     assert any(t["target"].startswith("prefix-server vs backbone-alone limit") for t in result["targets"])
     text = report.render(result)
     assert "| tasks | inputs/req | mode | inputs/s" in text and "prefix-server" in text

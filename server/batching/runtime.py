@@ -39,6 +39,7 @@ class Runtime:
 
     def info(self) -> dict:
         info = self.engine.info()
+        info.pop("merge_pairs", None)  # an attention-layout setting, not a property of the backbone
         info["engine_process"] = isinstance(self.engine, EngineProcess)
         return info
 

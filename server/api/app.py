@@ -23,7 +23,8 @@ from server.api.responses import FastJSONResponse
 from server.api.routes import admin, classify, ops, tasks
 from server.api.state import Services
 from server.batching import BatchLimits
-from server.batching.runtime import build_runtime, freeze_heap
+from server.batching.runtime import build_runtime
+from server.heap import freeze_heap
 from server.registry.demo import register_demo_prefixes
 from server.registry import SqliteRegistry
 from server.settings import Settings

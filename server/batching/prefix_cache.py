@@ -63,7 +63,7 @@ class PrefixCache:
 
     def _lookup(self, sha256: str) -> LoadedPrefix | None:
         prefix = self._entries.get(sha256)
-        if prefix is not None and getattr(prefix, "stale", False):  # its engine process has restarted
+        if prefix is not None and prefix.stale:  # its engine process has restarted
             del self._entries[sha256]
             self._bytes -= prefix.nbytes
             return None

@@ -32,11 +32,11 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 
 from server.batching import BatchLimits, Batcher, ClassifyJob, PrefixCache
-from server.batching.runtime import freeze_heap
 from server.bench.seed_model import SeedModel
 from server.bench.stats import ForwardRecorder, RecordingEngine, SteadyWindow, latency_summary, proc_memory
 from server.bench.workload import BenchRequest, BuiltTask, TextPools, build_tasks, flat_inputs, generate_requests, make_tasks
 from server.engine import Engine, EngineProcess, Row
+from server.heap import freeze_heap
 
 MODES = ("limit", "seed", "per-task", "prefix-server", "in-process", "replay", "replay-bare")
 REPLAYS = ("replay", "replay-bare")  # run after the round's other modes, on prefix-server's batches
@@ -123,7 +123,7 @@ def run_engine_bench(config: EngineBenchConfig, pools: TextPools, progress=print
         spies["process"].close()
     return {
         "level": "engine", "config": config.describe(), "texts": pools.describe(), "runs": runs,
-        "engine": spies["process"].info(),
+        "engine": {**spies["process"].info(), "merge_pairs": spies["process"].merge_pairs},
         # One process runs every mode and holds every task set and the seed model: see `bench memory`.
         "bench_process_memory": proc_memory(),
     }

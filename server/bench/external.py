@@ -13,7 +13,6 @@ the bodies (a different start per thread) and prints a JSON summary that is pars
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import subprocess
@@ -22,8 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from server.bench import http_servers
-from server.bench.http_client import HttpPool, closed_loop
-from server.bench.http_level import _calls
+from server.bench.http_client import run_closed_loop
+from server.bench.http_level import request_calls
 from server.bench.stats import latency_summary
 from server.bench.workload import TextPools, build_tasks, generate_requests, make_tasks
 from server.engine import read_backbone_folder
@@ -100,7 +99,7 @@ def run_external_bench(config: ExternalBenchConfig, pools: TextPools, progress=p
         try:
             http_servers.wait_ready(server)
             http_servers.install_tasks(server, tasks)
-            calls = _calls(server, tasks, requests)
+            calls = request_calls(server, tasks, requests)
             bodies = Path(tmp) / "bodies.tsv"
             bodies.write_text("".join(f"{c.headers.removeprefix('Authorization: ').strip()}\t{c.body.decode()}\n" for c in calls))
             script = Path(tmp) / "classify.lua"
@@ -149,15 +148,8 @@ def _inputs_per_request(bodies: Path) -> int:
 
 
 def _run_ours(server, calls, config: ExternalBenchConfig) -> dict:
-    async def main():
-        pool = HttpPool("127.0.0.1", server.port)
-        try:
-            warm = calls[: config.concurrency]
-            return await closed_loop(pool, warm + calls, config.concurrency, max_seconds=config.seconds, warmup=len(warm))
-        finally:
-            await pool.close()
-
-    result = asyncio.run(main())
+    warm = calls[: config.concurrency]
+    result = run_closed_loop(server.port, warm + calls, config.concurrency, max_seconds=config.seconds, warmup=len(warm))
     latency = latency_summary(result.latencies)
     return {"tool": "bench client", "requests": result.requests, "statuses": result.statuses,
             "inputs_per_s": round(result.inputs_ok / result.wall_s, 1) if result.wall_s else 0.0,

@@ -160,6 +160,19 @@ async def closed_loop(pool: HttpPool, calls: list[Call], concurrency: int, timeo
     return result
 
 
+def run_closed_loop(port: int, calls: list[Call], concurrency: int, **options) -> LoadResult:
+    """closed_loop against 127.0.0.1:`port` on a fresh pool and event loop, for synchronous callers."""
+
+    async def main():
+        pool = HttpPool("127.0.0.1", port)
+        try:
+            return await closed_loop(pool, calls, concurrency, **options)
+        finally:
+            await pool.close()
+
+    return asyncio.run(main())
+
+
 async def open_loop(pool: HttpPool, calls: list[Call], rate: float, seconds: float, seed: int = 0,
                     timeout_s: float = 10.0) -> LoadResult:
     """Poisson arrivals at `rate` requests/s for `seconds`, cycling through `calls`; latency counts from

@@ -102,7 +102,8 @@ def run_http_bench(config: HttpBenchConfig, pools: TextPools, progress=print) ->
     }
 
 
-def _calls(server: http_servers.ServerProcess, tasks: list[BuiltTask], requests: list[BenchRequest]) -> list[Call]:
+def request_calls(server: http_servers.ServerProcess, tasks: list[BuiltTask], requests: list[BenchRequest]) -> list[Call]:
+    """The classify calls for `requests`, each with its tenant's key on `server`."""
     calls = []
     for request in requests:
         spec = tasks[request.task].spec
@@ -156,7 +157,7 @@ async def _measure(server, tasks, requests, concurrency: int, config: HttpBenchC
     """One closed loop over a warm-up's worth of requests and then `requests`, measured in steady state
     (see closed_loop); on the first round every task is touched once before, so every prefix is
     loaded. Returns the result and the server's batch counters over the measurement window."""
-    calls = _calls(server, tasks, requests)
+    calls = request_calls(server, tasks, requests)
     max_seconds = config.seed_seconds if server.mode == "seed" else None
     pool = HttpPool("127.0.0.1", server.port)
     scrapes = {}
@@ -166,7 +167,7 @@ async def _measure(server, tasks, requests, concurrency: int, config: HttpBenchC
 
     try:
         if first:
-            touch = _calls(server, tasks, [BenchRequest(i, requests[0].inputs[:1]) for i in range(len(tasks))])
+            touch = request_calls(server, tasks, [BenchRequest(i, requests[0].inputs[:1]) for i in range(len(tasks))])
             await closed_loop(pool, touch if server.mode != "seed" else touch[:4], min(32, concurrency))
         warm = calls[:concurrency]
         result = await closed_loop(pool, warm + calls, concurrency, max_seconds=max_seconds, warmup=len(warm),
@@ -194,7 +195,7 @@ def _open_sweep(config, engine, servers, tasks, pools, runs, progress) -> tuple[
     rates = sorted(config.rates or _auto_rates(config, engine, servers, tasks, pools, runs, progress))
     count = max(64, math.ceil(max(rate * _open_seconds(config, rate) for rate in rates) * 1.2))
     requests = generate_requests(pools, n, count, ipr, config.seed + 1)
-    calls = {mode: _calls(servers[mode], tasks, requests) for mode in modes}
+    calls = {mode: request_calls(servers[mode], tasks, requests) for mode in modes}
     solo = {}
     for mode in modes:
         solo[mode] = latency_summary(asyncio.run(_solo(servers[mode], calls[mode][:60])))

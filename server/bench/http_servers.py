@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from server.bench.stats import BATCH_SIZE_BUCKETS, proc_tree_memory
+from server.bench.stats import BATCH_SIZE_BUCKETS, child_pids, proc_cpu_seconds, proc_tree_memory
 from server.bench.workload import BuiltTask
 
 ADMIN_TOKEN = "bench-admin-token"
@@ -50,7 +50,8 @@ class ServerProcess:
 
     def cpu_seconds(self) -> dict:
         """CPU time used so far (user + system) by the server process and by its children (the engine)."""
-        return {"cpu_server_seconds": _cpu(self.proc.pid), "cpu_children_seconds": sum(_cpu(c) for c in _children(self.proc.pid))}
+        return {"cpu_server_seconds": proc_cpu_seconds(self.proc.pid),
+                "cpu_children_seconds": sum(proc_cpu_seconds(child) for child in child_pids(self.proc.pid))}
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -158,21 +159,6 @@ def counter_delta(before: dict | None, after: dict | None) -> dict:
     if before is None or after is None:
         return {}
     return {name: value - before.get(name, 0.0) for name, value in after.items()}
-
-
-def _cpu(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
-    except OSError:
-        return []
 
 
 def cpu_per_request(delta: dict, requests: int) -> dict:

@@ -68,12 +68,10 @@ def _served(config: MemoryBenchConfig, folder: Path, progress) -> list[dict]:
     """`prefix-server serve` as users run it (the API process and its engine process), its tasks
     uploaded over HTTP and each classified once (so its prefix is resident), measured as the
     processes' summed RSS after 0, then each of config.resident tasks."""
-    import asyncio
-
     import orjson
 
     from server.bench import http_servers
-    from server.bench.http_client import Call, HttpPool, closed_loop
+    from server.bench.http_client import Call, run_closed_loop
     from server.bench.stats import proc_tree_memory
     from server.engine.backbone import read_backbone_folder
 
@@ -90,15 +88,7 @@ def _served(config: MemoryBenchConfig, folder: Path, progress) -> list[dict]:
                 http_servers.install_tasks(server, build_tasks(shape, specs[start : min(count, start + 100)]))
             calls = [Call(orjson.dumps({"task": spec.name, "inputs": ["a fine film"]}), server.auth_header(spec.tenant), 1)
                      for spec in specs[done:count]]
-
-            async def touch(calls=calls):
-                pool = HttpPool("127.0.0.1", server.port)
-                try:
-                    return await closed_loop(pool, calls, 16)
-                finally:
-                    await pool.close()
-
-            result = asyncio.run(touch())
+            result = run_closed_loop(server.port, calls, 16)
             if result.statuses != {"200": len(calls)}:
                 raise RuntimeError(f"memory (served): classifying the new tasks answered {result.statuses}")
             done = count

@@ -10,6 +10,7 @@ TOLERANCE of float32 (see the report's targets).
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -80,17 +81,9 @@ def _batches(engine: Engine, tasks: dict, batch_size: int) -> list[list[tuple[st
         prefix = engine.load_prefix(artifact)
         encoded = engine.encode(dataset.inputs, artifact.prefix_len)
         per_task.append([(name, i, Row(e, prefix)) for i, e in enumerate(encoded)])
-    mixed = [item for group in zip(*[_cycle_to(rows, max(map(len, per_task))) for rows in per_task]) for item in group]
-    seen, unique = set(), []
-    for name, index, row in mixed:  # cycling shorter tasks repeats rows: keep each once
-        if (name, index) not in seen:
-            seen.add((name, index))
-            unique.append((name, index, row))
-    return [unique[i : i + batch_size] for i in range(0, len(unique), batch_size)]
-
-
-def _cycle_to(rows: list, length: int) -> list:
-    return [rows[i % len(rows)] for i in range(length)]
+    # Round-robin over the tasks while each has rows left.
+    mixed = [item for group in itertools.zip_longest(*per_task) for item in group if item is not None]
+    return [mixed[i : i + batch_size] for i in range(0, len(mixed), batch_size)]
 
 
 def _score(engine: Engine, batches) -> dict[str, np.ndarray]:

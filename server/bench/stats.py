@@ -13,6 +13,7 @@ Padding is counted per forward pass, for the batch as the batcher formed it:
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -121,7 +122,7 @@ class RecordingEngine:
 
     def __init__(self, engine, recorder: ForwardRecorder):
         self._engine, self.recorder = engine, recorder
-        recorder.merge_pairs = engine.info().get("merge_pairs", 0)
+        recorder.merge_pairs = engine.merge_pairs
         self.batches: list[list[Row]] | None = None  # a list: every scored batch is kept there too (for replays)
 
     def __getattr__(self, name):
@@ -150,13 +151,28 @@ def proc_tree_memory(pid: int) -> dict:
         current = pending.pop()
         try:
             memory = proc_memory(current)
-            # Per thread: a child belongs to the thread that started it.
-            children = [c for task in Path(f"/proc/{current}/task").iterdir() for c in (task / "children").read_text().split()]
         except OSError:  # it exited meanwhile
             continue
         total = {key: round(total[key] + memory[key], 1) for key in total}
-        pending += [int(child) for child in children]
+        pending += child_pids(current)
     return total
+
+
+def child_pids(pid: int) -> list[int]:
+    """A process's children, from /proc (per thread: a child belongs to the thread that started it)."""
+    try:
+        return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+    except OSError:  # it exited meanwhile
+        return []
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, or 0.0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def proc_memory(pid: int | str = "self") -> dict:

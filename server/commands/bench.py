@@ -41,7 +41,8 @@ def register(subparsers) -> None:
     for level in (engine, http):
         level.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                            help="the engine's dtype (limit, per-task, prefix-server); the seed model stays float32")
-    engine.add_argument("--modes", default=None, help="a subset of limit,seed,per-task,prefix-server,in-process (default all)")
+    engine.add_argument("--modes", default=None,
+                        help="a subset of limit,seed,per-task,prefix-server,in-process,replay,replay-bare (default all)")
     engine.add_argument("--merge-pairs", type=int, default=None,
                         help="the engine's attention-chunk merging budget in query-key pairs (default: the engine's own)")
     engine.add_argument("--max-batch-size", type=int, default=64)

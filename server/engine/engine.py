@@ -43,6 +43,10 @@ class LoadedPrefix:
         return len(self.labels)
 
     @property
+    def stale(self) -> bool:
+        return False  # in process: never outlived by its engine (RemotePrefix can be)
+
+    @property
     def nbytes(self) -> int:
         head = sum(t.numel() * t.element_size() for t in (self.classifier_weight, self.classifier_bias))
         return self.prefix_len * self.pooled_prefix.pool.slot_bytes + head
@@ -70,9 +74,10 @@ class Engine:
         self.model = PrefixBert.from_backbone_weights(files.geometry, files.state_dict).to(self.device, dtype)
         g = files.geometry
         self.prefix_pool = PrefixPool(g.num_layers, g.num_heads, g.head_dim, self.device, dtype)
-        # What one more attention call costs, in padded query-key pairs (packing.plan_chunks). Measured on
-        # MiniLM, 2-core CPU (BENCHMARKS.md): 4096-16384 beat 0 by 4-7% at 64 tasks. A GPU launch
-        # costs far more than a small chunk's math, so there nearly every batch is one chunk.
+        # What one more attention call costs, in padded query-key pairs (packing.plan_chunks). On MiniLM,
+        # 2-core CPU, throughput was flat within noise from 0 to 32768 (BENCHMARKS.md, merge_pairs
+        # sweep). A GPU launch costs far more than a small chunk's math, so there nearly every batch
+        # is one chunk.
         self.merge_pairs = merge_pairs if merge_pairs is not None else (8192 if self.device.type == "cpu" else 1 << 20)
 
     @classmethod
@@ -112,8 +117,14 @@ class Engine:
             "max_position_embeddings": g.max_position_embeddings,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
-            "merge_pairs": self.merge_pairs,
         }
+
+    @property
+    def alive(self) -> bool:
+        return True  # in this process: up while the process is
+
+    def close(self) -> None:
+        """Nothing to stop in process (EngineProcess stops its child)."""
 
     def score(self, rows: list[Row]) -> list[list[float]]:
         """Scores per row, in row order: probabilities, or raw values for regression."""

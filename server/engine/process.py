@@ -1,8 +1,8 @@
 """EngineProcess: the engine in a child process, behind the calls the batcher makes of an Engine.
 
 Why: in one process, every torch op of a forward pass hands the GIL back and forth with the event
-loop, the tokenizer and the HTTP layer; measured on the 2-core CPU, the same batches ran 12-25%
-slower under load than alone (BENCHMARKS.md, "engine process"). Here the forward is the only Python
+loop, the tokenizer and the HTTP layer; measured on the 2-core CPU at the engine level, the same
+load ran 4-8% slower in one process (BENCHMARKS.md, "engine process vs in-process"). Here the forward is the only Python
 in its process. The server keeps tokenization (its own tokenizer), batching and the prefix cache;
 the child keeps the model, the prefix pool and the loaded prefixes, addressed by handle.
 
@@ -93,6 +93,10 @@ class EngineProcess:
         return dict(self._info)
 
     @property
+    def merge_pairs(self) -> int:
+        return self._merge_pairs
+
+    @property
     def alive(self) -> bool:
         return self._up.is_set()
 
@@ -115,8 +119,8 @@ class EngineProcess:
 
     def score(self, rows: list[Row]) -> list[list[float]]:
         _, data = self._call({"op": "score"}, self._batch(rows))
-        matrix = wire.decode_matrix(data)  # [B, labels_max]
-        return [matrix[i, : row.prefix.num_labels].tolist() for i, row in enumerate(rows)]
+        scores = wire.decode_matrix(data).tolist()  # [B, labels_max]
+        return [values[: row.prefix.num_labels] for values, row in zip(scores, rows)]
 
     def pooled(self, rows: list[Row]) -> torch.Tensor:
         _, data = self._call({"op": "pooled"}, self._batch(rows))
@@ -231,7 +235,7 @@ class EngineProcess:
         if ready.get("op") != "ready":
             process.wait()
             raise RuntimeError(f"the engine process failed to start: {ready.get('error')}")
-        self._info, self._shape = ready["info"], BackboneShape(*ready["shape"])
+        self._info, self._shape, self._merge_pairs = ready["info"], BackboneShape(*ready["shape"]), ready["merge_pairs"]
         self._process, self._conn = process, conn
         self.generation += 1
         log.info("engine process %s up (%s threads)", ready["pid"], ready["torch_threads"])

@@ -68,30 +68,20 @@ class TextEncoder:
             self._lock.release()
 
     def _encode(self, inputs: list[TextInput], max_tokens: int, truncate: bool) -> list[EncodedInput]:
-        singles = [i for i, item in enumerate(inputs) if isinstance(item, str)]
-        pairs = [i for i, item in enumerate(inputs) if not isinstance(item, str)]
-        out: list[EncodedInput | None] = [None] * len(inputs)
-        for indices in (singles, pairs):
-            if indices:
-                for index, encoded in zip(indices, self._encode_group([inputs[i] for i in indices], None)):
-                    out[index] = encoded
+        out = self._encode_items(inputs, None)  # untruncated first: the full lengths decide what is cut
         over = [i for i, encoded in enumerate(out) if len(encoded) > max_tokens]
         if over and not truncate:
             raise InputTooLong(over[0], len(out[over[0]]), max_tokens)
         if over:
-            pair_set = set(pairs)
-            over_pairs = [i for i in over if i in pair_set]
+            over_pairs = [i for i in over if not isinstance(inputs[i], str)]
             if over_pairs and max_tokens < 3:  # [CLS] a [SEP] b [SEP] cannot be cut below three
                 index = over_pairs[0]
                 raise InputTooLong(index, len(out[index]), max_tokens, "a text pair cannot be cut below 3 tokens")
-            for same_kind in ([i for i in over if i not in pair_set], [i for i in over if i in pair_set]):
-                if same_kind:
-                    cut = self._encode_group([inputs[i] for i in same_kind], max_tokens)
-                    for index, encoded in zip(same_kind, cut):
-                        out[index] = EncodedInput(encoded.input_ids, encoded.token_type_ids, truncated=True)
-        return out  # type: ignore[return-value]
+            for index, encoded in zip(over, self._encode_items([inputs[i] for i in over], max_tokens)):
+                out[index] = EncodedInput(encoded.input_ids, encoded.token_type_ids, truncated=True)
+        return out
 
-    def _encode_group(self, items: list[TextInput], max_tokens: int | None) -> list[EncodedInput]:
+    def _encode_items(self, items: list[TextInput], max_tokens: int | None) -> list[EncodedInput]:
         """What `tokenizer(texts, text_pairs, truncation="longest_first", max_length=...)` gives (the
         tests compare the two); the caller holds self._lock."""
         if max_tokens is None:

@@ -9,7 +9,6 @@ killed server never leaves an engine behind holding memory or a GPU.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import traceback
@@ -24,6 +23,7 @@ def run_worker(conn, config: dict) -> None:
     from server.artifact import read_artifact
     from server.engine import wire
     from server.engine.engine import Engine, Row
+    from server.heap import freeze_heap
 
     logging.basicConfig(level=config.get("log_level", "WARNING"), format="%(asctime)s %(levelname)s engine: %(message)s")
     try:
@@ -32,11 +32,10 @@ def run_worker(conn, config: dict) -> None:
         dtype = getattr(torch, config.get("dtype", "float32"))
         engine = Engine.from_folder(config["backbone"], config.get("device", "cpu"), dtype, config.get("merge_pairs"))
         shape = engine.shape
-        gc.collect()
-        gc.freeze()  # what is alive now lives as long as the process: full collections skip it
-        gc.set_threshold(50_000, 10, 10)
+        freeze_heap()  # what is alive now lives as long as the process
         conn.send_bytes(wire.encode_header({
-            "op": "ready", "pid": os.getpid(), "info": engine.info(), "torch_threads": torch.get_num_threads(),
+            "op": "ready", "pid": os.getpid(), "info": engine.info(), "merge_pairs": engine.merge_pairs,
+            "torch_threads": torch.get_num_threads(),
             "shape": [shape.num_layers, shape.num_heads, shape.head_dim, shape.max_position_embeddings, shape.fingerprint],
         }))
     except Exception as exc:

@@ -130,18 +130,30 @@ class EngineProcess:
         reply, _ = self._call({"op": "stats"})
         return {"resident_prefixes": reply["resident_prefixes"], "pool_slots": reply["pool_slots"], "pid": self.pid}
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the engine process: ask it, then hang up on it, then kill it, each with `timeout_s`."""
         self._closing = True
         if self._up.is_set():
             try:
-                self._call({"op": "stop"}, timeout_s=10)
+                self._call({"op": "stop"}, timeout_s=timeout_s)
             except (EngineUnavailable, TimeoutError):
                 pass
+        self._hang_up()
         try:
-            self._process.wait(timeout=10)
+            self._process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
+        self._up.clear()
+
+    def _hang_up(self) -> None:
+        # shutdown(), not close(): closing an fd does not wake the reader thread blocked on it, and the
+        # socket (so the child's EOF) lives on until that recv returns.
+        try:
+            with socket.socket(fileno=os.dup(self._conn.fileno())) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
 
     @property
     def pid(self) -> int | None:

@@ -76,9 +76,12 @@ def run_worker(conn, config: dict) -> None:
             reply = {"id": header.get("id"), "ok": False, "error": f"{type(exc).__name__}: {exc}"}
             out = None
         reply["payload"] = out is not None
-        conn.send_bytes(wire.encode_header(reply))
-        if out is not None:
-            conn.send_bytes(out)
+        try:
+            conn.send_bytes(wire.encode_header(reply))
+            if out is not None:
+                conn.send_bytes(out)
+        except OSError:
+            return  # the server went away during this op
 
 
 if __name__ == "__main__":  # python -m server.engine.worker FD CONFIG_JSON (started by EngineProcess)

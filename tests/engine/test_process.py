@@ -7,6 +7,8 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -94,12 +96,44 @@ def test_a_killed_engine_process_is_replaced(engine_process, tiny_engine):
     assert engine_process.score([Row(row.encoded, reloaded)]) == expected
 
 
-def test_the_engine_process_exits_when_the_server_goes_away(tiny_backbone_dir):
+_SERVER = """
+import sys
+from server.engine import EngineProcess
+process = EngineProcess(sys.argv[1])
+print(process.pid, flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+def _gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie nobody has reaped yet (it is not our child)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_the_engine_process_exits_when_the_server_is_killed(tiny_backbone_dir):
+    server = subprocess.Popen([sys.executable, "-c", _SERVER, str(tiny_backbone_dir)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        engine_pid = int(server.stdout.readline())
+        assert not _gone(engine_pid)
+        server.kill()  # SIGKILL: no close(), no finalizers, only the kernel closing its end of the pipe
+        server.wait(timeout=30)
+        _wait_until(lambda: _gone(engine_pid), timeout_s=30)
+    finally:
+        server.kill()
+
+
+def test_close_stops_the_engine_process_even_when_it_does_not_answer(tiny_backbone_dir):
     process = EngineProcess(str(tiny_backbone_dir))
-    child = process._process
-    process._closing = True  # no restart: this is the server going away
-    process._conn.close()
-    assert child.wait(timeout=30) == 0
+    os.kill(process.pid, signal.SIGSTOP)  # hung: it cannot answer "stop"
+    started = time.monotonic()
+    process.close(timeout_s=1)
+    assert process._process.returncode is not None and not process.alive
+    assert time.monotonic() - started < 20
 
 
 def test_a_backbone_the_engine_cannot_load_fails_start_up_with_its_reason(tmp_path, tiny_backbone_dir):

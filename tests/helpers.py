@@ -1,4 +1,5 @@
-"""Shared test helpers: random artifacts and the transformers reference P-tuning v2 model."""
+"""Shared test helpers: random artifacts, the transformers reference P-tuning v2 model, and whether a
+process that is not ours has exited."""
 
 from __future__ import annotations
 
@@ -62,3 +63,12 @@ def reference_scores(folder: str | Path, artifact: PrefixArtifact, text: str | t
     if artifact.problem_type is ProblemType.MULTI_LABEL:
         return logits.sigmoid()[0].tolist()
     return logits[0].tolist()
+
+
+def process_gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie nobody has reaped yet (it is not our child)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True

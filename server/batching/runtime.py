@@ -78,4 +78,3 @@ def build_runtime(
     )
     cache = PrefixCache(engine, read_artifact_bytes, cache_bytes)
     return Runtime(engine, cache, Batcher(engine, cache, limits))
-

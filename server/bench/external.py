@@ -104,11 +104,11 @@ def run_external_bench(config: ExternalBenchConfig, pools: TextPools, progress=p
             bodies.write_text("".join(f"{c.headers.removeprefix('Authorization: ').strip()}\t{c.body.decode()}\n" for c in calls))
             script = Path(tmp) / "classify.lua"
             script.write_text(WRK_SCRIPT)
-            _run_wrk(wrk, server, script, bodies, config.concurrency, 3.0)  # warm-up: prefixes loaded, server hot
+            _run_wrk(wrk, server, script, bodies, config, 3.0)  # warm-up: prefixes loaded, server hot
             for index in range(config.rounds):
                 pair = {}
                 for tool in (("wrk", "ours") if index % 2 == 0 else ("ours", "wrk")):
-                    pair[tool] = (_run_wrk(wrk, server, script, bodies, config.concurrency, config.seconds) if tool == "wrk"
+                    pair[tool] = (_run_wrk(wrk, server, script, bodies, config, config.seconds) if tool == "wrk"
                                   else _run_ours(server, calls, config))
                 rounds.append(pair)
                 progress(f"external round {index + 1}: wrk {pair['wrk']['inputs_per_s']} inputs/s p99 {pair['wrk']['p99_ms']} ms; "
@@ -119,12 +119,12 @@ def run_external_bench(config: ExternalBenchConfig, pools: TextPools, progress=p
             "wrk_version": _wrk_version(wrk), "summary": summarize(rounds)}
 
 
-def _run_wrk(wrk: str, server, script: Path, bodies: Path, concurrency: int, seconds: float) -> dict:
-    threads = min(2, concurrency)
-    command = [wrk, "-t", str(threads), "-c", str(concurrency), "-d", f"{seconds:g}s", "--timeout", "30s",
+def _run_wrk(wrk: str, server, script: Path, bodies: Path, config: ExternalBenchConfig, seconds: float) -> dict:
+    threads = min(2, config.concurrency)
+    command = [wrk, "-t", str(threads), "-c", str(config.concurrency), "-d", f"{seconds:g}s", "--timeout", "30s",
                "-s", str(script), server.base, "--", str(bodies)]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    return parse_wrk(output, inputs_per_request=_inputs_per_request(bodies))
+    return parse_wrk(output, inputs_per_request=config.inputs_per_request)
 
 
 def parse_wrk(output: str, inputs_per_request: int) -> dict:
@@ -140,11 +140,6 @@ def parse_wrk(output: str, inputs_per_request: int) -> dict:
         "p50_ms": round(raw["p50_us"] / 1000, 2), "p90_ms": round(raw["p90_us"] / 1000, 2),
         "p99_ms": round(raw["p99_us"] / 1000, 2), "mean_ms": round(raw["mean_us"] / 1000, 2),
     }
-
-
-def _inputs_per_request(bodies: Path) -> int:
-    with open(bodies) as handle:
-        return len(json.loads(handle.readline().split("\t", 1)[1])["inputs"])
 
 
 def _run_ours(server, calls, config: ExternalBenchConfig) -> dict:

@@ -72,7 +72,6 @@ def _served(config: MemoryBenchConfig, folder: Path, progress) -> list[dict]:
 
     from server.bench import http_servers
     from server.bench.http_client import Call, run_closed_loop
-    from server.bench.stats import proc_tree_memory
     from server.engine.backbone import read_backbone_folder
 
     shape = read_backbone_folder(config.backbone).shape()
@@ -81,7 +80,7 @@ def _served(config: MemoryBenchConfig, folder: Path, progress) -> list[dict]:
     rows = []
     try:
         http_servers.wait_ready(server)
-        rows.append({"tasks": 0, **proc_tree_memory(server.proc.pid)})
+        rows.append({"tasks": 0, **server.memory()})
         done = 0
         for count in sorted(config.resident):
             for start in range(done, count, 100):
@@ -92,7 +91,7 @@ def _served(config: MemoryBenchConfig, folder: Path, progress) -> list[dict]:
             if result.statuses != {"200": len(calls)}:
                 raise RuntimeError(f"memory (served): classifying the new tasks answered {result.statuses}")
             done = count
-            rows.append({"tasks": count, **proc_tree_memory(server.proc.pid)})
+            rows.append({"tasks": count, **server.memory()})
             progress(f"memory: served, {count} tasks resident: RSS {rows[-1]['rss_mb']} MiB (API + engine processes)")
     finally:
         server.stop()

@@ -38,7 +38,7 @@ def register(subparsers) -> None:
         level.add_argument("--concurrency", type=int, default=None, help="requests in flight (default 128 / inputs per request)")
         level.add_argument("--tenants", type=int, default=8, help="tasks are spread over this many tenants (default 8)")
         level.add_argument("--seed-seconds", type=float, default=None, help="time box of the seed baseline per run")
-    for level in (engine, http):
+    for level in (engine, http, external):
         level.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                            help="the engine's dtype (limit, per-task, prefix-server); the seed model stays float32")
     engine.add_argument("--modes", default=None,
@@ -62,7 +62,6 @@ def register(subparsers) -> None:
     external.add_argument("--concurrency", type=int, default=64, help="requests in flight = wrk connections (default 64)")
     external.add_argument("--seconds", type=float, default=15.0, help="per run (default 15)")
     external.add_argument("--rounds", type=int, default=2, help="wrk and the bench client alternate (default 2)")
-    external.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     precision.add_argument("--dtypes", default="float32,bfloat16,float16", help="float32 first (default float32,bfloat16,float16)")
     precision.add_argument("--prefixes", default=None, help="the demo prefixes folder (default: the project's prefixes/)")
     precision.add_argument("--repeats", type=int, default=3, help="throughput rounds (default 3)")
@@ -120,11 +119,9 @@ def _run_level(args: argparse.Namespace) -> int:
         result = _memory(args, backbone)
     elif args.level == "precision":
         result = _precision(args, backbone)
-    elif args.level == "external":
-        result = _external(args, backbone)
     else:
         pools = synthetic_pools(args.seed) if args.synthetic_texts else load_text_pools(args.data)
-        result = _engine(args, backbone, pools) if args.level == "engine" else _http(args, backbone, pools)
+        result = {"engine": _engine, "http": _http, "external": _external}[args.level](args, backbone, pools)
     result["environment"] = env
     result["backbone"] = backbone
     result["notes"] = result.get("notes", []) + args.notes + (["synthetic texts (--synthetic-texts)"] if getattr(args, "synthetic_texts", False) else [])
@@ -183,11 +180,9 @@ def _override(config, args, *names: str) -> None:
             setattr(config, name, getattr(args, name))
 
 
-def _external(args, backbone: str) -> dict:
+def _external(args, backbone: str, pools) -> dict:
     from server.bench.external import ExternalBenchConfig, run_external_bench
-    from server.bench.workload import load_text_pools, synthetic_pools
 
-    pools = synthetic_pools(args.seed) if args.synthetic_texts else load_text_pools(args.data)
     config = ExternalBenchConfig(backbone, args.tasks, args.inputs_per_request, args.concurrency, args.seconds, args.rounds,
                                  seed=args.seed, dtype=args.dtype)
     if args.quick:
@@ -197,13 +192,11 @@ def _external(args, backbone: str) -> dict:
 
 def _precision(args, backbone: str) -> dict:
     from server.bench.precision import PrecisionBenchConfig, run_precision_bench
-    from server.bench.workload import default_data_dir, require_data
+    from server.bench.workload import require_data
     from server.settings import default_prefixes_dir
 
-    data_dir = str(require_data(args.data or default_data_dir()))
-    dtypes = [d for d in args.dtypes.split(",") if d]
-    if dtypes[:1] != ["float32"]:
-        dtypes = ["float32"] + [d for d in dtypes if d != "float32"]  # the reference comes first
+    data_dir = str(require_data(args.data))
+    dtypes = ["float32"] + [d for d in args.dtypes.split(",") if d and d != "float32"]  # the reference first
     config = PrecisionBenchConfig(backbone, data_dir, args.prefixes or default_prefixes_dir(), dtypes, repeats=args.repeats)
     if args.quick:
         config.limit_rows, config.repeats = 64, 1

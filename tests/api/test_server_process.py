@@ -16,6 +16,8 @@ import httpx
 import pytest
 
 from server.artifact import ProblemType
+from server.bench.stats import child_pids
+from tests.helpers import process_gone
 
 ADMIN = "proc-admin-token-123"
 
@@ -131,11 +133,6 @@ def test_kill_9_during_uploads_leaves_a_consistent_registry(tmp_path, tiny_backb
         proc.wait(timeout=10)
 
 
-def _children(pid: int) -> list[int]:
-    """Children of every thread of `pid` (the engine process is started from a worker thread)."""
-    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir() for child in (task / "children").read_text().split()]
-
-
 def test_a_killed_engine_process_comes_back_and_a_killed_server_takes_its_engine_along(tmp_path, tiny_backbone_dir, artifact_bytes):
     proc, base = start_server(tiny_backbone_dir, tmp_path / "data", tmp_path / "server.log")
     try:
@@ -143,25 +140,25 @@ def test_a_killed_engine_process_comes_back_and_a_killed_server_takes_its_engine
         httpx.put(f"{base}/v1/tasks/t", files={"file": ("a.safetensors", artifact_bytes(prefix_len=5))}, headers=headers).raise_for_status()
         body = {"task": "t", "inputs": ["a fine film", "a dull one"]}
         expected = httpx.post(f"{base}/v1/classify", json=body, headers=headers).json()["results"]
-        (engine_pid,) = _children(proc.pid)
+        (engine_pid,) = child_pids(proc.pid)
         os.kill(engine_pid, signal.SIGKILL)
         statuses = set()
         deadline = time.monotonic() + 60
         while True:  # 503 (with Retry-After) while it restarts, then the same answers as before
             response = httpx.post(f"{base}/v1/classify", json=body, headers=headers, timeout=30)
             statuses.add(response.status_code)
-            if response.status_code == 200 and _children(proc.pid) != [engine_pid]:
+            if response.status_code == 200 and child_pids(proc.pid) != [engine_pid]:
                 break
             assert response.status_code == 503 and response.headers["retry-after"], response.text
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert response.json()["results"] == expected
         assert httpx.get(f"{base}/readyz").status_code == 200
-        (new_engine_pid,) = _children(proc.pid)
+        (new_engine_pid,) = child_pids(proc.pid)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     deadline = time.monotonic() + 30
-    while Path(f"/proc/{new_engine_pid}").exists() and "zombie" not in Path(f"/proc/{new_engine_pid}/status").read_text():
+    while not process_gone(new_engine_pid):
         assert time.monotonic() < deadline, "the engine process outlived its server"
         time.sleep(0.05)

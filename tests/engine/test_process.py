@@ -16,7 +16,7 @@ import pytest
 from server.batching import PrefixCache
 from server.engine import EngineProcess, EngineUnavailable, Row
 from server.artifact import ProblemType, artifact_to_bytes
-from tests.helpers import make_artifact
+from tests.helpers import make_artifact, process_gone
 
 TEXTS = ["a fine film", ("is it good?", "yes it is"), "the plot is a mess and the actors look bored", "ok"]
 
@@ -105,24 +105,15 @@ sys.stdin.read()  # until killed
 """
 
 
-def _gone(pid: int) -> bool:
-    """Exited: no such process, or a zombie nobody has reaped yet (it is not our child)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
 def test_the_engine_process_exits_when_the_server_is_killed(tiny_backbone_dir):
     server = subprocess.Popen([sys.executable, "-c", _SERVER, str(tiny_backbone_dir)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         engine_pid = int(server.stdout.readline())
-        assert not _gone(engine_pid)
+        assert not process_gone(engine_pid)
         server.kill()  # SIGKILL: no close(), no finalizers, only the kernel closing its end of the pipe
         server.wait(timeout=30)
-        _wait_until(lambda: _gone(engine_pid), timeout_s=30)
+        _wait_until(lambda: process_gone(engine_pid), timeout_s=30)
     finally:
         server.kill()
 

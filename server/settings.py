@@ -36,6 +36,21 @@ class Settings(BaseSettings):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     torch_threads: int = Field(0, ge=0, description="0 keeps torch's default")
     engine_process: bool = Field(True, description="run the model in its own process (off: in the server's)")
+    attention: Literal["auto", "triton", "varlen", "sdpa"] = Field(
+        "auto", description="attention kernel on CUDA: auto picks the fastest available; the CPU always runs sdpa"
+    )
+
+    # Registry and blob store (SPEC section 4): replicas share one database and one blob store.
+    database_url: SecretStr | None = Field(
+        None, description="SQLAlchemy URL; default sqlite:///<DATA_DIR>/registry.sqlite3 (postgresql+psycopg://... for replicas)"
+    )
+    blob_url: str | None = Field(None, description="file:///path or s3://bucket[/prefix]; default file://<DATA_DIR>/blobs")
+    blob_cache_dir: Path | None = Field(None, description="read-through disk cache of a remote blob store; default <DATA_DIR>/blob-cache")
+    blob_cache_bytes: int = Field(1024**3, ge=0, description="bound of that cache; 0 turns it off")
+    migrate: bool = Field(True, description="bring the database schema up to date at start (under a database lock)")
+    registry_ttl_s: float = Field(5.0, gt=0, description="cached key and route lookups are re-read after this (the backstop of NOTIFY)")
+    registry_notify: bool = Field(True, description="PostgreSQL: LISTEN for other replicas' writes and invalidate at once")
+    blob_gc_grace_s: float = Field(3600.0, ge=0, description="an unreferenced blob younger than this is never collected")
 
     # Batching
     max_batch_size: int = Field(64, ge=1)

@@ -9,6 +9,7 @@ import sys
 # Each module defines register(subparsers), which adds its parser and sets `func` to its runner.
 COMMAND_MODULES = [
     "server.commands.serve",
+    "server.commands.migrate",
     "server.commands.train",
     "server.commands.import_checkpoint",
     "server.commands.bench",

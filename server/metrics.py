@@ -37,3 +37,11 @@ CACHE_MISSES = Counter("prefix_server_prefix_cache_misses_total", "Prefix cache 
 CACHE_EVICTIONS = Counter("prefix_server_prefix_cache_evictions_total", "Prefixes evicted from the cache")
 CACHE_BYTES = Gauge("prefix_server_prefix_cache_bytes", "Bytes of prefixes resident in the cache")
 CACHE_ENTRIES = Gauge("prefix_server_prefix_cache_entries", "Prefixes resident in the cache")
+REGISTRY_UP = Gauge(
+    "prefix_server_registry_up",
+    "1 while the registry's component (database, blobs) answers its probe, 0 while it is unreachable",
+    ["component"],
+)
+REGISTRY_CHANGES = Counter(
+    "prefix_server_registry_changes_total", "Registry writes heard (this replica's and, on PostgreSQL, others')", ["kind"]
+)

@@ -1,7 +1,9 @@
 """The FastAPI application: routers, middleware, error handlers and the start-up sequence.
 
 Start-up runs in the background so /healthz answers at once and /readyz turns ready only when the
-backbone is loaded, the registry open, the demo prefixes registered and the backbone warmed up.
+backbone is loaded, the registry open (its schema migrated, or checked with PREFIX_SERVER_MIGRATE=false),
+the demo prefixes registered and the backbone warmed up. Then the registry's changes reach the lookup
+cache (every replica's, on PostgreSQL), and its health is probed every second.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from server import __version__
+from server import __version__, metrics
 from server.api.deps import DEFAULT_TENANT
 from server.api.errors import install_error_handlers
 from server.api.lookups import RegistryLookups
@@ -25,8 +27,9 @@ from server.api.state import Services
 from server.batching import BatchLimits
 from server.batching.runtime import build_runtime
 from server.heap import freeze_heap
+from server.api.upkeep import collect_garbage_periodically, monitor_registry
+from server.registry import open_registry
 from server.registry.demo import register_demo_prefixes
-from server.registry import SqliteRegistry
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,10 +42,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         settings.log_once()
-        bring_up = asyncio.create_task(_bring_up(services))
+        background = [asyncio.create_task(_bring_up(services))]
+        services.background = background
         yield
-        bring_up.cancel()
-        await asyncio.gather(bring_up, return_exceptions=True)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         if services.runtime is not None:
             await services.runtime.stop()
         if services.registry is not None:
@@ -81,15 +86,18 @@ async def _bring_up(services: Services) -> None:
             build_runtime, s.backbone, s.device, s.dtype, limits, s.prefix_cache_bytes,
             lambda sha256: services.registry.read_artifact_bytes(sha256), s.engine_process, s.torch_threads,
         )
-        registry = await run_in_threadpool(SqliteRegistry, s.data_dir, runtime.shape, services.default_limits())
+        registry = await run_in_threadpool(_open_registry, s, runtime.shape, services.default_limits())
         services.registry, services.runtime = registry, runtime
-        services.lookups = RegistryLookups(registry)
+        services.lookups = RegistryLookups(registry, ttl_s=s.registry_ttl_s)
         services.default_tenant = await run_in_threadpool(registry.ensure_tenant, DEFAULT_TENANT)
         if s.prefixes_dir:
-            await run_in_threadpool(register_demo_prefixes, registry, s.prefixes_dir)
+            await run_in_threadpool(_register_demo_prefixes, registry, s.prefixes_dir)
+        _follow_registry_changes(services)
         await run_in_threadpool(runtime.warm_up)
         freeze_heap()
         runtime.batcher.start()
+        services.background.append(asyncio.create_task(monitor_registry(services), name="registry-monitor"))
+        services.background.append(asyncio.create_task(collect_garbage_periodically(services), name="blob-gc"))
         services.ready = True
         log.info("ready: serving on the backbone %s", runtime.info()["name"])
     except asyncio.CancelledError:
@@ -97,3 +105,35 @@ async def _bring_up(services: Services) -> None:
     except Exception as exc:
         services.startup_error = f"{type(exc).__name__}: {exc}"
         log.exception("start-up failed")
+
+
+def _open_registry(s: Settings, shape, limits):
+    return open_registry(
+        data_dir=s.data_dir,
+        backbone=shape,
+        default_limits=limits,
+        database_url=s.database_url.get_secret_value() if s.database_url else None,
+        blob_url=s.blob_url,
+        blob_cache_dir=s.blob_cache_dir,
+        blob_cache_bytes=s.blob_cache_bytes,
+        migrate=s.migrate,
+        gc_grace_s=s.blob_gc_grace_s,
+    )
+
+
+def _register_demo_prefixes(registry, folder: str) -> None:
+    with registry.serialised("demo-prefixes"):  # replicas starting together register them once
+        register_demo_prefixes(registry, folder)
+
+
+def _follow_registry_changes(services: Services) -> None:
+    """Every committed write drops what the lookup cache holds of it, on every replica."""
+    lookups = services.lookups
+    lookups.attach(asyncio.get_running_loop())
+
+    def on_change(change) -> None:
+        metrics.REGISTRY_CHANGES.labels(change.kind).inc()
+        lookups.apply_change_threadsafe(change)
+
+    if services.settings.registry_notify:
+        services.registry.subscribe(on_change, lookups.mark_all_stale_threadsafe)

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from server.artifact import ArtifactError
 from server.batching import DeadlineExceeded, EngineUnavailable, Overloaded, ShuttingDown
 from server.engine import InputTooLong
-from server.registry.base import Conflict, InvalidRoute, LimitExceeded, NotFound
+from server.registry.base import Conflict, InvalidRoute, LimitExceeded, NotFound, RegistryUnavailable
 from server.registry.names import InvalidName
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Overloaded)
     async def _overloaded(_: Request, exc: Overloaded):
         return error_response(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
+
+    @app.exception_handler(RegistryUnavailable)
+    async def _registry_down(_: Request, exc: RegistryUnavailable):
+        # SPEC 4: nothing is known about what was asked, so never 401 or 404; a replica answers the rest.
+        return error_response(503, str(exc), code="registry_unavailable", headers={"Retry-After": "1"})
 
     @app.exception_handler(EngineUnavailable)
     async def _engine_down(_: Request, exc: EngineUnavailable):

@@ -6,12 +6,18 @@ the database at once (measured: a quarter of the API process's CPU at 64 tasks a
 So entries are served stale-while-revalidate: a hit never waits, an entry older than `ttl_s` is
 served once more while one background read refreshes it, and concurrent misses share one read.
 
-Writes made through this process invalidate at once (a new version serves as soon as its upload
-returned 201); writes by another process are seen within `ttl_s` (5 s) plus one read. Each
-refresh is a database read on a thread, about 1 ms of CPU: at 64 tasks and a 1 s TTL the refreshes
-alone took 7% of a core, CPU the forward pass shares. A task another
-process deleted answers 404 from the refresh on. Unknown tasks are not cached (uploads appear at
-once); unknown keys are (401 again, and its cost stays bounded).
+Freshness: every committed write, through this replica or another, reaches `apply_change` (at
+commit here; through PostgreSQL NOTIFY from the others) and drops the entries it touches at once;
+`mark_all_stale` (the listener reconnected: changes may have been missed) makes every entry refresh
+on its next hit; the TTL is the backstop. Each key has a generation, bumped on invalidation, and a
+read stores its answer only if the generation it started under is still current: a refresh that was
+in flight across an invalidation cannot put the old record back for a whole TTL.
+
+Outages: a failed refresh keeps serving the last record read (the registry being down must not turn
+known tenants into 401s) and is retried after a short backoff, not on every hit; a miss that fails
+raises RegistryUnavailable (503), and for the same backoff later misses of that key fail fast
+instead of each waiting on the database. Unknown tasks are not cached (uploads appear at once);
+unknown keys are (401 again, and its cost stays bounded).
 """
 
 from __future__ import annotations
@@ -24,20 +30,28 @@ import threading
 import time
 from typing import Callable
 
-from server.registry import NotFound, Registry, TaskRecord, Tenant, VersionRecord
-from server.registry.routing import pick_version
+from server.registry import Change, NotFound, Registry, TaskRecord, Tenant, VersionRecord
+from server.registry.base import RegistryUnavailable
+from server.registry.routing import version_for
 
 log = logging.getLogger(__name__)
+
+RETRY_AFTER_FAILURE_S = 0.5  # within SPEC 4's "whole again within 5 s" with room to spare
 
 
 class RegistryLookups:
     def __init__(self, registry: Registry, ttl_s: float = 5.0, max_entries: int = 100_000):
         self.registry, self.ttl_s, self.max_entries = registry, ttl_s, max_entries
+        # key -> (refresh after, value); the tenant table is keyed by the API key's digest
         self._tenants: dict[str, tuple[float, Tenant | None]] = {}
         self._tasks: dict[tuple[str, str], tuple[float, TaskRecord]] = {}
-        self._reads: dict[tuple, asyncio.Future] = {}  # one registry read in flight per key
+        self._generations: dict[tuple, int] = {}  # (table id, key) -> bumped on every invalidation
+        self._epoch = 0  # bumped by mark_all_stale: reads begun before it store nothing
+        self._reads: dict[tuple, asyncio.Future] = {}  # one registry read in flight per key and generation
+        self._failed: dict[tuple, tuple[float, BaseException]] = {}  # recent failed misses, failed fast
         self._lock = threading.Lock()
         self._rng = random.Random()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def tenant(self, api_key: str) -> Tenant | None:
         """The tenant owning `api_key`, or None."""
@@ -49,8 +63,52 @@ class RegistryLookups:
         record = await self._get(self._tasks, (tenant, task), lambda: self.registry.get_task(tenant, task))
         return self._pick(record)
 
+    # Invalidation (called on the event loop, or from any thread through apply_change_threadsafe)
+
     def invalidate_task(self, tenant: str, task: str) -> None:
-        self._tasks.pop((tenant, task), None)
+        self._invalidate(self._tasks, (tenant, task))
+
+    def invalidate_tenant(self, tenant: str) -> None:
+        """Drops the tenant's key entries (a rotated or deleted key) and its tasks."""
+        for digest, (_, value) in list(self._tenants.items()):
+            if value is not None and value.name == tenant:
+                self._invalidate(self._tenants, digest)
+        for key in [key for key in list(self._tasks) if key[0] == tenant]:
+            self._invalidate(self._tasks, key)
+
+    def apply_change(self, change: Change) -> None:
+        if change.kind == "tenant":
+            self.invalidate_tenant(change.tenant)
+        elif change.task is not None:
+            self.invalidate_task(change.tenant, change.task)
+
+    def mark_all_stale(self) -> None:
+        with self._lock:
+            self._epoch += 1
+            for table in (self._tenants, self._tasks):
+                for key, (_, value) in list(table.items()):
+                    table[key] = (0.0, value)
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop the cache lives on, so other threads' notifications are applied there."""
+        self._loop = loop
+
+    def apply_change_threadsafe(self, change: Change) -> None:
+        self._call_on_loop(self.apply_change, change)
+
+    def mark_all_stale_threadsafe(self) -> None:
+        self._call_on_loop(self.mark_all_stale)
+
+    def _call_on_loop(self, function, *args) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(function, *args)
+        except RuntimeError:  # the loop closed meanwhile: nothing left to invalidate
+            pass
+
+    # Reads
 
     async def _get(self, table: dict, key, read: Callable):
         cached = table.get(key)
@@ -58,10 +116,17 @@ class RegistryLookups:
             if cached[0] <= time.monotonic():
                 self._start_read(table, key, read)  # refresh in the background; this request does not wait
             return cached[1]
+        failed = self._failed.get(self._slot(table, key))
+        if failed is not None and failed[0] > time.monotonic():
+            raise failed[1]
         return await asyncio.shield(self._start_read(table, key, read))  # a cancelled caller leaves the read running
 
+    def _slot(self, table: dict, key) -> tuple:
+        return (id(table), key)
+
     def _start_read(self, table: dict, key, read: Callable) -> asyncio.Future:
-        flight = (id(table), key)
+        slot = self._slot(table, key)
+        flight = (slot, self._generations.get(slot, 0), self._epoch)
         future = self._reads.get(flight)
         if future is None:
             future = asyncio.get_running_loop().run_in_executor(None, read)
@@ -73,20 +138,42 @@ class RegistryLookups:
         self._reads.pop(flight, None)
         if future.cancelled():
             return
+        slot, generation, epoch = flight
+        current = generation == self._generations.get(slot, 0) and epoch == self._epoch
         error = future.exception()  # also marks it retrieved: a failed background refresh is logged here
         if error is None:
-            self._store(table, key, future.result())
+            self._failed.pop(slot, None)
+            if current:
+                self._store(table, key, future.result())
         elif isinstance(error, NotFound):
-            table.pop(key, None)  # deleted elsewhere: stop serving the stale entry
+            if current:
+                table.pop(key, None)  # deleted elsewhere: stop serving the stale entry
         elif key in table:
+            # Keep serving what we had; try again after a pause, not on every hit.
             log.warning("refreshing a cached registry entry failed (%s); serving the last one read", error)
+            with self._lock:
+                if key in table:
+                    table[key] = (time.monotonic() + RETRY_AFTER_FAILURE_S, table[key][1])
+        elif isinstance(error, RegistryUnavailable):
+            self._failed[slot] = (time.monotonic() + RETRY_AFTER_FAILURE_S, error)
+            if len(self._failed) > self.max_entries:
+                self._failed.clear()
+
+    def _invalidate(self, table: dict, key) -> None:
+        slot = self._slot(table, key)
+        with self._lock:
+            self._generations[slot] = self._generations.get(slot, 0) + 1
+            table.pop(key, None)
+            self._failed.pop(slot, None)
+            if len(self._generations) > 4 * self.max_entries:
+                self._generations.clear()  # safe: a cleared generation only makes in-flight reads store nothing
+                self._epoch += 1
 
     def _pick(self, record: TaskRecord) -> VersionRecord:
-        version = record.route.pinned
-        if version is None:
-            with self._lock:
-                version = pick_version(record.route, self._rng)
-        return next(v for v in record.versions if v.version == version)
+        if record.route.pinned is not None:
+            return next(v for v in record.versions if v.version == record.route.pinned)
+        with self._lock:
+            return version_for(record, self._rng)
 
     def _store(self, table: dict, key, value) -> None:
         with self._lock:

@@ -3,7 +3,7 @@ The runtime (engine + batcher) is opaque here: the API calls it, it never reache
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from server.api.lookups import RegistryLookups
 from server.batching.runtime import Runtime
@@ -20,6 +20,17 @@ class Services:
     default_tenant: Tenant | None = None  # single-tenant mode's caller, and the admin's namespace
     ready: bool = False
     startup_error: str | None = None
+    registry_up: dict[str, bool] = field(default_factory=dict)  # from the health monitor's last probe
+    background: list = field(default_factory=list)  # asyncio tasks cancelled at shutdown
+
+    def registry_status(self) -> dict:
+        """Where the registry lives and whether each part answered its last probe (/v1/info)."""
+        if self.registry is None:
+            return {}
+        return {
+            component: {"url": url, "up": self.registry_up.get(component, True)}
+            for component, url in self.registry.describe().items()
+        }
 
     def default_limits(self) -> TenantLimits:
         s = self.settings

@@ -23,6 +23,12 @@ _FLAGS = {
     "--request-timeout-s": ("request_timeout_s", float),
     "--prefix-cache-bytes": ("prefix_cache_bytes", int),
     "--log-level": ("log_level", str),
+    "--database-url": ("database_url", str),
+    "--blob-url": ("blob_url", str),
+    "--blob-cache-dir": ("blob_cache_dir", str),
+    "--blob-cache-bytes": ("blob_cache_bytes", int),
+    "--registry-ttl-s": ("registry_ttl_s", float),
+    "--blob-gc-grace-s": ("blob_gc_grace_s", float),
 }
 
 
@@ -37,6 +43,14 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--engine-in-process", dest="engine_process", action="store_const", const=False, default=None,
         help="run the model in the server's own process instead of a child (PREFIX_SERVER_ENGINE_PROCESS=false)",
+    )
+    parser.add_argument(
+        "--no-migrate", dest="migrate", action="store_const", const=False, default=None,
+        help="check the registry schema instead of migrating it at start (PREFIX_SERVER_MIGRATE=false)",
+    )
+    parser.add_argument(
+        "--no-registry-notify", dest="registry_notify", action="store_const", const=False, default=None,
+        help="do not LISTEN for other replicas' writes; the TTL alone refreshes (PREFIX_SERVER_REGISTRY_NOTIFY=false)",
     )
     parser.add_argument(
         "--per-task-batches", dest="per_task_batches", action="store_const", const=True, default=None,
@@ -63,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from server.api.app import create_app
     from server.settings import Settings
 
-    fields = [field for field, _ in _FLAGS.values()] + ["per_task_batches", "engine_process"]
+    fields = [field for field, _ in _FLAGS.values()] + ["per_task_batches", "engine_process", "migrate", "registry_notify"]
     overrides = {field: getattr(args, field) for field in fields if getattr(args, field) is not None}
     settings = Settings(**overrides)
     configure_logging(settings.log_level)

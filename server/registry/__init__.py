@@ -1,13 +1,16 @@
-"""Where tenants, tasks, versions and routes live. `Registry` (base) is the contract; `SqliteRegistry`
-is the embedded default (SQLite + content-addressed files under the data dir)."""
+"""Where tenants, tasks, versions and routes live. `Registry` (base) is the contract; `SqlRegistry` its
+one implementation, on SQLite (`SqliteRegistry`: the embedded default under the data dir) or on
+PostgreSQL with an S3-compatible blob store (replicas); `open_registry` picks them by URL."""
 
 from server.registry.base import (
+    Change,
     Conflict,
     InvalidRoute,
     LimitExceeded,
     NotFound,
     Registry,
     RegistryError,
+    RegistryUnavailable,
     Route,
     TaskRecord,
     Tenant,
@@ -15,10 +18,12 @@ from server.registry.base import (
     VersionRecord,
 )
 from server.registry.names import NAME_PATTERN, InvalidName, validate_name
-from server.registry.sqlite import SqliteRegistry
+from server.registry.factory import open_registry
+from server.registry.sql import SqlRegistry, SqliteRegistry
 
 __all__ = [
     "NAME_PATTERN",
+    "Change",
     "Conflict",
     "InvalidName",
     "InvalidRoute",
@@ -26,8 +31,11 @@ __all__ = [
     "NotFound",
     "Registry",
     "RegistryError",
+    "RegistryUnavailable",
     "Route",
+    "SqlRegistry",
     "SqliteRegistry",
+    "open_registry",
     "TaskRecord",
     "Tenant",
     "TenantLimits",

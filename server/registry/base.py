@@ -1,8 +1,8 @@
 """The registry's contract: what the API layer may ask of any storage backend.
 
-The embedded default is SQLite + content-addressed files (`server.registry.sqlite`); a PostgreSQL +
-object-store backend for several replicas implements the same protocol. Records are plain frozen
-dataclasses: no tensors, no ORM objects cross this boundary.
+One implementation (`server.registry.sql.SqlRegistry`) runs on SQLite (the embedded default) and on
+PostgreSQL (replicas), with its artifacts in a blob store chosen by URL (`server.registry.blobs`).
+Records are plain frozen dataclasses: no tensors, no ORM objects cross this boundary.
 """
 
 from __future__ import annotations
@@ -29,6 +29,25 @@ class LimitExceeded(RegistryError):
 
 class InvalidRoute(RegistryError):
     """A route names versions that do not exist, or weights that do not sum to 1."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The database or the blob store cannot be reached now: the API answers 503 with Retry-After,
+    never 401 or 404, since nothing is known about what was asked."""
+
+    def __init__(self, component: str, message: str):
+        super().__init__(f"the registry's {component} is unreachable: {message}")
+        self.component = component
+
+
+@dataclass(frozen=True)
+class Change:
+    """One committed write, as every replica hears of it: `kind` is 'tenant' (created, deleted or
+    re-keyed; `task` is None) or 'task' (upload, route, version or task deleted)."""
+
+    kind: str
+    tenant: str
+    task: str | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +108,15 @@ class Registry(Protocol):
 
     def get_tenant(self, name: str) -> Tenant: ...
 
+    def list_tenants(self) -> list[tuple[Tenant, int]]:
+        """Every tenant with its number of tasks, by name."""
+
+    def delete_tenant(self, name: str) -> None:
+        """Removes the tenant, its key, its tasks and the blobs only it referenced."""
+
+    def rotate_key(self, name: str) -> str:
+        """A new API key for the tenant (shown once); the old one stops working."""
+
     def add_version(self, tenant: str, task: str, artifact: bytes) -> VersionRecord:
         """Validates and stores a new immutable version, which becomes the active route. Atomic."""
 
@@ -100,7 +128,19 @@ class Registry(Protocol):
 
     def delete_task(self, tenant: str, task: str) -> None: ...
 
-    def resolve(self, tenant: str, task: str) -> VersionRecord:
-        """The version a classify request runs on now: the pinned one, or a weighted random pick."""
+    def delete_version(self, tenant: str, task: str, version: int) -> None:
+        """Removes one version; Conflict while the task's route sends traffic to it."""
 
     def read_artifact_bytes(self, sha256: str) -> bytes: ...
+
+    def subscribe(self, on_change, on_resync) -> None:
+        """Calls `on_change(Change)` for every committed write through any replica and `on_resync()`
+        when changes may have been missed (the listener reconnected). Called from another thread."""
+
+    def health(self) -> dict[str, bool]:
+        """{'database': up, 'blobs': up}, from a cheap probe of each."""
+
+    def describe(self) -> dict[str, str]:
+        """Where the state lives (URLs without credentials)."""
+
+    def close(self) -> None: ...

@@ -6,29 +6,13 @@ transactions (and their locking) and reuses these for the SQL itself.
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, Row, and_, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, func, insert, select, update
 
 from server.artifact import PrefixArtifact
 from server.registry.base import LimitExceeded, NotFound, Route, TenantLimits, VersionRecord
 from server.registry.records import tenant_from_row, utc_now, version_from_row
 from server.registry.tables import tasks, tenants, versions
 
-# The statements of the per-request calls are built once: building one costs more than running it.
-RESOLVE_PINNED = select(tasks.c.route, versions).select_from(
-    tasks.outerjoin(
-        versions,
-        and_(
-            versions.c.tenant == tasks.c.tenant,
-            versions.c.task == tasks.c.name,
-            versions.c.version == tasks.c.pinned_version,
-        ),
-    )
-).where(tasks.c.tenant == bindparam("tenant"), tasks.c.name == bindparam("task"))
-SELECT_VERSION = select(versions).where(
-    versions.c.tenant == bindparam("tenant"),
-    versions.c.task == bindparam("task"),
-    versions.c.version == bindparam("version"),
-)
 SELECT_TENANT_BY_KEY_HASH = select(tenants).where(tenants.c.api_key_hash == bindparam("key_hash"))
 
 
@@ -45,24 +29,41 @@ def route_columns(route: Route) -> dict:
     return {"route": route.to_json(), "pinned_version": route.pinned}
 
 
-def tenant_row(conn: Connection, name: str) -> Row | None:
-    return conn.execute(select(tenants).where(tenants.c.name == name)).first()
+def insert_tenant(conn: Connection, name: str, columns: dict) -> bool:
+    """Inserts the tenant unless the name exists (ON CONFLICT DO NOTHING: two replicas may race);
+    True if this call created it."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    statement = dialect_insert(tenants).values(name=name, created_at=utc_now(), **columns)
+    # RETURNING, not rowcount: psycopg reports -1 for an INSERT ... ON CONFLICT through SQLAlchemy.
+    inserted = conn.execute(statement.on_conflict_do_nothing(index_elements=["name"]).returning(tenants.c.name))
+    return inserted.first() is not None
 
 
-def existing_tenant_row(conn: Connection, name: str) -> Row:
-    row = tenant_row(conn, name)
+def tenant_row(conn: Connection, name: str, *, lock: bool = False) -> Row | None:
+    """`lock`: FOR UPDATE on PostgreSQL (writers of one tenant queue here); SQLite's write lock already
+    covers it and SQLAlchemy leaves the clause out there."""
+    query = select(tenants).where(tenants.c.name == name)
+    return conn.execute(query.with_for_update() if lock else query).first()
+
+
+def existing_tenant_row(conn: Connection, name: str, *, lock: bool = False) -> Row:
+    row = tenant_row(conn, name, lock=lock)
     if row is None:
         raise NotFound(f"tenant {name!r} not found")
     return row
 
 
-def task_row(conn: Connection, tenant: str, task: str) -> Row | None:
-    return conn.execute(select(tasks).where(task_is(tenant, task))).first()
+def task_row(conn: Connection, tenant: str, task: str, *, lock: bool = False) -> Row | None:
+    query = select(tasks).where(task_is(tenant, task))
+    return conn.execute(query.with_for_update() if lock else query).first()
 
 
-def existing_task_row(conn: Connection, tenant: str, task: str) -> Row:
+def existing_task_row(conn: Connection, tenant: str, task: str, *, lock: bool = False) -> Row:
     # The same answer whether the tenant, or only the task, is unknown: existence is not leaked.
-    row = task_row(conn, tenant, task)
+    row = task_row(conn, tenant, task, lock=lock)
     if row is None:
         raise NotFound(f"task {task!r} not found")
     return row
@@ -80,10 +81,13 @@ def referenced_blobs(conn: Connection, among: set[str] | None = None) -> set[str
     return set(conn.execute(query).scalars())
 
 
-def check_quota(conn: Connection, tenant: str, task: str, size: int, defaults: TenantLimits) -> None:
+def check_quota(
+    conn: Connection, tenant: str, task: str, size: int, defaults: TenantLimits, *, lock: bool = False
+) -> None:
     """Raises LimitExceeded if storing `size` more bytes (and maybe a new task) breaks the tenant's limits;
-    NotFound if the tenant does not exist."""
-    limits = tenant_from_row(existing_tenant_row(conn, tenant), defaults).limits
+    NotFound if the tenant does not exist. `lock` holds the tenant's row until commit, so concurrent
+    uploads through other replicas count what this one adds."""
+    limits = tenant_from_row(existing_tenant_row(conn, tenant, lock=lock), defaults).limits
     if task_row(conn, tenant, task) is None:
         task_count = conn.execute(select(func.count()).select_from(tasks).where(tasks.c.tenant == tenant)).scalar_one()
         if task_count >= limits.max_tasks:
@@ -107,15 +111,16 @@ def insert_version(
 ) -> VersionRecord:
     """Creates the task if new, adds the next version number and pins the route to it.
 
-    The next number is max + 1: versions are only deleted with their task, so within a task's life a
-    number never comes back. Callers must hold the write lock (SQLite: BEGIN IMMEDIATE; PostgreSQL:
-    lock the task row), or two uploads could pick the same number and one would fail on the key."""
+    The next number is the task row's counter + 1, read under the task's row lock (taken here), so two
+    uploads through different replicas queue on the row instead of picking the same number. Callers
+    hold the tenant's row lock too (check_quota(lock=True)), which orders the task's creation."""
     now = utc_now()
-    if task_row(conn, tenant, task) is None:
+    row = task_row(conn, tenant, task, lock=True)
+    if row is None:
         # The route is a placeholder for the few statements until the update below pins the new version.
-        conn.execute(insert(tasks).values(tenant=tenant, name=task, route={"version": 1}, created_at=now))
-    latest = conn.execute(select(func.coalesce(func.max(versions.c.version), 0)).where(version_of(tenant, task)))
-    version = latest.scalar_one() + 1
+        conn.execute(insert(tasks).values(tenant=tenant, name=task, route={"version": 1}, created_at=now, last_version=0))
+        row = task_row(conn, tenant, task, lock=True)
+    version = row.last_version + 1
     conn.execute(
         insert(versions).values(
             tenant=tenant,
@@ -131,5 +136,6 @@ def insert_version(
         )
     )
     # SPEC: every upload becomes the active version, whatever the route was (a canary split included).
-    conn.execute(update(tasks).where(task_is(tenant, task)).values(**route_columns(Route(pinned=version))))
+    columns = route_columns(Route(pinned=version))
+    conn.execute(update(tasks).where(task_is(tenant, task)).values(last_version=version, **columns))
     return version_from_row(conn.execute(select(versions).where(version_of(tenant, task, version))).one())

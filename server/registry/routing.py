@@ -9,7 +9,7 @@ import math
 import random
 from collections.abc import Collection
 
-from server.registry.base import InvalidRoute, Route
+from server.registry.base import InvalidRoute, Route, TaskRecord, VersionRecord
 
 WEIGHT_SUM_TOLERANCE = 1e-6
 
@@ -54,6 +54,17 @@ def pick_version(route: Route, rng: random.Random) -> int:
         if draw < cumulative:
             return version
     return items[-1][0]  # weights may sum to 1 - 1e-6: the last one takes the rounding slack
+
+
+def routed_versions(route: Route) -> set[int]:
+    """The versions the route sends any traffic to."""
+    return {route.pinned} if route.pinned is not None else set(route.weights)
+
+
+def version_for(record: TaskRecord, rng: random.Random) -> VersionRecord:
+    """The version one request of this task runs on: the one routing rule serving uses everywhere."""
+    version = pick_version(record.route, rng)
+    return next(v for v in record.versions if v.version == version)
 
 
 def describe_versions(versions: Collection[int]) -> str:

@@ -1,16 +1,17 @@
-"""The registry's relational schema, in portable SQLAlchemy Core: SQLite today, PostgreSQL later.
+"""The registry's relational schema at the newest migration, in portable SQLAlchemy Core (SQLite and
+PostgreSQL). The migrations under `migrations/versions/` create it; this module is what the queries
+are written against, and a test checks the two agree.
 
-Only generic types are used (String, Integer, BigInteger, JSON, DateTime with time zone), so any backend
-can `metadata.create_all()` the same tables. Artifact bytes never live in the database: a version row
-holds the sha256 of a blob in the content-addressed store.
+Only generic types are used (String, Integer, BigInteger, JSON, DateTime with time zone). Artifact bytes
+never live in the database: a version row holds the sha256 of a blob in the content-addressed store.
 
 - tenants: one row per tenant; `api_key_hash` is the sha256 hex of its key (NULL for a keyless tenant
   such as single-tenant mode's 'default'); NULL limit columns mean "the server's current default".
 - tasks: one row per (tenant, task); `route` is Route.to_json(): {"version": n} or {"weights": {"n": w}}.
-  `pinned_version` repeats the route's version when it is pinned (NULL for a weighted split), so that
-  `resolve`, run on every classify request, is one indexed join in the common case.
-- versions: immutable, one row per upload; (tenant, task, version) is the key. Versions are only ever
-  deleted together with their task.
+  `pinned_version` repeats the route's version when it is pinned (NULL for a weighted split).
+  `last_version` counts the task's uploads: the next version is last_version + 1, taken under the
+  task's row lock, so numbers are gap-free and never repeat while the task exists.
+- versions: immutable, one row per upload; (tenant, task, version) is the key.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ tasks = Table(
     Column("route", JSON, nullable=False),
     Column("pinned_version", Integer, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_version", Integer, nullable=False, server_default="0"),
     ForeignKeyConstraint(["tenant"], ["tenants.name"]),
 )
 

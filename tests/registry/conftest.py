@@ -1,11 +1,19 @@
+"""The registry suites run against both backends: the embedded SQLite file and a real PostgreSQL
+server (tests/postgres_server.py), each with the file blob store under `data_dir/blobs`."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from server.registry import SqliteRegistry
+from server.registry import SqlRegistry
+from server.registry.blobs import FileBlobStore
+from server.registry.database import Database, sqlite_url
+from tests.postgres_server import postgres_server, postgres_url  # noqa: F401  (fixtures)
 from tests.registry.support import LIMITS, SHAPE
+
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
 @pytest.fixture
@@ -13,13 +21,27 @@ def data_dir(tmp_path) -> Path:
     return tmp_path / "data"
 
 
-@pytest.fixture
-def open_registry(data_dir):
-    """Opens registries on `data_dir` (a re-open sees the same state) and closes them all afterwards."""
-    opened: list[SqliteRegistry] = []
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
 
-    def _open(seed: int | None = 1234, limits=LIMITS) -> SqliteRegistry:
-        registry = SqliteRegistry(data_dir, SHAPE, limits, seed=seed)
+
+@pytest.fixture
+def database_url(backend, data_dir, request) -> str:
+    if backend == "postgresql":
+        return request.getfixturevalue("postgres_url")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return sqlite_url(data_dir / "registry.sqlite3")
+
+
+@pytest.fixture
+def open_registry(database_url, data_dir):
+    """Opens registries on one database and `data_dir/blobs` (a re-open sees the same state) and
+    closes them all afterwards."""
+    opened: list[SqlRegistry] = []
+
+    def _open(seed: int | None = 1234, limits=LIMITS, **options) -> SqlRegistry:
+        registry = SqlRegistry(Database(database_url), FileBlobStore(data_dir / "blobs"), SHAPE, limits, seed=seed, **options)
         opened.append(registry)
         return registry
 
@@ -29,7 +51,7 @@ def open_registry(data_dir):
 
 
 @pytest.fixture
-def registry(open_registry) -> SqliteRegistry:
+def registry(open_registry) -> SqlRegistry:
     return open_registry()
 
 

@@ -13,7 +13,9 @@ import threading
 import time
 from pathlib import Path
 
-from server.registry import Route, SqliteRegistry
+from server.registry import Route, SqlRegistry
+from server.registry.blobs import FileBlobStore
+from server.registry.database import Database
 from tests.registry.support import LIMITS, SHAPE, artifact_bytes, blob_files, sha256_hex, temp_files
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -57,14 +59,16 @@ UPLOADER = r"""
 import dataclasses, json, os, sys
 from pathlib import Path
 from server.artifact import BackboneShape, artifact_to_bytes, read_artifact
-from server.registry import Route, SqliteRegistry, TenantLimits
+from server.registry import Route, SqlRegistry, TenantLimits
+from server.registry.blobs import FileBlobStore
+from server.registry.database import Database
 
-data_dir, seed_artifact = Path(sys.argv[1]), Path(sys.argv[2])
-shape, limits = BackboneShape(**json.loads(sys.argv[3])), TenantLimits(**json.loads(sys.argv[4]))
+database_url, data_dir, seed_artifact = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+shape, limits = BackboneShape(**json.loads(sys.argv[4])), TenantLimits(**json.loads(sys.argv[5]))
 base = read_artifact(seed_artifact.read_bytes(), shape)
 
 def upload_forever():
-    registry = SqliteRegistry(data_dir, shape, limits)
+    registry = SqlRegistry(Database(database_url), FileBlobStore(data_dir / "blobs"), shape, limits)
     registry.ensure_tenant("crash")
     step = int.from_bytes(os.urandom(4), "little")
     while True:
@@ -87,9 +91,9 @@ for _ in sys.stdin:
 """
 
 
-def assert_consistent(data_dir: Path) -> int:
+def assert_consistent(database_url: str, data_dir: Path) -> int:
     """Re-opens the registry (which collects garbage) and checks every invariant; returns main's size."""
-    registry = SqliteRegistry(data_dir, SHAPE, LIMITS)
+    registry = SqlRegistry(Database(database_url), FileBlobStore(data_dir / "blobs"), SHAPE, LIMITS)
     try:
         registry.ensure_tenant("crash")
         referenced = set()
@@ -115,13 +119,13 @@ def assert_consistent(data_dir: Path) -> int:
         registry.close()
 
 
-def start_uploader(tmp_path: Path, log_file) -> subprocess.Popen:
+def start_uploader(database_url: str, tmp_path: Path, log_file) -> subprocess.Popen:
     seed_artifact = tmp_path / "seed.safetensors"
     seed_artifact.write_bytes(artifact_bytes(seed=5))
     shape_json = json.dumps(dataclasses.asdict(SHAPE))
     limits_json = json.dumps(dataclasses.asdict(dataclasses.replace(LIMITS, max_artifact_bytes=10**9)))
     return subprocess.Popen(
-        [sys.executable, "-c", UPLOADER, str(tmp_path / "data"), str(seed_artifact), shape_json, limits_json],
+        [sys.executable, "-c", UPLOADER, database_url, str(tmp_path / "data"), str(seed_artifact), shape_json, limits_json],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=log_file,  # a file, not a pipe: nobody reads it until something fails
@@ -143,16 +147,16 @@ def kill_one_uploading_child(uploader: subprocess.Popen, delay_s: float, log_pat
     assert ending == f"signal {signal.SIGKILL.value}", f"child ended with {ending!r}: {log_path.read_text()[-2000:]}"
 
 
-def test_kill_9_at_random_moments_leaves_a_consistent_state(tmp_path):
+def test_kill_9_at_random_moments_leaves_a_consistent_state(tmp_path, database_url):
     log_path = tmp_path / "uploader.log"
     rng = random.Random(2024)
     sizes = []
     with log_path.open("w") as log_file:
-        uploader = start_uploader(tmp_path, log_file)
+        uploader = start_uploader(database_url, tmp_path, log_file)
         try:
             for _ in range(5):
                 kill_one_uploading_child(uploader, rng.uniform(0.1, 0.45), log_path)
-                sizes.append(assert_consistent(tmp_path / "data"))
+                sizes.append(assert_consistent(database_url, tmp_path / "data"))
         finally:
             uploader.stdin.close()
             try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 
 import pytest
 
@@ -14,9 +13,9 @@ from tests.helpers import make_artifact
 from tests.registry.support import SHAPE, artifact_bytes, blob_files, sha256_hex, temp_files
 
 
-def row_counts(data_dir) -> dict[str, int]:
-    with sqlite3.connect(data_dir / "registry.sqlite3") as db:
-        return {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("tasks", "versions")}
+def row_counts(registry) -> dict[str, int]:
+    with registry.database.read() as conn:
+        return {t: conn.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar_one() for t in ("tasks", "versions")}
 
 
 def test_add_version_returns_the_record_and_pins_it(registry, tenant):
@@ -81,14 +80,14 @@ REFUSED_UPLOADS = {
 def test_refused_artifact_propagates_and_stores_nothing(registry, tenant, data_dir, make_bad):
     with pytest.raises(ArtifactError):
         registry.add_version(tenant, "t", make_bad())
-    assert row_counts(data_dir) == {"tasks": 0, "versions": 0}
+    assert row_counts(registry) == {"tasks": 0, "versions": 0}
     assert blob_files(data_dir) == set() and temp_files(data_dir) == []
 
 
 def test_add_version_to_unknown_tenant_is_not_found_and_stores_nothing(registry, data_dir):
     with pytest.raises(NotFound, match="tenant 'ghost'"):
         registry.add_version("ghost", "t", artifact_bytes())
-    assert row_counts(data_dir) == {"tasks": 0, "versions": 0} and blob_files(data_dir) == set()
+    assert row_counts(registry) == {"tasks": 0, "versions": 0} and blob_files(data_dir) == set()
 
 
 def test_add_version_refuses_invalid_names(registry, tenant):
@@ -104,7 +103,7 @@ def test_max_tasks_counts_new_tasks_only(open_registry, data_dir):
     registry.add_version("small", "a", artifact_bytes(seed=3))  # a new version of an existing task is fine
     with pytest.raises(LimitExceeded, match=r"expected at most 2 tasks, got 3"):
         registry.add_version("small", "c", artifact_bytes(seed=4))
-    assert row_counts(data_dir) == {"tasks": 2, "versions": 3} and len(blob_files(data_dir)) == 3
+    assert row_counts(registry) == {"tasks": 2, "versions": 3} and len(blob_files(data_dir)) == 3
     registry.delete_task("small", "b")
     assert registry.add_version("small", "c", artifact_bytes(seed=4)).version == 1
 
@@ -119,7 +118,7 @@ def test_max_artifact_bytes_sums_the_tenants_versions(open_registry, data_dir):
     expected = rf"expected at most {2 * size} artifact bytes in all, got {3 * size} \({2 * size} stored \+ {size}"
     with pytest.raises(LimitExceeded, match=expected):
         registry.add_version("small", "b", artifact_bytes(seed=2))
-    assert row_counts(data_dir) == {"tasks": 1, "versions": 2} and len(blob_files(data_dir)) == 1
+    assert row_counts(registry) == {"tasks": 1, "versions": 2} and len(blob_files(data_dir)) == 1
     registry.add_version("other", "b", artifact_bytes(seed=2))  # another tenant's quota is its own
 
 
@@ -168,7 +167,7 @@ def test_a_failed_commit_removes_the_new_blob(registry, tenant, data_dir, monkey
     monkeypatch.setattr(queries, "insert_version", fail)
     with pytest.raises(RuntimeError, match="disk full"):
         registry.add_version(tenant, "t", artifact_bytes(seed=1))
-    assert row_counts(data_dir) == {"tasks": 0, "versions": 0}
+    assert row_counts(registry) == {"tasks": 0, "versions": 0}
     assert blob_files(data_dir) == set() and temp_files(data_dir) == []
 
 

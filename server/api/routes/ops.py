@@ -54,4 +54,5 @@ async def info(_: CallerDep, services: ReadyServices) -> dict:
             "request_timeout_s": s.request_timeout_s,
         },
         "multi_tenant": s.multi_tenant,
+        "registry": services.registry_status(),
     }

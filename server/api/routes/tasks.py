@@ -1,4 +1,4 @@
-"""Tasks of the calling tenant: upload a version, list, show, route, delete."""
+"""Tasks of the calling tenant: upload a version, list, show, route, delete a version or the task."""
 
 from __future__ import annotations
 
@@ -90,6 +90,15 @@ async def set_route(task: TaskName, body: RouteRequest, caller: CallerDep, servi
 @router.delete("/{task}", status_code=204)
 async def delete_task(task: TaskName, caller: CallerDep, services: ReadyServices) -> Response:
     await run_in_threadpool(services.registry.delete_task, caller.tenant.name, task)
+    services.lookups.invalidate_task(caller.tenant.name, task)
+    return Response(status_code=204)
+
+
+@router.delete("/{task}/versions/{version}", status_code=204)
+async def delete_version(
+    task: TaskName, version: Annotated[int, Path(ge=1, description="version number")], caller: CallerDep, services: ReadyServices
+) -> Response:
+    await run_in_threadpool(services.registry.delete_version, caller.tenant.name, task, version)
     services.lookups.invalidate_task(caller.tenant.name, task)
     return Response(status_code=204)
 

@@ -43,7 +43,8 @@ from server.registry.base import (
     TenantLimits,
     VersionRecord,
 )
-from server.registry.blobs import BlobCorrupt, BlobMissing, BlobStore, BlobStoreUnavailable, FileBlobStore, sha256_hex
+from server.registry.blobs import BlobCorrupt, BlobMissing, BlobStore, BlobStoreUnavailable, sha256_hex
+from server.registry.blobs.local import FileBlobStore
 from server.registry.database import Database, sqlite_url
 from server.registry.gc import collect_garbage, remove_if_unreferenced
 from server.registry.names import validate_name

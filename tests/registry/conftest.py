@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from server.registry import SqlRegistry
-from server.registry.blobs import FileBlobStore
+from server.registry.blobs.local import FileBlobStore
 from server.registry.database import Database, sqlite_url
 from tests.postgres_server import postgres_server, postgres_url  # noqa: F401  (fixtures)
 from tests.registry.support import LIMITS, SHAPE

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from server.registry import Route, SqlRegistry
-from server.registry.blobs import FileBlobStore
+from server.registry.blobs.local import FileBlobStore
 from server.registry.database import Database
 from tests.registry.support import LIMITS, SHAPE, artifact_bytes, blob_files, sha256_hex, temp_files
 
@@ -60,7 +60,7 @@ import dataclasses, json, os, sys
 from pathlib import Path
 from server.artifact import BackboneShape, artifact_to_bytes, read_artifact
 from server.registry import Route, SqlRegistry, TenantLimits
-from server.registry.blobs import FileBlobStore
+from server.registry.blobs.local import FileBlobStore
 from server.registry.database import Database
 
 database_url, data_dir, seed_artifact = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])

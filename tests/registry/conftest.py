@@ -6,6 +6,7 @@ import pytest
 
 from server.registry import SqliteRegistry
 from tests.registry.support import LIMITS, SHAPE
+from tests.s3_server import s3_client, s3_server, s3_url  # noqa: F401  (fixtures for the blob-store tests)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from server.registry.blobs.local import FileBlobStore
 from server.registry.database import Database, sqlite_url
 from tests.postgres_server import postgres_server, postgres_url  # noqa: F401  (fixtures)
 from tests.registry.support import LIMITS, SHAPE
+from tests.s3_server import s3_client, s3_server, s3_url  # noqa: F401  (fixtures for the blob-store tests)
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 

@@ -8,7 +8,7 @@ import pytest
 from server.artifact import ArtifactError, BackboneShape, ProblemType, artifact_to_bytes
 from server.registry import InvalidName, LimitExceeded, NotFound, RegistryError, Route, TenantLimits
 from server.registry import queries
-from server.registry.blobs import BlobStore
+from server.registry.blobs.local import FileBlobStore
 from tests.helpers import make_artifact
 from tests.registry.support import SHAPE, artifact_bytes, blob_files, sha256_hex, temp_files
 
@@ -173,14 +173,13 @@ def test_a_failed_commit_removes_the_new_blob(registry, tenant, data_dir, monkey
 
 def test_upload_rewrites_its_blob_if_a_concurrent_sweep_removed_it(registry, tenant, data_dir, monkeypatch):
     # Another process opening the registry collects unreferenced blobs: ours, between rename and commit.
-    original_put = BlobStore.put
+    original_put = FileBlobStore.put
 
-    def put_then_swept(self, data):
-        sha256 = original_put(self, data)
+    def put_then_swept(self, sha256, data):
+        original_put(self, sha256, data)
         self.remove(sha256)
-        return sha256
 
-    monkeypatch.setattr(BlobStore, "put", put_then_swept)
+    monkeypatch.setattr(FileBlobStore, "put", put_then_swept)
     record = registry.add_version(tenant, "t", artifact_bytes(seed=1))
     assert registry.read_artifact_bytes(record.sha256) == artifact_bytes(seed=1)
 

@@ -22,7 +22,8 @@ RUN pip install . \
     && useradd --create-home --uid 10001 prefix \
     && mkdir -p /data && chown prefix /data
 
-USER prefix
+# Numeric, so Kubernetes' runAsNonRoot can verify the user without a runAsUser of its own.
+USER 10001
 VOLUME ["/data"]
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \

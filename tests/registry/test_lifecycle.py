@@ -9,7 +9,7 @@ import time
 import pytest
 
 from server.registry import Change, Conflict, NotFound, Route, TenantLimits
-from tests.registry.support import LIMITS, artifact_bytes, blob_files
+from tests.registry.support import LIMITS, artifact_bytes, blob_files, sha256_hex
 
 
 def test_list_tenants_gives_limits_and_task_counts(registry):
@@ -138,3 +138,27 @@ def test_quotas_hold_under_concurrent_uploads_through_two_registries(open_regist
         thread.join()
     assert sorted(outcomes) == ["LimitExceeded"] * 7 + ["stored"] * 3
     assert len(registries[1].list_tasks("small")) == 3
+
+
+def test_garbage_collection_spares_blobs_younger_than_the_grace_period(open_registry, data_dir):
+    registry = open_registry(gc_grace_s=3600)
+    registry.create_tenant("acme")
+    kept = registry.add_version("acme", "t", artifact_bytes(seed=1))
+    orphan = artifact_bytes(seed=2)
+    registry.blobs.put(sha256_hex(orphan), orphan)  # stored by an upload that has not committed yet
+    assert registry.collect_garbage() == 0 and sha256_hex(orphan) in blob_files(data_dir)
+    registry.gc_grace_s = 0  # an hour later
+    assert registry.collect_garbage() == 1
+    assert blob_files(data_dir) == {kept.sha256}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_one_collector_at_a_time(open_registry, data_dir):
+    first, second = open_registry(), open_registry()
+    orphan = artifact_bytes(seed=3)
+    first.blobs.put(sha256_hex(orphan), orphan)
+    with first.database.exclusive("prefix-server:blob-gc", wait=False) as held:
+        assert held is not None
+        assert second.collect_garbage() == 0  # another replica is collecting: skip, do not wait
+    assert second.collect_garbage() == 1 and blob_files(data_dir) == set()

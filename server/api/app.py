@@ -28,7 +28,7 @@ from server.batching import BatchLimits
 from server.batching.runtime import build_runtime
 from server.heap import freeze_heap
 from server.api.upkeep import collect_garbage_periodically, monitor_registry
-from server.registry import open_registry
+from server.registry import RegistryUnavailable, open_registry
 from server.registry.demo import register_demo_prefixes
 from server.settings import Settings
 
@@ -86,7 +86,7 @@ async def _bring_up(services: Services) -> None:
             build_runtime, s.backbone, s.device, s.dtype, limits, s.prefix_cache_bytes,
             lambda sha256: services.registry.read_artifact_bytes(sha256), s.engine_process, s.torch_threads,
         )
-        registry = await run_in_threadpool(_open_registry, s, runtime.shape, services.default_limits())
+        registry = await _open_registry_when_reachable(s, runtime.shape, services.default_limits())
         services.registry, services.runtime = registry, runtime
         services.lookups = RegistryLookups(registry, ttl_s=s.registry_ttl_s)
         services.default_tenant = await run_in_threadpool(registry.ensure_tenant, DEFAULT_TENANT)
@@ -119,6 +119,20 @@ def _open_registry(s: Settings, shape, limits):
         migrate=s.migrate,
         gc_grace_s=s.blob_gc_grace_s,
     )
+
+
+async def _open_registry_when_reachable(s: Settings, shape, limits):
+    """A replica started while the database or blob store is down waits for it (not ready meanwhile)
+    instead of failing for good; any other error ends the start-up."""
+    attempt = 0
+    while True:
+        try:
+            return await run_in_threadpool(_open_registry, s, shape, limits)
+        except RegistryUnavailable as error:
+            attempt += 1
+            if attempt == 1 or attempt % 30 == 0:
+                log.warning("waiting for the registry: %s", error)
+            await asyncio.sleep(1.0)
 
 
 def _register_demo_prefixes(registry, folder: str) -> None:

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 NOTIFY_CHANNEL = "prefix_server_changes"
 CONNECT_TIMEOUT_S = 2  # with lock and statement timeouts below: a write answers 503 within 3 s of an outage
 LOCK_TIMEOUT_MS = 2000
-STATEMENT_TIMEOUT_MS = 5000
+STATEMENT_TIMEOUT_MS = 2500  # the registry's statements take milliseconds; past this the server is in trouble
 _BEGIN_OPTION = "registry_begin"
 
 

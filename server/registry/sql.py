@@ -88,7 +88,10 @@ class SqlRegistry:
         self.gc_grace_s = gc_grace_s
         (schema.migrate if migrate else schema.check)(database)
         self._listener = None
-        self.collect_garbage()
+        try:
+            self.collect_garbage()
+        except BlobStoreUnavailable as error:  # a replica must start, and serve what its cache holds, without it
+            log.warning("garbage collection at start skipped: %s", error)
 
     def close(self) -> None:
         if self._listener is not None:

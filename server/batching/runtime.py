@@ -62,14 +62,16 @@ def build_runtime(
     read_artifact_bytes: Callable[[str], bytes],
     engine_process: bool = True,
     torch_threads: int = 0,
+    attention: str = "auto",
 ) -> Runtime:
+    """`attention`: auto | triton | varlen | sdpa (attention.py); auto is sdpa on the CPU."""
     started = time.perf_counter()
     if engine_process:
-        engine = EngineProcess(backbone_dir, device, dtype, torch_threads=torch_threads)
+        engine = EngineProcess(backbone_dir, device, dtype, torch_threads=torch_threads, attention=attention)
     else:
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        engine = Engine.from_folder(backbone_dir, device=device, dtype=DTYPES[dtype])
+        engine = Engine.from_folder(backbone_dir, device=device, dtype=DTYPES[dtype], attention=attention)
     info = engine.info()
     log.info(
         "backbone %s loaded on %s/%s in %.1f s (fingerprint %s, %s)",

@@ -39,22 +39,27 @@ def varlen_available() -> bool:
     return True
 
 
-def resolve_attention(requested: str, device: torch.device) -> str:
-    """The path to run: `auto` takes triton, then varlen, on CUDA, and sdpa on any other device."""
+def resolve_attention(requested: str, device: torch.device, dtype: torch.dtype = torch.float16) -> str:
+    """The path to run: `auto` takes triton, then varlen (half precision only), on CUDA, and sdpa on
+    any other device."""
     if requested not in ATTENTION_CHOICES:
         raise ValueError(f"attention: expected one of {ATTENTION_CHOICES}, got {requested!r}")
     cuda = device.type == "cuda"
+    half = dtype in (torch.float16, torch.bfloat16)  # FlashAttention 2, so varlen, takes nothing else
     if requested == "auto":
         if not cuda:
             return "sdpa"
-        return "triton" if not triton_unavailable_reason() else "varlen" if varlen_available() else "sdpa"
+        return "triton" if not triton_unavailable_reason() else "varlen" if half and varlen_available() else "sdpa"
     if requested == "triton":
         if triton_unavailable_reason():
             raise ValueError(f"attention 'triton': {triton_unavailable_reason()}")
         if not cuda and os.environ.get("TRITON_INTERPRET") != "1":
             raise ValueError(f"attention 'triton': expected a CUDA device (or TRITON_INTERPRET=1), got {device}")
-    if requested == "varlen" and not (cuda and varlen_available()):
-        raise ValueError(f"attention 'varlen': expected CUDA and torch.nn.attention.varlen, got {device}, torch {torch.__version__}")
+    if requested == "varlen" and not (cuda and half and varlen_available()):
+        raise ValueError(
+            f"attention 'varlen': expected CUDA, float16 or bfloat16 and torch.nn.attention.varlen, "
+            f"got {device}, {dtype}, torch {torch.__version__}"
+        )
     return requested
 
 

@@ -81,7 +81,7 @@ class Engine:
         self.encoder = encoder
         self.device = torch.device(device)
         self.dtype = dtype
-        self.attention = resolve_attention(attention, self.device)  # "triton", "varlen" or "sdpa"
+        self.attention = resolve_attention(attention, self.device, dtype)  # "triton", "varlen" or "sdpa"
         self.model = PrefixBert.from_backbone_weights(files.geometry, files.state_dict).to(self.device, dtype)
         g = files.geometry
         self.prefix_pool = PrefixPool(g.num_layers, g.num_heads, g.head_dim, self.device, dtype)

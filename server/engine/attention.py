@@ -186,30 +186,12 @@ def pack_ragged(
     extra: HostIndex | None = None,  # more arrays for the same copy (the engine's heads)
 ) -> tuple[RaggedBatch, dict[str, torch.Tensor]]:
     """The batch for the triton or varlen path, and the device views of `extra`'s arrays."""
-    lengths_t, prefix_t = torch.tensor(lengths), torch.tensor(prefix_lens)  # [B]
-    B, T = len(lengths), int(lengths_t.sum())
-    row_start = lengths_t.cumsum(0) - lengths_t  # [B]
-    prefix_start = prefix_t.cumsum(0) - prefix_t  # [B]
-    token_row = torch.repeat_interleave(torch.arange(B), lengths_t)  # [T]
-    within = torch.arange(T) - row_start[token_row]  # [T]
-    block_m = pick_block_m(lengths)
-    block_row, block_first = query_blocks(lengths, block_m)
     index = extra if extra is not None else HostIndex()
-    for name, values in (
-        ("input_ids", input_ids), ("token_type_ids", token_type_ids),
-        ("positions", (prefix_t[token_row] + within).clamp(max=max_positions - 1)),
-        ("restore_order", restore_order), ("row_start", row_start), ("row_len", lengths_t),
-        ("prefix_start", prefix_start), ("prefix_len", prefix_t), ("block_row", block_row), ("block_first", block_first),
-        ("slots", prefix_slots if prefix_slots is not None else []),
-    ):
-        index.add(name, values)
-    if path == "varlen":
-        key_start = row_start + prefix_start  # [B] where the row's [prefix ; tokens] starts
-        prefix_row = torch.repeat_interleave(torch.arange(B), prefix_t)  # [sum P]
-        index.add("cu_seq_q", torch.cat([torch.zeros(1, dtype=torch.long), lengths_t.cumsum(0)]))
-        index.add("cu_seq_k", torch.cat([torch.zeros(1, dtype=torch.long), (lengths_t + prefix_t).cumsum(0)]))
-        index.add("token_dest", (key_start + prefix_t)[token_row] + within)
-        index.add("prefix_dest", key_start[prefix_row] + torch.arange(prefix_row.shape[0]) - prefix_start[prefix_row])
+    index.add("input_ids", input_ids)
+    index.add("token_type_ids", token_type_ids)
+    index.add("restore_order", restore_order)
+    index.add("slots", prefix_slots if prefix_slots is not None else [])
+    block_m = _add_row_arrays(index, lengths, prefix_lens, max_positions, varlen=path == "varlen")
     on_device = index.to(device)
     rows = RowIndex(
         on_device["row_start"], on_device["row_len"], on_device["prefix_start"], on_device["prefix_len"],
@@ -233,3 +215,29 @@ def pack_ragged(
         varlen=varlen,
     )
     return batch, on_device
+
+
+def _add_row_arrays(index: HostIndex, lengths: list[int], prefix_lens: list[int], max_positions: int, varlen: bool) -> int:
+    """Positions, the rows' token and prefix ranges, the query blocks (and varlen's key layout);
+    returns the queries per block."""
+    lengths_t, prefix_t = torch.tensor(lengths, dtype=torch.long), torch.tensor(prefix_lens, dtype=torch.long)  # [B]
+    B, T = len(lengths), int(lengths_t.sum())
+    row_start = lengths_t.cumsum(0) - lengths_t  # [B]
+    prefix_start = prefix_t.cumsum(0) - prefix_t  # [B]
+    token_row = torch.repeat_interleave(torch.arange(B), lengths_t)  # [T]
+    within = torch.arange(T) - row_start[token_row]  # [T] index within the row
+    block_m = pick_block_m(lengths)
+    block_row, block_first = query_blocks(lengths, block_m)
+    index.add("positions", (prefix_t[token_row] + within).clamp(max=max_positions - 1))  # HF: P .. P+S-1
+    for name, values in (("row_start", row_start), ("row_len", lengths_t), ("prefix_start", prefix_start),
+                         ("prefix_len", prefix_t), ("block_row", block_row), ("block_first", block_first)):
+        index.add(name, values)
+    if varlen:
+        key_start = row_start + prefix_start  # [B] where the row's [prefix ; tokens] starts
+        prefix_row = torch.repeat_interleave(torch.arange(B), prefix_t)  # [sum P]
+        zero = torch.zeros(1, dtype=torch.long)
+        index.add("cu_seq_q", torch.cat([zero, lengths_t.cumsum(0)]))  # [B + 1]
+        index.add("cu_seq_k", torch.cat([zero, (lengths_t + prefix_t).cumsum(0)]))  # [B + 1]
+        index.add("token_dest", (key_start + prefix_t)[token_row] + within)  # [T]
+        index.add("prefix_dest", key_start[prefix_row] + torch.arange(prefix_row.shape[0]) - prefix_start[prefix_row])
+    return block_m

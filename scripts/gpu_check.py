@@ -219,6 +219,17 @@ class Run:
         return entry
 
 
+def correctness(folder: Path, device: str) -> dict:
+    checks = cuda_checks.run_all(folder, device)
+    failed = [c for c in checks if "error" in c]
+    summary = f"{len(checks) - len(failed)} of {len(checks)} checks passed" + "".join(
+        f"; FAILED {c['check']} {c['dtype']} {c['attention']}: {c['error'][:300]}" for c in failed)
+    out = {"checks": checks, "summary": summary}
+    if failed:
+        out["error"] = summary  # the run goes on, and exits 1
+    return out
+
+
 def bench_dtype(run: Run, folder: Path, cfg: dict, device: str, dtype_name: str, peak: float) -> None:
     dtype = getattr(torch, dtype_name)
     engine = Engine(read_backbone_folder(folder), None, device, dtype)  # auto: the fastest path here
@@ -301,13 +312,23 @@ def markdown(report: dict) -> str:
         lines.append(f"| {section} | {r['dtype']} | {r['path']} | {r['tasks'] or 'none (limit)'} | "
                      f"{r['tokens_s']:,.0f} | {r['inputs_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
                      f"{r['tflops']:.1f} | {r['peak_fraction']:.1%} |")
-    lines += ["", "| check | result |", "|---|---|"]
-    for r in report["results"]:
-        if r["section"] == "correctness":
-            lines.append(f"| correctness | {r.get('error') or r.get('skipped') or r.get('summary')} |")
+    lines += ["", "| check | dtype | path | result |", "|---|---|---|---|"]
+    for r in (r for r in report["results"] if r["section"] == "correctness"):
+        for c in r.get("checks", []):
+            lines.append(f"| {c['check']} | {c['dtype']} | {c.get('attention', 'all')} | {_check_result(c)} |")
+        lines.append(f"| all | | | {r.get('error') or r.get('skipped') or r.get('summary')} |")
     lines += ["", "| dtype | target | measured | met |", "|---|---|---|---|"]
     lines += [f"| {t['dtype']} | {t['target']} | {t['measured']} | {'yes' if t['met'] else 'no'} |" for t in report["targets"]]
     return "\n".join(lines) + "\n"
+
+
+def _check_result(c: dict) -> str:
+    if "error" in c:
+        return f"FAILED: {c['error'][:200]}"
+    if c["check"] == "parity":
+        return (f"vs transformers {c['max_diff_reference']:.2e}, vs alone {c['max_diff_alone']:.2e}, "
+                f"label flips {c['label_flips']} (tolerance {c['tolerance']:g})")
+    return ", ".join(f"{k} {v:.2e}" for k, v in c["max_diff"].items()) + f" (tolerance {c['tolerance']:g})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,8 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     peak = machine.get("peak_tflops") or float("nan")
     with tempfile.TemporaryDirectory() as tmp:
         small = cuda_checks.write_bert(Path(tmp) / "small", hidden=32 if args.smoke else 128)
-        run.section("correctness", lambda: {"checks": (c := cuda_checks.run_all(small, device)),
-                                            "summary": f"{len(c)} checks passed"})
+        run.section("correctness", lambda: correctness(small, device))
         folder = write_backbone(Path(tmp) / "bert", cfg)
         for dtype_name in cfg["dtypes"]:
             bench_dtype(run, folder, cfg, device, dtype_name, peak)

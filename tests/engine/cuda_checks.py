@@ -140,11 +140,18 @@ def available_paths(device: str, dtype: torch.dtype) -> list[str]:
 
 
 def run_all(folder: Path, device: str) -> list[dict]:
-    """Every check in every dtype and path the device has; stops at the first failure (raised)."""
+    """Every check in every dtype and path the device has, each one's figures or its failure ("error")."""
     dtypes = [torch.float32, torch.float16, torch.bfloat16] if device.startswith("cuda") else [torch.float32]
-    results = []
+    checks = []
     for dtype in dtypes:
-        for path in available_paths(device, dtype):
-            results.append(check_parity(folder, device, dtype, path))
-        results.append(check_paths_agree(folder, device, dtype, available_paths(device, dtype)))
+        paths = available_paths(device, dtype)
+        checks += [(check_parity, (folder, device, dtype, path), path) for path in paths]
+        checks.append((check_paths_agree, (folder, device, dtype, paths), "all"))
+    results = []
+    for check, args, path in checks:
+        try:
+            results.append(check(*args))
+        except Exception as exc:  # the others still run: one report names every failure
+            results.append({"check": check.__name__, "dtype": str(args[2]), "attention": path,
+                            "error": f"{type(exc).__name__}: {exc}"})
     return results

@@ -2,6 +2,7 @@
 
     python scripts/gpu_check.py --out $OUT        # on the device machine
     python scripts/gpu_check.py --smoke           # here, on the CPU: tiny shapes, sdpa only, seconds
+    TRITON_INTERPRET=1 python scripts/gpu_check.py --smoke   # the triton path too, under the interpreter
 
 Measures the machine (bf16 matmul peak, copy bandwidth), runs the correctness checks of
 tests/engine/cuda_checks.py, then a BERT-base-shaped backbone with random weights (12 layers, 12

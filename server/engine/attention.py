@@ -105,7 +105,7 @@ class HostIndex:
 
     def add(self, name: str, values) -> None:
         self._names.append(name)
-        self._parts.append(torch.as_tensor(values, dtype=torch.int32).reshape(-1))
+        self._parts.append(torch.as_tensor(values, dtype=torch.int32).reshape(-1))  # [n]
 
     def to(self, device: torch.device) -> dict[str, torch.Tensor]:
         cuda = device.type == "cuda"
@@ -167,8 +167,8 @@ class RaggedBatch:
             keys.index_copy_(0, index["prefix_dest"], prefix[:, :C])
             values.index_copy_(0, index["prefix_dest"], prefix[:, C:])
         q = qkv[:, :C].contiguous().view(T, H, D)  # [T, H, D]
-        out = varlen_attn(q, keys.view(-1, H, D), values.view(-1, H, D), index["cu_seq_q"], index["cu_seq_k"],
-                          self.max_query, self.max_key)  # [T, H, D]
+        keys, values = keys.view(-1, H, D), values.view(-1, H, D)  # each [T + sum P, H, D]
+        out = varlen_attn(q, keys, values, index["cu_seq_q"], index["cu_seq_k"], self.max_query, self.max_key)  # [T, H, D]
         return out.reshape(T, C)  # [T, C]
 
 

@@ -7,6 +7,7 @@ and returns its figures. On the CPU (the gpu_check smoke run) they run the sdpa 
 from __future__ import annotations
 
 import inspect
+import os
 import random
 from pathlib import Path
 
@@ -133,8 +134,9 @@ def check_paths_agree(folder: Path, device: str, dtype: torch.dtype, paths: list
 def available_paths(device: str, dtype: torch.dtype) -> list[str]:
     from server.engine.attention import triton_unavailable_reason, varlen_available
 
-    if not device.startswith("cuda"):
-        return ["sdpa"]
+    if not device.startswith("cuda"):  # under TRITON_INTERPRET=1 the kernel runs on the CPU too (slowly)
+        interpreted = os.environ.get("TRITON_INTERPRET") == "1" and not triton_unavailable_reason()
+        return ["sdpa", "triton"] if interpreted and dtype != torch.bfloat16 else ["sdpa"]
     varlen = varlen_available() and dtype != torch.float32  # FlashAttention 2 runs half precision only
     return [p for p, ok in (("triton", not triton_unavailable_reason()), ("varlen", varlen), ("sdpa", True)) if ok]
 

@@ -41,7 +41,7 @@ def test_varlen_layout_puts_each_rows_prefix_before_its_tokens(monkeypatch):
         kv = torch.cat([storage[1, slots[p_start : p_start + P]], qkv[start : start + S, C:]])  # [P + S, 2C]
         k, v = kv.view(P + S, 2, H, D).unbind(1)  # each [P + S, H, D]
         expected = _reference_varlen(q, k, v, torch.tensor([0, S]), torch.tensor([0, P + S]), S, P + S)
-        assert torch.allclose(got[start : start + S], expected.reshape(S, C), atol=1e-6)
+        assert torch.allclose(got[start : start + S], expected.reshape(S, C), atol=1e-6)  # [S, C]
         start, p_start = start + S, p_start + P
 
 

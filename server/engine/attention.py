@@ -99,6 +99,8 @@ def pick_block_m(lengths: list[int]) -> int:
 class HostIndex:
     """Named int32 index arrays gathered on the host, then sent to the device in one copy."""
 
+    ALIGN = 4  # int32 elements: every array starts 16-byte aligned, as Triton specializes pointers on it
+
     def __init__(self) -> None:
         self._parts: list[torch.Tensor] = []
         self._names: list[str] = []
@@ -109,18 +111,19 @@ class HostIndex:
 
     def to(self, device: torch.device) -> dict[str, torch.Tensor]:
         cuda = device.type == "cuda"
+        starts, size = [], 0
+        for part in self._parts:
+            starts.append(size)
+            size += -(-part.shape[0] // self.ALIGN) * self.ALIGN
         # Pinned on CUDA, so the copy is a DMA the host does not wait for; the kernels that read it
         # queue behind it on the stream (and the caching host allocator keeps the buffer until then).
-        flat = torch.empty(sum(p.shape[0] for p in self._parts), dtype=torch.int32, pin_memory=cuda)  # [sum of sizes]
-        if self._parts:
-            torch.cat(self._parts, out=flat)
+        flat = torch.zeros(size, dtype=torch.int32, pin_memory=cuda)  # [sum of aligned sizes]
+        for start, part in zip(starts, self._parts):
+            flat[start : start + part.shape[0]] = part
         if cuda:
             flat = flat.to(device, non_blocking=True)
-        out, offset = {}, 0
-        for name, part in zip(self._names, self._parts):
-            out[name] = flat[offset : offset + part.shape[0]]  # a view: no copy per array
-            offset += part.shape[0]
-        return out
+        # Views, not copies: one allocation and one transfer for the whole batch.
+        return {name: flat[start : start + part.shape[0]] for name, start, part in zip(self._names, starts, self._parts)}
 
 
 @dataclass

@@ -50,6 +50,9 @@ class Runtime:
         started = time.perf_counter()
         encoded = self.engine.encode(["warm up the backbone", ("a pair", "of texts")], 0)
         self.engine.pooled([Row(e, None) for e in encoded])
+        if self.engine.info().get("attention") == "triton":  # Triton compiles once per query block size
+            for words in (40, 80):  # rows averaging over 24 and over 56 tokens: 32 and 64 (attention.pick_block_m)
+                self.engine.pooled([Row(e, None) for e in self.engine.encode([" ".join(["warm"] * words)], 0)])
         log.info("backbone warmed up in %.0f ms", (time.perf_counter() - started) * 1000)
 
 

@@ -6,8 +6,8 @@ key/values (SPEC section 1). Batches arrive packed (server/engine/packing.py): d
 real tokens. On the CPU (the `sdpa` path) attention runs per chunk of rows over [prefix | tokens]
 keys the batch assembles with one index copy per layer, padded slots masked, through
 `scaled_dot_product_attention`; on CUDA a RaggedBatch (attention.py) runs it with no padding, the
-Triton kernel reading each row's prefix in the pool. Nothing here depends on transformers' caches. The same
-module serves inference (under inference_mode) and training (gradients flow into the prefix).
+Triton kernel reading each row's prefix in the pool. Nothing here depends on transformers' caches.
+The same module serves inference (under inference_mode) and training (gradients flow into the prefix).
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ def test_under_the_interpreter():
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and "skipped" in result.stdout  # the driver itself skips there
 
+
 # A sample of 1..128 query lengths and 0..64 prefix lengths: edges of the 16-wide blocks on both sides.
 LENGTHS = [1, 2, 15, 16, 17, 33, 64, 65, 128, 7, 31, 100]
 PREFIX_LENS = [0, 64, 1, 16, 17, 0, 63, 5, 32, 48, 2, 64]

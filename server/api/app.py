@@ -85,6 +85,7 @@ async def _bring_up(services: Services) -> None:
         runtime = await run_in_threadpool(
             build_runtime, s.backbone, s.device, s.dtype, limits, s.prefix_cache_bytes,
             lambda sha256: services.registry.read_artifact_bytes(sha256), s.engine_process, s.torch_threads,
+            attention=s.attention,
         )
         registry = await _open_registry_when_reachable(s, runtime.shape, services.default_limits())
         services.registry, services.runtime = registry, runtime

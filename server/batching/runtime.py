@@ -50,6 +50,9 @@ class Runtime:
         started = time.perf_counter()
         encoded = self.engine.encode(["warm up the backbone", ("a pair", "of texts")], 0)
         self.engine.pooled([Row(e, None) for e in encoded])
+        if self.engine.info().get("attention") == "triton":  # Triton compiles once per query block size
+            for words in (40, 80):  # rows averaging over 24 and over 56 tokens: 32 and 64 (attention.pick_block_m)
+                self.engine.pooled([Row(e, None) for e in self.engine.encode([" ".join(["warm"] * words)], 0)])
         log.info("backbone warmed up in %.0f ms", (time.perf_counter() - started) * 1000)
 
 
@@ -62,14 +65,16 @@ def build_runtime(
     read_artifact_bytes: Callable[[str], bytes],
     engine_process: bool = True,
     torch_threads: int = 0,
+    attention: str = "auto",
 ) -> Runtime:
+    """`attention`: auto | triton | varlen | sdpa (attention.py); auto is sdpa on the CPU."""
     started = time.perf_counter()
     if engine_process:
-        engine = EngineProcess(backbone_dir, device, dtype, torch_threads=torch_threads)
+        engine = EngineProcess(backbone_dir, device, dtype, torch_threads=torch_threads, attention=attention)
     else:
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        engine = Engine.from_folder(backbone_dir, device=device, dtype=DTYPES[dtype])
+        engine = Engine.from_folder(backbone_dir, device=device, dtype=DTYPES[dtype], attention=attention)
     info = engine.info()
     log.info(
         "backbone %s loaded on %s/%s in %.1f s (fingerprint %s, %s)",

@@ -4,6 +4,11 @@ Owns the device-resident model, the conversion of artifacts into device tensors 
 batch packing (rows ordered by length and concatenated: no padding, see packing.py), the per-row heads
 (gathered and applied as one batched matmul, no Python loop over rows) and the scores. It knows
 nothing of HTTP, tenants or queues.
+
+On CUDA (and whenever the attention path is not sdpa) batches go through attention.py's RaggedBatch:
+index arrays in one pinned non-blocking copy, heads gathered from one device-resident pool
+(head_pool.py), the scores back through pinned memory and an event; the pooler runs in float32.
+On the CPU everything stays as measured in BENCHMARKS.md (sdpa chunks, the per-task head copy).
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from pathlib import Path
 import torch
 
 from server.artifact import BackboneShape, PrefixArtifact, ProblemType
+from server.engine.attention import HostIndex, RaggedBatch, pack_ragged, resolve_attention
 from server.engine.backbone import BackboneFiles, read_backbone_folder
+from server.engine.head_pool import HeadEntry, HeadPool, apply_heads, head_index
 from server.engine.model import PrefixBert
 from server.engine.packing import PackedBatch, pack
 from server.engine.prefix_pool import PoolEntry, PrefixPool
@@ -33,6 +40,7 @@ class LoadedPrefix:
     classifier_bias: torch.Tensor  # [C] float32
     problem_type: ProblemType
     labels: tuple[str, ...]
+    head: HeadEntry | None = None  # its slots in the engine's head pool, where the engine has one
 
     @property
     def prefix_len(self) -> int:
@@ -49,6 +57,8 @@ class LoadedPrefix:
     @property
     def nbytes(self) -> int:
         head = sum(t.numel() * t.element_size() for t in (self.classifier_weight, self.classifier_bias))
+        if self.head is not None:
+            head += len(self.head.slots) * self.head.pool.slot_bytes
         return self.prefix_len * self.pooled_prefix.pool.slot_bytes + head
 
     def key_values(self) -> torch.Tensor:
@@ -65,15 +75,20 @@ class Row:
 class Engine:
     def __init__(
         self, files: BackboneFiles, encoder: TextEncoder, device: str = "cpu", dtype=torch.float32,
-        merge_pairs: int | None = None,
+        merge_pairs: int | None = None, attention: str = "auto",
     ):
         self.files = files
         self.encoder = encoder
         self.device = torch.device(device)
         self.dtype = dtype
+        self.attention = resolve_attention(attention, self.device, dtype)  # "triton", "varlen" or "sdpa"
         self.model = PrefixBert.from_backbone_weights(files.geometry, files.state_dict).to(self.device, dtype)
         g = files.geometry
         self.prefix_pool = PrefixPool(g.num_layers, g.num_heads, g.head_dim, self.device, dtype)
+        cuda = self.device.type == "cuda"
+        if cuda:  # TEI's choice: half-precision layers, a float32 pooler and heads (scores stay float32-close)
+            self.model.pooler.float()
+        self.head_pool = HeadPool(g.hidden_size, self.device) if cuda or self.attention != "sdpa" else None
         # What one more attention call costs, in padded query-key pairs (packing.plan_chunks). On MiniLM,
         # 2-core CPU, throughput was flat within noise from 0 to 32768 (BENCHMARKS.md, merge_pairs
         # sweep). A GPU launch costs far more than a small chunk's math, so there nearly every batch
@@ -81,8 +96,11 @@ class Engine:
         self.merge_pairs = merge_pairs if merge_pairs is not None else (8192 if self.device.type == "cpu" else 1 << 20)
 
     @classmethod
-    def from_folder(cls, folder: str | Path, device: str = "cpu", dtype=torch.float32, merge_pairs: int | None = None) -> "Engine":
-        return cls(read_backbone_folder(folder), TextEncoder.from_folder(folder), device, dtype, merge_pairs)
+    def from_folder(
+        cls, folder: str | Path, device: str = "cpu", dtype=torch.float32, merge_pairs: int | None = None,
+        attention: str = "auto",
+    ) -> "Engine":
+        return cls(read_backbone_folder(folder), TextEncoder.from_folder(folder), device, dtype, merge_pairs, attention)
 
     @property
     def shape(self) -> BackboneShape:
@@ -92,12 +110,16 @@ class Engine:
         return self.files.geometry.max_position_embeddings - prefix_len
 
     def load_prefix(self, artifact: PrefixArtifact) -> LoadedPrefix:
+        pooled_head = None
+        if self.head_pool is not None:
+            pooled_head = self.head_pool.add(artifact.classifier_weight, artifact.classifier_bias)
         return LoadedPrefix(
             pooled_prefix=self.prefix_pool.add(artifact.key_values),
             classifier_weight=artifact.classifier_weight.to(self.device, torch.float32),
             classifier_bias=artifact.classifier_bias.to(self.device, torch.float32),
             problem_type=artifact.problem_type,
             labels=artifact.labels,
+            head=pooled_head,
         )
 
     def encode(self, inputs: list[TextInput], prefix_len: int, truncate: bool = True) -> list[EncodedInput]:
@@ -117,6 +139,7 @@ class Engine:
             "max_position_embeddings": g.max_position_embeddings,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
+            "attention": self.attention,
         }
 
     @property
@@ -134,17 +157,32 @@ class Engine:
     @torch.inference_mode()
     def score_matrix(self, rows: list[Row]) -> torch.Tensor:
         """Scores as [B, labels_max] float32 on the CPU; row i's are its first num_labels columns."""
-        prefixes, row_to_prefix = _unique_prefixes(rows)
-        pooled = self.model.forward_packed(self.pack(rows)).float()  # [B, C]
-        return _apply_heads(pooled, prefixes, row_to_prefix.to(self.device)).cpu()  # [B, labels_max]
+        if self.head_pool is None:  # the CPU path, as measured
+            prefixes, row_to_prefix = _unique_prefixes(rows)
+            pooled = self.model.forward_packed(self.pack(rows)).float()  # [B, C]
+            return _apply_heads(pooled, prefixes, row_to_prefix.to(self.device)).cpu()  # [B, labels_max]
+        heads = HostIndex()
+        slots, labels_max = head_index([row.prefix.head for row in rows])
+        heads.add("head_slots", slots)
+        heads.add("num_labels", [row.prefix.num_labels for row in rows])
+        heads.add("kinds", [_PROBLEM_CODES[row.prefix.problem_type] for row in rows])
+        batch, index = self._pack(rows, heads)  # the heads' arrays ride in the batch's one copy
+        if not isinstance(batch, RaggedBatch):
+            index = heads.to(self.device)
+        pooled = self.model.forward_packed(batch).float()  # [B, C]
+        logits = apply_heads(self.head_pool.storage, pooled, index["head_slots"], labels_max)  # [B, labels_max]
+        return _to_host(_scores(logits, index["num_labels"], index["kinds"]))
 
     @torch.inference_mode()
     def pooled(self, rows: list[Row]) -> torch.Tensor:
         """The pooled output per row, [B, C]; rows may lack a prefix (the bare-backbone baseline)."""
         return self.model.forward_packed(self.pack(rows))
 
-    def pack(self, rows: list[Row]) -> PackedBatch:
+    def pack(self, rows: list[Row]) -> PackedBatch | RaggedBatch:
         """Orders rows by (length, prefix length) and concatenates their tokens (packing.py)."""
+        return self._pack(rows)[0]
+
+    def _pack(self, rows: list[Row], extra: HostIndex | None = None) -> tuple[PackedBatch | RaggedBatch, dict]:
         def prefix_len(row: Row) -> int:
             return row.prefix.prefix_len if row.prefix is not None else 0
 
@@ -158,6 +196,12 @@ class Engine:
         for packed_row, caller_row in enumerate(order):
             restore[caller_row] = packed_row
         slots = [rows[i].prefix.pooled_prefix.slots for i in order if rows[i].prefix is not None]
+        if self.attention != "sdpa":
+            return pack_ragged(
+                [len(rows[i].encoded) for i in order], [prefix_len(rows[i]) for i in order], ids, types, restore,
+                self.prefix_pool.storage if slots else None, torch.cat(slots) if slots else None,
+                self.attention, self.files.geometry.max_position_embeddings, self.device, extra,
+            )
         return pack(
             lengths=[len(rows[i].encoded) for i in order],
             prefix_lens=[prefix_len(rows[i]) for i in order],
@@ -168,7 +212,7 @@ class Engine:
             prefix_source=torch.cat(slots) if slots else None,  # [sum P]
             merge_pairs=self.merge_pairs,
             max_positions=self.files.geometry.max_position_embeddings,
-        )
+        ), {}
 
 
 def _unique_prefixes(rows: list[Row]) -> tuple[list[LoadedPrefix | None], torch.Tensor]:
@@ -189,7 +233,24 @@ def _apply_heads(pooled: torch.Tensor, prefixes: list[LoadedPrefix], row_to_pref
         weights[index, : prefix.num_labels] = prefix.classifier_weight
         biases[index, : prefix.num_labels] = prefix.classifier_bias
     logits = torch.bmm(weights[row_to_prefix], pooled[:, :, None]).squeeze(2) + biases[row_to_prefix]  # [B, labels_max]
-    label_valid = torch.arange(labels_max, device=pooled.device)[None, :] < num_labels[row_to_prefix][:, None]
+    return _scores(logits, num_labels[row_to_prefix], kinds[row_to_prefix])
+
+
+def _scores(logits: torch.Tensor, num_labels: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+    """Each row's score function on its logits [B, labels_max]; num_labels, kinds: [B]."""
+    label_valid = torch.arange(logits.shape[1], device=logits.device)[None, :] < num_labels[:, None]  # [B, labels_max]
     softmax = logits.masked_fill(~label_valid, float("-inf")).softmax(dim=-1)
-    row_kind = kinds[row_to_prefix][:, None]  # [B, 1]
+    row_kind = kinds[:, None]  # [B, 1]
     return torch.where(row_kind == 0, softmax, torch.where(row_kind == 1, logits.sigmoid(), logits))
+
+
+def _to_host(scores: torch.Tensor) -> torch.Tensor:
+    """Scores onto the CPU; from CUDA through pinned memory, waiting on an event, not the whole device."""
+    if scores.device.type != "cuda":
+        return scores.cpu()
+    host = torch.empty(scores.shape, dtype=scores.dtype, pin_memory=True)  # [B, labels_max]
+    host.copy_(scores, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    done.synchronize()
+    return host

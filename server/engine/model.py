@@ -3,10 +3,11 @@
 Each batch row b carries its own prefix of length P_b that is prepended to the keys and values of
 every layer, and its tokens take positions P_b .. P_b+S-1, exactly as HF BERT does when given past
 key/values (SPEC section 1). Batches arrive packed (server/engine/packing.py): dense layers see only
-real tokens; attention runs per chunk of rows over [prefix | tokens] keys the batch assembles with
-one index copy per layer, padded slots masked. Attention runs through
-`scaled_dot_product_attention`, so nothing here depends on transformers' cache classes. The same
-module serves inference (under inference_mode) and training (gradients flow into the prefix).
+real tokens. On the CPU (the `sdpa` path) attention runs per chunk of rows over [prefix | tokens]
+keys the batch assembles with one index copy per layer, padded slots masked, through
+`scaled_dot_product_attention`; on CUDA a RaggedBatch (attention.py) runs it with no padding, the
+Triton kernel reading each row's prefix in the pool. Nothing here depends on transformers' caches.
+The same module serves inference (under inference_mode) and training (gradients flow into the prefix).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from server.engine.attention import RaggedBatch
 from server.engine.backbone import BackboneError, BertGeometry
 from server.engine.packing import PackedBatch, pack_padded
 
@@ -33,10 +35,20 @@ class EncoderLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(g.hidden_size, eps=g.layer_norm_eps)
         self.activation = _activation(g.hidden_act)
 
-    def forward(self, x: torch.Tensor, batch: PackedBatch, layer_index: int) -> torch.Tensor:  # x: [T, C]
-        T, C = x.shape
+    def forward(self, x: torch.Tensor, batch: PackedBatch | RaggedBatch, layer_index: int) -> torch.Tensor:  # x: [T, C]
+        qkv = self.qkv(x)  # [T, 3C]: per token [queries | keys | values], head h at h*D in each
+        if isinstance(batch, RaggedBatch):  # CUDA: no padding, prefixes read in the pool (attention.py)
+            y = batch.attend(layer_index, qkv, self.num_heads)  # [T, C]
+        else:
+            y = self.chunked_attention(qkv, batch, layer_index)  # [T, C]
+        x = self.attn_norm(x + self.attn_out(y))
+        return self.ffn_norm(x + self.ffn_out(self.activation(self.ffn_in(x))))
+
+    def chunked_attention(self, qkv: torch.Tensor, batch: PackedBatch, layer_index: int) -> torch.Tensor:
+        """The sdpa path: per chunk of rows, queries and [prefix | tokens] keys padded to the chunk's longest."""
+        C = qkv.shape[1] // 3
         H, D = self.num_heads, self.head_dim
-        queries, keys_values = batch.attention_inputs(layer_index, self.qkv(x))  # [Q, C], [K, 2C]
+        queries, keys_values = batch.attention_inputs(layer_index, qkv)  # [Q, C], [K, 2C]
         outputs = []
         for chunk in batch.chunks:
             n, S, Lk = chunk.rows, chunk.query_len, chunk.key_len
@@ -45,9 +57,7 @@ class EncoderLayer(nn.Module):
             k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each [n, H, Lk, D]
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=batch.attention_mask(chunk))  # [n, H, S, D]
             outputs.append(out.transpose(1, 2).reshape(n * S, C))  # [n * S, C]
-        y = batch.unpad(outputs[0] if len(outputs) == 1 else torch.cat(outputs))  # [T, C]
-        x = self.attn_norm(x + self.attn_out(y))
-        return self.ffn_norm(x + self.ffn_out(self.activation(self.ffn_in(x))))
+        return batch.unpad(outputs[0] if len(outputs) == 1 else torch.cat(outputs))  # [T, C]
 
 
 class PrefixBert(nn.Module):
@@ -75,8 +85,9 @@ class PrefixBert(nn.Module):
         )
         return self.forward_packed(batch)
 
-    def forward_packed(self, batch: PackedBatch) -> torch.Tensor:
-        """Returns the pooled output, tanh(W_pool h_CLS + b_pool): [B, C], rows in the caller's order."""
+    def forward_packed(self, batch: PackedBatch | RaggedBatch) -> torch.Tensor:
+        """Returns the pooled output, tanh(W_pool h_CLS + b_pool): [B, C], rows in the caller's order.
+        The pooler runs in its own dtype: float32 on CUDA (Engine), whatever the layers run in."""
         x = (
             self.word_embeddings(batch.input_ids)
             + self.position_embeddings(batch.positions)
@@ -85,7 +96,8 @@ class PrefixBert(nn.Module):
         x = self.embed_norm(x)
         for index, layer in enumerate(self.layers):
             x = layer(x, batch, index)
-        pooled = torch.tanh(self.pooler(x[batch.cls_index]))  # [B, C], packed row order
+        cls = x[batch.cls_index].to(self.pooler.weight.dtype)  # [B, C] packed row order; no-op unless CUDA
+        pooled = torch.tanh(self.pooler(cls))  # [B, C]
         return pooled[batch.restore_order]  # [B, C]
 
     @classmethod

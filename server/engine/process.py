@@ -68,10 +68,12 @@ class RemotePrefix:
 
 class EngineProcess:
     def __init__(self, backbone: str, device: str = "cpu", dtype: str = "float32", merge_pairs: int | None = None,
-                 torch_threads: int = 0, start_timeout_s: float = 600.0, max_restarts: int = 5):
+                 torch_threads: int = 0, start_timeout_s: float = 600.0, max_restarts: int = 5,
+                 attention: str = "auto"):
         self.encoder = TextEncoder.from_folder(backbone)
         self._config = {"backbone": str(backbone), "device": device, "dtype": dtype, "merge_pairs": merge_pairs,
-                        "torch_threads": torch_threads, "log_level": logging.getLevelName(log.getEffectiveLevel())}
+                        "attention": attention, "torch_threads": torch_threads,
+                        "log_level": logging.getLevelName(log.getEffectiveLevel())}
         self._start_timeout_s, self._max_restarts = start_timeout_s, max_restarts
         self._send_lock = threading.Lock()
         self._pending: dict[int, Future] = {}

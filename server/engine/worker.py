@@ -17,7 +17,7 @@ log = logging.getLogger("server.engine.worker")
 
 
 def run_worker(conn, config: dict) -> None:
-    """Entry point of the child process. `config`: backbone, device, dtype, merge_pairs, torch_threads."""
+    """Entry point of the child process. `config`: backbone, device, dtype, merge_pairs, attention, torch_threads."""
     import torch
 
     from server.artifact import read_artifact
@@ -30,7 +30,8 @@ def run_worker(conn, config: dict) -> None:
         if config.get("torch_threads"):
             torch.set_num_threads(config["torch_threads"])
         dtype = getattr(torch, config.get("dtype", "float32"))
-        engine = Engine.from_folder(config["backbone"], config.get("device", "cpu"), dtype, config.get("merge_pairs"))
+        engine = Engine.from_folder(config["backbone"], config.get("device", "cpu"), dtype, config.get("merge_pairs"),
+                                    attention=config.get("attention", "auto"))
         shape = engine.shape
         freeze_heap()  # what is alive now lives as long as the process
         conn.send_bytes(wire.encode_header({

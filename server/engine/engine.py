@@ -9,6 +9,7 @@ nothing of HTTP, tenants or queues.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 from pathlib import Path
 
 import torch
@@ -20,7 +21,23 @@ from server.engine.packing import PackedBatch, pack
 from server.engine.prefix_pool import PoolEntry, PrefixPool
 from server.engine.tokenize import EncodedInput, TextEncoder, TextInput
 
-_PROBLEM_CODES = {ProblemType.SINGLE_LABEL: 0, ProblemType.MULTI_LABEL: 1, ProblemType.REGRESSION: 2}
+
+
+class ScoreFunction(IntEnum):
+    """What turns a row's logits into its scores (values are the codes the engine process receives)."""
+
+    SOFTMAX = 0
+    SIGMOID = 1
+    NONE = 2  # the raw logits
+
+
+# A row asks for no score function unless its caller wants raw logits or another function; then its
+# task's problem type decides.
+_TASK_SCORE_FUNCTION = {
+    ProblemType.SINGLE_LABEL: ScoreFunction.SOFTMAX,
+    ProblemType.MULTI_LABEL: ScoreFunction.SIGMOID,
+    ProblemType.REGRESSION: ScoreFunction.NONE,
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,6 +77,12 @@ class LoadedPrefix:
 class Row:
     encoded: EncodedInput
     prefix: LoadedPrefix | None  # None runs the bare backbone (baselines only)
+    score_function: ScoreFunction | None = None  # None: the one of the prefix's problem type
+
+    def resolved_score_function(self) -> ScoreFunction:
+        if self.score_function is not None:
+            return self.score_function
+        return _TASK_SCORE_FUNCTION[self.prefix.problem_type]
 
 
 class Engine:
@@ -127,7 +150,8 @@ class Engine:
         """Nothing to stop in process (EngineProcess stops its child)."""
 
     def score(self, rows: list[Row]) -> list[list[float]]:
-        """Scores per row, in row order: probabilities, or raw values for regression."""
+        """Scores per row, in row order: each row's score function of its logits (by default
+        probabilities, raw values for regression)."""
         scores = self.score_matrix(rows).tolist()
         return [values[: row.prefix.num_labels] for values, row in zip(scores, rows)]
 
@@ -136,7 +160,8 @@ class Engine:
         """Scores as [B, labels_max] float32 on the CPU; row i's are its first num_labels columns."""
         prefixes, row_to_prefix = _unique_prefixes(rows)
         pooled = self.model.forward_packed(self.pack(rows)).float()  # [B, C]
-        return _apply_heads(pooled, prefixes, row_to_prefix.to(self.device)).cpu()  # [B, labels_max]
+        functions = torch.tensor([row.resolved_score_function() for row in rows], device=self.device)  # [B]
+        return _apply_heads(pooled, prefixes, row_to_prefix.to(self.device), functions).cpu()  # [B, labels_max]
 
     @torch.inference_mode()
     def pooled(self, rows: list[Row]) -> torch.Tensor:
@@ -177,19 +202,24 @@ def _unique_prefixes(rows: list[Row]) -> tuple[list[LoadedPrefix | None], torch.
     return list(slot), torch.tensor(row_to_prefix, dtype=torch.long)  # [B]
 
 
-def _apply_heads(pooled: torch.Tensor, prefixes: list[LoadedPrefix], row_to_prefix: torch.Tensor) -> torch.Tensor:
-    """Applies each row's own classifier and score function in one batched pass: [B, labels_max]."""
+def _apply_heads(
+    pooled: torch.Tensor, prefixes: list[LoadedPrefix], row_to_prefix: torch.Tensor, functions: torch.Tensor
+) -> torch.Tensor:
+    """Applies each row's own classifier and score function (`functions`: [B] ScoreFunction codes) in
+    one batched pass: [B, labels_max]. The one place where logits become scores."""
     labels_max = max(p.num_labels for p in prefixes)
     U, C = len(prefixes), pooled.shape[1]
     weights = pooled.new_zeros(U, labels_max, C)  # [U, labels_max, C]
     biases = pooled.new_zeros(U, labels_max)  # [U, labels_max]
     num_labels = torch.tensor([p.num_labels for p in prefixes], device=pooled.device)  # [U]
-    kinds = torch.tensor([_PROBLEM_CODES[p.problem_type] for p in prefixes], device=pooled.device)  # [U]
     for index, prefix in enumerate(prefixes):
         weights[index, : prefix.num_labels] = prefix.classifier_weight
         biases[index, : prefix.num_labels] = prefix.classifier_bias
     logits = torch.bmm(weights[row_to_prefix], pooled[:, :, None]).squeeze(2) + biases[row_to_prefix]  # [B, labels_max]
     label_valid = torch.arange(labels_max, device=pooled.device)[None, :] < num_labels[row_to_prefix][:, None]
     softmax = logits.masked_fill(~label_valid, float("-inf")).softmax(dim=-1)
-    row_kind = kinds[row_to_prefix][:, None]  # [B, 1]
-    return torch.where(row_kind == 0, softmax, torch.where(row_kind == 1, logits.sigmoid(), logits))
+    row_function = functions[:, None]  # [B, 1]
+    return torch.where(
+        row_function == ScoreFunction.SOFTMAX, softmax,
+        torch.where(row_function == ScoreFunction.SIGMOID, logits.sigmoid(), logits),
+    )

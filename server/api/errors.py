@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 _STATUS_CODES = {
     400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 409: "conflict",
     413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_input", 429: "overloaded",
-    500: "internal", 503: "not_ready", 504: "timeout",
+    499: "disconnected", 500: "internal", 503: "not_ready", 504: "timeout",
 }
 
 
@@ -36,6 +36,13 @@ class ApiError(Exception):
 class PayloadTooLarge(ApiError):
     def __init__(self, limit: int, what: str):
         super().__init__(413, f"{what}: expected at most {limit} bytes, got more")
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its answer was ready; its queued inputs were dropped."""
+
+    def __init__(self):
+        super().__init__("the client went away before its answer was ready")
 
 
 def error_response(status: int, message: str, code: str | None = None, headers: dict | None = None):
@@ -60,7 +67,7 @@ def _short(value) -> str:
 
 _DOMAIN_ERRORS: list[tuple[type[Exception], int]] = [
     (NotFound, 404), (InvalidName, 422), (Conflict, 409), (LimitExceeded, 409), (InvalidRoute, 422), (ArtifactError, 422),
-    (InputTooLong, 422), (DeadlineExceeded, 504), (ShuttingDown, 503),
+    (InputTooLong, 422), (DeadlineExceeded, 504), (ShuttingDown, 503), (ClientDisconnected, 499),
 ]
 
 

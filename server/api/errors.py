@@ -4,9 +4,12 @@ exceptions of the layers below onto HTTP statuses in one place."""
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from server.api.responses import FastJSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -106,3 +109,32 @@ def _make_handler(status: int):
         return error_response(status, str(exc))
 
     return handler
+
+
+def protocol_route(shape: Callable[[str, str], dict]) -> type[APIRoute]:
+    """A route class for another protocol's routes (KServe v2, TEI, the HF Inference API): their errors
+    keep the statuses and headers the handlers above give, with the body as `shape(code, message)`,
+    the error body that protocol's clients parse."""
+
+    class ProtocolRoute(APIRoute):
+        def get_route_handler(self):
+            handler = super().get_route_handler()
+
+            async def reshaped(request: Request):
+                try:
+                    return await handler(request)
+                except Exception as exc:
+                    response = await _handle(request, exc)
+                    error = orjson.loads(response.body)["error"]
+                    kept = {k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")}
+                    return FastJSONResponse(shape(error["code"], error["message"]), response.status_code, kept)
+
+            return reshaped
+
+    return ProtocolRoute
+
+
+async def _handle(request: Request, exc: Exception):
+    handlers = request.app.exception_handlers
+    handler = next(handlers[kind] for kind in type(exc).__mro__ if kind in handlers)  # Exception is always there
+    return await handler(request, exc)

@@ -103,3 +103,9 @@ async def _wait_for_disconnect(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
+
+
+def ranked(labels: tuple[str, ...], scores: list[float], top_k: int | None = None) -> list[dict]:
+    """[{"label", "score"}] highest score first: the answer shape of TEI and the HF Inference API."""
+    order = sorted(range(len(scores)), key=scores.__getitem__, reverse=True)[:top_k]
+    return [{"label": labels[i], "score": scores[i]} for i in order]

@@ -10,6 +10,7 @@ little-endian floats). Knows nothing of tasks or what the scores mean.
 from __future__ import annotations
 
 import struct
+import zlib
 from dataclasses import dataclass
 
 import orjson
@@ -54,6 +55,23 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
         raise ApiError(400, f"parameters: expected an object, got {_short(parameters)}")
     request_id = header.get("id")
     return InferRequest(None if request_id is None else str(request_id), texts, parameters, _requested_outputs(header))
+
+
+def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body as sent before `Content-Encoding` (tritonclient's request_compression_algorithm), at
+    most `limit` bytes once inflated: the size bound holds for what is decoded, not only what came."""
+    if not encoding or encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise ApiError(415, f"Content-Encoding: expected gzip, deflate or none, got {encoding!r}")
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise ApiError(400, f"Content-Encoding {encoding}: expected a {encoding} stream, got one that fails ({exc})") from None
+    if len(data) > limit:
+        raise ApiError(413, f"request body: expected at most {limit} bytes once inflated, got more")
+    return data
 
 
 def render_infer_response(header: dict, outputs: list[tuple[OutputTensor, bool]]) -> tuple[bytes, int | None]:

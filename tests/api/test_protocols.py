@@ -126,6 +126,9 @@ def test_tritonclient_pairs_versions_and_regression(served, triton_client):
     assert_close(result.as_numpy("scores"), score_rows(expected))
     regression = triton_client.infer("score", _text_inputs(TEXTS), headers=dict(headers))
     assert_close(regression.as_numpy("scores"), score_rows(classify(served, "score", TEXTS)))
+    for algorithm in ("gzip", "deflate"):
+        compressed = triton_client.infer("score", _text_inputs(TEXTS), headers=dict(headers), request_compression_algorithm=algorithm)
+        assert_close(compressed.as_numpy("scores"), regression.as_numpy("scores"))
     mixed = [triton.InferRequestedOutput("scores", binary_data=False)]
     raw = triton_client.infer("tags", _text_inputs(TEXTS), outputs=mixed, headers=dict(headers), parameters={"raw_scores": True})
     assert_close(raw.as_numpy("scores"), score_rows(classify(served, "tags", TEXTS, raw_scores=True)))

@@ -19,7 +19,9 @@ from server import __version__
 from server.api.deps import authenticate, ready_services
 from server.api.errors import ApiError, protocol_route
 from server.api.inference import classify_inputs
-from server.api.kserve_codec import HEADER_LENGTH, InferRequest, OutputTensor, parse_infer_request, render_infer_response
+from server.api.kserve_codec import (
+    HEADER_LENGTH, InferRequest, OutputTensor, decompress, parse_infer_request, render_infer_response,
+)
 from server.api.lookups import version_of
 from server.api.responses import FastJSONResponse
 from server.batching import ScoreFunction
@@ -84,7 +86,8 @@ async def infer(task: str, request: Request, version: str | None = None):
     services = ready_services(request)
     caller = await authenticate(request, services)
     pinned = _version_number(version)
-    parsed = parse_infer_request(await request.body(), request.headers.get(HEADER_LENGTH))
+    body = decompress(await request.body(), request.headers.get("content-encoding"), services.settings.max_request_bytes)
+    parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
     if parsed.outputs is not None and (unknown := set(parsed.outputs) - set(OUTPUTS)):
         raise ApiError(400, f"outputs: expected names among {list(OUTPUTS)}, got {sorted(unknown)}")
     raw = _flag(parsed.parameters, "raw_scores", False)

@@ -151,7 +151,9 @@ class _Api:
     def set_route(self, task: str, *, version: int | None = None, weights: dict[int, float] | None = None) -> Route:
         """Pins one version, or splits traffic by weight (versions -> fractions summing to 1)."""
         if (version is None) == (weights is None):
-            raise ValueError(f"set_route: expected exactly one of version or weights, got version={version!r}, weights={weights!r}")
+            raise ValueError(
+                f"set_route: expected exactly one of version or weights, got version={version!r}, weights={weights!r}"
+            )
         body = {"version": version} if version is not None else {"weights": {str(v): w for v, w in weights.items()}}
         return self._send(_Call("PUT", f"/v1/tasks/{task}/route", lambda answer: _route(answer["route"]), json=body))
 
@@ -174,7 +176,9 @@ class Client(_Api):
     def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = 30.0,
                  retry: RetryPolicy = RetryPolicy(), transport: httpx.BaseTransport | None = None):
         self.retry = retry
-        self._http = httpx.Client(base_url=_base_url(base_url), headers=_headers(api_key), timeout=timeout, transport=transport)
+        self._http = httpx.Client(
+            base_url=_base_url(base_url), headers=_headers(api_key), timeout=timeout, transport=transport
+        )
 
     def _send(self, call: _Call):
         started, attempt = time.monotonic(), 1
@@ -203,7 +207,9 @@ class AsyncClient(_Api):
     def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = 30.0,
                  retry: RetryPolicy = RetryPolicy(), transport: httpx.AsyncBaseTransport | None = None):
         self.retry = retry
-        self._http = httpx.AsyncClient(base_url=_base_url(base_url), headers=_headers(api_key), timeout=timeout, transport=transport)
+        self._http = httpx.AsyncClient(
+            base_url=_base_url(base_url), headers=_headers(api_key), timeout=timeout, transport=transport
+        )
 
     async def _send(self, call: _Call):
         started, attempt = time.monotonic(), 1

@@ -68,7 +68,7 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     try:
         data = inflater.decompress(body, limit + 1)
     except zlib.error as exc:
-        raise ApiError(400, f"Content-Encoding {encoding}: expected a {encoding} stream, got one that fails ({exc})") from None
+        raise ApiError(400, f"Content-Encoding {encoding}: expected a {encoding} stream, got a broken one ({exc})") from None
     if len(data) > limit:
         raise ApiError(413, f"request body: expected at most {limit} bytes once inflated, got more")
     return data
@@ -108,7 +108,8 @@ def decode_bytes_elements(raw: memoryview, name: str) -> list[str]:
         (length,) = struct.unpack_from("<I", raw, offset)
         start, offset = offset + 4, offset + 4 + length
         if offset > len(raw):
-            raise ApiError(400, f"input {name!r}: element {len(elements)} declares {length} bytes, {len(raw) - start} remain")
+            left = len(raw) - start
+            raise ApiError(400, f"input {name!r}: element {len(elements)} declares {length} bytes, {left} remain")
         elements.append(_utf8(raw[start:offset], name, len(elements)))
     return elements
 
@@ -143,7 +144,8 @@ def _input_elements(tensor, binary: memoryview, offset: int) -> tuple[str, list[
     size = (tensor.get("parameters") or {}).get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-            raise ApiError(400, f"input {name!r}: binary_data_size {size!r} does not fit the {len(binary) - offset} bytes left")
+            left = len(binary) - offset
+            raise ApiError(400, f"input {name!r}: binary_data_size {size!r} does not fit the {left} bytes left")
         elements, offset = decode_bytes_elements(binary[offset : offset + size], name), offset + size
     else:
         elements = _json_elements(tensor.get("data"), name)

@@ -22,7 +22,6 @@ from server.engine.prefix_pool import PoolEntry, PrefixPool
 from server.engine.tokenize import EncodedInput, TextEncoder, TextInput
 
 
-
 class ScoreFunction(IntEnum):
     """What turns a row's logits into its scores (values are the codes the engine process receives)."""
 
@@ -31,8 +30,7 @@ class ScoreFunction(IntEnum):
     NONE = 2  # the raw logits
 
 
-# A row asks for no score function unless its caller wants raw logits or another function; then its
-# task's problem type decides.
+# A row without a score function of its own (the usual case) gets the one its head was trained with.
 _TASK_SCORE_FUNCTION = {
     ProblemType.SINGLE_LABEL: ScoreFunction.SOFTMAX,
     ProblemType.MULTI_LABEL: ScoreFunction.SIGMOID,

@@ -22,7 +22,7 @@ from server.api.errors import install_error_handlers
 from server.api.lookups import RegistryLookups
 from server.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from server.api.responses import FastJSONResponse
-from server.api.routes import admin, classify, ops, tasks
+from server.api.routes import admin, classify, hf_inference, kserve, ops, tasks, tei
 from server.api.state import Services
 from server.batching import BatchLimits
 from server.batching.runtime import build_runtime
@@ -62,7 +62,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.services = services
     install_error_handlers(app)
-    for router in (classify.router, ops.router, admin.router, tasks.router):  # the hot route is matched first
+    for router in (  # the hot route is matched first
+        classify.router, ops.router, admin.router, tasks.router, tei.router, kserve.router, hf_inference.router,
+    ):
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, upload_limit=settings.max_upload_bytes, request_limit=settings.max_request_bytes)
     app.add_middleware(RequestIdMiddleware)

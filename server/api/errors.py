@@ -4,9 +4,12 @@ exceptions of the layers below onto HTTP statuses in one place."""
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from server.api.responses import FastJSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -21,7 +24,7 @@ log = logging.getLogger(__name__)
 _STATUS_CODES = {
     400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 409: "conflict",
     413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_input", 429: "overloaded",
-    500: "internal", 503: "not_ready", 504: "timeout",
+    499: "disconnected", 500: "internal", 503: "not_ready", 504: "timeout",
 }
 
 
@@ -36,6 +39,13 @@ class ApiError(Exception):
 class PayloadTooLarge(ApiError):
     def __init__(self, limit: int, what: str):
         super().__init__(413, f"{what}: expected at most {limit} bytes, got more")
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its answer was ready; its queued inputs were dropped."""
+
+    def __init__(self):
+        super().__init__("the client went away before its answer was ready")
 
 
 def error_response(status: int, message: str, code: str | None = None, headers: dict | None = None):
@@ -60,7 +70,7 @@ def _short(value) -> str:
 
 _DOMAIN_ERRORS: list[tuple[type[Exception], int]] = [
     (NotFound, 404), (InvalidName, 422), (Conflict, 409), (LimitExceeded, 409), (InvalidRoute, 422), (ArtifactError, 422),
-    (InputTooLong, 422), (DeadlineExceeded, 504), (ShuttingDown, 503),
+    (InputTooLong, 422), (DeadlineExceeded, 504), (ShuttingDown, 503), (ClientDisconnected, 499),
 ]
 
 
@@ -104,3 +114,32 @@ def _make_handler(status: int):
         return error_response(status, str(exc))
 
     return handler
+
+
+def protocol_route(shape: Callable[[str, str], dict]) -> type[APIRoute]:
+    """A route class for another protocol's routes (KServe v2, TEI, the HF Inference API): their errors
+    keep the statuses and headers the handlers above give, with the body as `shape(code, message)`,
+    the error body that protocol's clients parse."""
+
+    class ProtocolRoute(APIRoute):
+        def get_route_handler(self):
+            handler = super().get_route_handler()
+
+            async def reshaped(request: Request):
+                try:
+                    return await handler(request)
+                except Exception as exc:
+                    response = await _handle(request, exc)
+                    error = orjson.loads(response.body)["error"]
+                    kept = {k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")}
+                    return FastJSONResponse(shape(error["code"], error["message"]), response.status_code, kept)
+
+            return reshaped
+
+    return ProtocolRoute
+
+
+async def _handle(request: Request, exc: Exception):
+    handlers = request.app.exception_handlers
+    handler = next(handlers[kind] for kind in type(exc).__mro__ if kind in handlers)  # Exception is always there
+    return await handler(request, exc)

@@ -58,9 +58,16 @@ class RegistryLookups:
         digest = _key_digest(api_key)
         return await self._get(self._tenants, digest, lambda: self.registry.tenant_for_key(api_key))
 
-    async def version(self, tenant: str, task: str) -> VersionRecord:
-        """The version this request is routed to (pinned or drawn by weight). Raises NotFound."""
-        record = await self._get(self._tasks, (tenant, task), lambda: self.registry.get_task(tenant, task))
+    async def task(self, tenant: str, task: str) -> TaskRecord:
+        """The task's versions and route. Raises NotFound."""
+        return await self._get(self._tasks, (tenant, task), lambda: self.registry.get_task(tenant, task))
+
+    async def version(self, tenant: str, task: str, pinned: int | None = None) -> VersionRecord:
+        """The version this request runs on: `pinned` if given (the caller's choice for this request),
+        else the route's (pinned or drawn by weight). Raises NotFound."""
+        record = await self.task(tenant, task)
+        if pinned is not None:
+            return version_of(record, pinned)
         return self._pick(record)
 
     # Invalidation (called on the event loop, or from any thread through apply_change_threadsafe)
@@ -180,6 +187,14 @@ class RegistryLookups:
             if len(table) >= self.max_entries:
                 table.clear()  # crude but bounded: a full cache simply starts over
             table[key] = (time.monotonic() + self.ttl_s, value)
+
+
+def version_of(record: TaskRecord, version: int) -> VersionRecord:
+    for candidate in record.versions:
+        if candidate.version == version:
+            return candidate
+    have = ", ".join(str(v.version) for v in record.versions)
+    raise NotFound(f"task {record.task!r} has no version {version}: expected one of {have}")
 
 
 def _key_digest(api_key: str) -> str:

@@ -20,6 +20,8 @@ class ClassifyRequest(BaseModel):
     task: str = Field(pattern=NAME_PATTERN)
     inputs: list[StrictStr | TextPair] = Field(min_length=1)
     truncate: bool = True
+    version: int | None = Field(None, ge=1, description="run this version for this call instead of the route's")
+    raw_scores: bool = Field(False, description="the raw logits instead of probabilities")
 
 
 class TenantLimitsBody(BaseModel):

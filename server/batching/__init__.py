@@ -12,6 +12,7 @@ from server.batching.batcher import (
 )
 from server.batching.prefix_cache import PrefixCache
 from server.engine import EngineUnavailable  # raised through the batcher's calls; the API maps it to 503
+from server.engine import ScoreFunction  # a job's choice of scores; the API passes it along
 
 __all__ = [
     "BatchLimits",
@@ -21,5 +22,6 @@ __all__ = [
     "EngineUnavailable",
     "Overloaded",
     "PrefixCache",
+    "ScoreFunction",
     "ShuttingDown",
 ]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from server import metrics
 from server.batching.prefix_cache import PrefixCache
-from server.engine import Engine, Row, TextInput
+from server.engine import Engine, Row, ScoreFunction, TextInput
 
 log = logging.getLogger(__name__)
 # Requests up to this many characters are tokenized on the event loop (about 0.2 ms on MiniLM's
@@ -62,6 +62,7 @@ class ClassifyJob:
     truncate: bool
     timeout_s: float
     tenant_max_queued: int
+    score_function: ScoreFunction | None = None  # None: the task's own (softmax, sigmoid or raw)
 
 
 @dataclass(eq=False)
@@ -138,7 +139,7 @@ class Batcher:
             queue = self._queues.setdefault(key, deque())
             if not queue:
                 self._turns.append(key)
-            queue.extend(_Item(request, i, Row(e, prefix), job.tenant) for i, e in enumerate(encoded))
+            queue.extend(_Item(request, i, Row(e, prefix, job.score_function), job.tenant) for i, e in enumerate(encoded))
             metrics.QUEUED_INPUTS.set(self._reserved)
             self._arrival.set()
             remaining = request.deadline - loop.time()

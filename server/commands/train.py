@@ -98,7 +98,7 @@ def run_train(args: argparse.Namespace) -> int:
         answer = upload_artifact(args.upload, args.task, args.out.read_bytes(), api_key)
     except (UploadError, ValueError) as exc:
         return _fail(exc)
-    print(f"uploaded {args.task} version {answer.get('version')} (sha256 {answer.get('sha256')})")
+    print(f"uploaded {args.task} version {answer.version} (sha256 {answer.sha256})")
     return 0
 
 

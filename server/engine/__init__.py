@@ -3,7 +3,7 @@
 Never imports the API or batching layers."""
 
 from server.engine.backbone import BackboneError, BackboneFiles, BertGeometry, read_backbone_folder
-from server.engine.engine import Engine, LoadedPrefix, Row
+from server.engine.engine import Engine, LoadedPrefix, Row, ScoreFunction
 from server.engine.process import EngineProcess, EngineUnavailable, RemotePrefix
 from server.engine.tokenize import EncodedInput, InputTooLong, TextEncoder, TextInput
 
@@ -19,6 +19,7 @@ __all__ = [
     "LoadedPrefix",
     "RemotePrefix",
     "Row",
+    "ScoreFunction",
     "TextEncoder",
     "TextInput",
     "read_backbone_folder",

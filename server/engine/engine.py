@@ -14,6 +14,7 @@ On the CPU everything stays as measured in BENCHMARKS.md (sdpa chunks, the per-t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 from pathlib import Path
 
 import torch
@@ -27,7 +28,21 @@ from server.engine.packing import PackedBatch, pack
 from server.engine.prefix_pool import PoolEntry, PrefixPool
 from server.engine.tokenize import EncodedInput, TextEncoder, TextInput
 
-_PROBLEM_CODES = {ProblemType.SINGLE_LABEL: 0, ProblemType.MULTI_LABEL: 1, ProblemType.REGRESSION: 2}
+
+class ScoreFunction(IntEnum):
+    """What turns a row's logits into its scores (values are the codes the engine process receives)."""
+
+    SOFTMAX = 0
+    SIGMOID = 1
+    NONE = 2  # the raw logits
+
+
+# A row without a score function of its own (the usual case) gets the one its head was trained with.
+_TASK_SCORE_FUNCTION = {
+    ProblemType.SINGLE_LABEL: ScoreFunction.SOFTMAX,
+    ProblemType.MULTI_LABEL: ScoreFunction.SIGMOID,
+    ProblemType.REGRESSION: ScoreFunction.NONE,
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,6 +85,12 @@ class LoadedPrefix:
 class Row:
     encoded: EncodedInput
     prefix: LoadedPrefix | None  # None runs the bare backbone (baselines only)
+    score_function: ScoreFunction | None = None  # None: the one of the prefix's problem type
+
+    def resolved_score_function(self) -> ScoreFunction:
+        if self.score_function is not None:
+            return self.score_function
+        return _TASK_SCORE_FUNCTION[self.prefix.problem_type]
 
 
 class Engine:
@@ -150,7 +171,8 @@ class Engine:
         """Nothing to stop in process (EngineProcess stops its child)."""
 
     def score(self, rows: list[Row]) -> list[list[float]]:
-        """Scores per row, in row order: probabilities, or raw values for regression."""
+        """Scores per row, in row order: each row's score function of its logits (by default
+        probabilities, raw values for regression)."""
         scores = self.score_matrix(rows).tolist()
         return [values[: row.prefix.num_labels] for values, row in zip(scores, rows)]
 
@@ -160,18 +182,19 @@ class Engine:
         if self.head_pool is None:  # the CPU path, as measured
             prefixes, row_to_prefix = _unique_prefixes(rows)
             pooled = self.model.forward_packed(self.pack(rows)).float()  # [B, C]
-            return _apply_heads(pooled, prefixes, row_to_prefix.to(self.device)).cpu()  # [B, labels_max]
+            functions = torch.tensor([row.resolved_score_function() for row in rows], device=self.device)  # [B]
+            return _apply_heads(pooled, prefixes, row_to_prefix.to(self.device), functions).cpu()  # [B, labels_max]
         heads = HostIndex()
         slots, labels_max = head_index([row.prefix.head for row in rows])
         heads.add("head_slots", slots)
         heads.add("num_labels", [row.prefix.num_labels for row in rows])
-        heads.add("kinds", [_PROBLEM_CODES[row.prefix.problem_type] for row in rows])
+        heads.add("functions", [int(row.resolved_score_function()) for row in rows])
         batch, index = self._pack(rows, heads)  # the heads' arrays ride in the batch's one copy
         if not isinstance(batch, RaggedBatch):
             index = heads.to(self.device)
         pooled = self.model.forward_packed(batch).float()  # [B, C]
         logits = apply_heads(self.head_pool.storage, pooled, index["head_slots"], labels_max)  # [B, labels_max]
-        return _to_host(_scores(logits, index["num_labels"], index["kinds"]))
+        return _to_host(_scores(logits, index["num_labels"], index["functions"]))
 
     @torch.inference_mode()
     def pooled(self, rows: list[Row]) -> torch.Tensor:
@@ -221,27 +244,33 @@ def _unique_prefixes(rows: list[Row]) -> tuple[list[LoadedPrefix | None], torch.
     return list(slot), torch.tensor(row_to_prefix, dtype=torch.long)  # [B]
 
 
-def _apply_heads(pooled: torch.Tensor, prefixes: list[LoadedPrefix], row_to_prefix: torch.Tensor) -> torch.Tensor:
-    """Applies each row's own classifier and score function in one batched pass: [B, labels_max]."""
+def _apply_heads(
+    pooled: torch.Tensor, prefixes: list[LoadedPrefix], row_to_prefix: torch.Tensor, functions: torch.Tensor
+) -> torch.Tensor:
+    """Applies each row's own classifier and score function (`functions`: [B] ScoreFunction codes) in
+    one batched pass: [B, labels_max]. The one place where logits become scores."""
     labels_max = max(p.num_labels for p in prefixes)
     U, C = len(prefixes), pooled.shape[1]
     weights = pooled.new_zeros(U, labels_max, C)  # [U, labels_max, C]
     biases = pooled.new_zeros(U, labels_max)  # [U, labels_max]
     num_labels = torch.tensor([p.num_labels for p in prefixes], device=pooled.device)  # [U]
-    kinds = torch.tensor([_PROBLEM_CODES[p.problem_type] for p in prefixes], device=pooled.device)  # [U]
     for index, prefix in enumerate(prefixes):
         weights[index, : prefix.num_labels] = prefix.classifier_weight
         biases[index, : prefix.num_labels] = prefix.classifier_bias
     logits = torch.bmm(weights[row_to_prefix], pooled[:, :, None]).squeeze(2) + biases[row_to_prefix]  # [B, labels_max]
-    return _scores(logits, num_labels[row_to_prefix], kinds[row_to_prefix])
+    return _scores(logits, num_labels[row_to_prefix], functions)
 
 
-def _scores(logits: torch.Tensor, num_labels: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
-    """Each row's score function on its logits [B, labels_max]; num_labels, kinds: [B]."""
+def _scores(logits: torch.Tensor, num_labels: torch.Tensor, functions: torch.Tensor) -> torch.Tensor:
+    """Each row's score function (ScoreFunction codes) on its logits [B, labels_max]; num_labels,
+    functions: [B]. The one place where logits become scores."""
     label_valid = torch.arange(logits.shape[1], device=logits.device)[None, :] < num_labels[:, None]  # [B, labels_max]
     softmax = logits.masked_fill(~label_valid, float("-inf")).softmax(dim=-1)
-    row_kind = kinds[:, None]  # [B, 1]
-    return torch.where(row_kind == 0, softmax, torch.where(row_kind == 1, logits.sigmoid(), logits))
+    row_function = functions[:, None]  # [B, 1]
+    return torch.where(
+        row_function == ScoreFunction.SOFTMAX, softmax,
+        torch.where(row_function == ScoreFunction.SIGMOID, logits.sigmoid(), logits),
+    )
 
 
 def _to_host(scores: torch.Tensor) -> torch.Tensor:

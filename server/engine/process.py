@@ -166,7 +166,11 @@ class EngineProcess:
     def _batch(self, rows: list[Row]) -> bytes:
         if any(row.prefix is not None and row.prefix.stale for row in rows):
             raise EngineUnavailable("the engine process restarted while this request was queued; retry it")
-        return wire.encode_batch([(row.encoded, row.prefix.handle if row.prefix else wire.NO_PREFIX) for row in rows])
+        # Bare rows (baselines) only ever ask for pooled outputs, so their score function is never read.
+        return wire.encode_batch([
+            (row.encoded, row.prefix.handle, row.resolved_score_function()) if row.prefix else (row.encoded, wire.NO_PREFIX, 0)
+            for row in rows
+        ])
 
     def _call(self, header: dict, payload: bytes | None = None, timeout_s: float | None = None) -> tuple[dict, bytes | None]:
         if not self._up.is_set():

@@ -3,8 +3,8 @@ binary payload. Nothing is pickled: batches travel as flat integer arrays, prefi
 .safetensors bytes the engine parses with the same validator uploads go through.
 
 A batch of B rows is one payload: `lengths [B] int32 | prefix handles [B] int64 (-1: no prefix) |
-input ids [T] int32 | token types [T] int8`, T = sum(lengths). Scores come back as `[B, labels_max]`
-float32, probabilities padded past each row's labels.
+score functions [B] int8 | input ids [T] int32 | token types [T] int8`, T = sum(lengths). Scores come
+back as `[B, labels_max]` float32, each row's score function of its logits, padded past its labels.
 """
 
 from __future__ import annotations
@@ -27,29 +27,33 @@ def decode_header(data: bytes) -> dict:
     return json.loads(data)
 
 
-def encode_batch(rows: list[tuple[EncodedInput, int]]) -> bytes:
-    """Rows as (encoded input, prefix handle or NO_PREFIX)."""
-    lengths = np.fromiter((len(encoded) for encoded, _ in rows), dtype=np.int32, count=len(rows))  # [B]
-    handles = np.fromiter((handle for _, handle in rows), dtype=np.int64, count=len(rows))  # [B]
+def encode_batch(rows: list[tuple[EncodedInput, int, int]]) -> bytes:
+    """Rows as (encoded input, prefix handle or NO_PREFIX, score function code)."""
+    lengths = np.fromiter((len(encoded) for encoded, _, _ in rows), dtype=np.int32, count=len(rows))  # [B]
+    handles = np.fromiter((handle for _, handle, _ in rows), dtype=np.int64, count=len(rows))  # [B]
+    functions = np.fromiter((function for _, _, function in rows), dtype=np.int8, count=len(rows))  # [B]
     total = int(lengths.sum())
-    ids = np.fromiter(itertools.chain.from_iterable(e.input_ids for e, _ in rows), dtype=np.int32, count=total)  # [T]
-    types = np.fromiter(itertools.chain.from_iterable(e.token_type_ids for e, _ in rows), dtype=np.int8, count=total)
-    return np.int64(len(rows)).tobytes() + lengths.tobytes() + handles.tobytes() + ids.tobytes() + types.tobytes()
+    ids = np.fromiter(itertools.chain.from_iterable(e.input_ids for e, _, _ in rows), dtype=np.int32, count=total)  # [T]
+    types = np.fromiter(itertools.chain.from_iterable(e.token_type_ids for e, _, _ in rows), dtype=np.int8, count=total)
+    parts = (lengths, handles, functions, ids, types)
+    return np.int64(len(rows)).tobytes() + b"".join(part.tobytes() for part in parts)
 
 
-def decode_batch(data: bytes) -> list[tuple[EncodedInput, int]]:
+def decode_batch(data: bytes) -> list[tuple[EncodedInput, int, int]]:
     B = int(np.frombuffer(data, dtype=np.int64, count=1)[0])
     offset = 8
     lengths = np.frombuffer(data, dtype=np.int32, count=B, offset=offset)  # [B]
     offset += 4 * B
     handles = np.frombuffer(data, dtype=np.int64, count=B, offset=offset).tolist()  # [B]
     offset += 8 * B
+    functions = np.frombuffer(data, dtype=np.int8, count=B, offset=offset).tolist()  # [B]
+    offset += B
     T = int(lengths.sum())
     ids = np.frombuffer(data, dtype=np.int32, count=T, offset=offset).tolist()  # [T]
     types = np.frombuffer(data, dtype=np.int8, count=T, offset=offset + 4 * T).tolist()  # [T]
     rows, start = [], 0
-    for length, handle in zip(lengths.tolist(), handles):
-        rows.append((EncodedInput(ids[start : start + length], types[start : start + length]), handle))
+    for length, handle, function in zip(lengths.tolist(), handles, functions):
+        rows.append((EncodedInput(ids[start : start + length], types[start : start + length]), handle, function))
         start += length
     return rows
 

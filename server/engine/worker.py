@@ -22,7 +22,7 @@ def run_worker(conn, config: dict) -> None:
 
     from server.artifact import read_artifact
     from server.engine import wire
-    from server.engine.engine import Engine, Row
+    from server.engine.engine import Engine, Row, ScoreFunction
     from server.heap import freeze_heap
 
     logging.basicConfig(level=config.get("log_level", "WARNING"), format="%(asctime)s %(levelname)s engine: %(message)s")
@@ -45,7 +45,10 @@ def run_worker(conn, config: dict) -> None:
     prefixes: dict[int, object] = {}  # handle -> LoadedPrefix
 
     def rows_of(payload: bytes) -> list[Row]:
-        return [Row(encoded, prefixes[handle] if handle != wire.NO_PREFIX else None) for encoded, handle in wire.decode_batch(payload)]
+        return [
+            Row(encoded, prefixes[handle] if handle != wire.NO_PREFIX else None, ScoreFunction(function))
+            for encoded, handle, function in wire.decode_batch(payload)
+        ]
 
     while True:
         try:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from server.artifact import ProblemType
-from server.engine import Engine, Row
+from server.engine import Engine, Row, ScoreFunction
 from tests.helpers import make_artifact
 
 TEXTS = [
@@ -229,3 +229,21 @@ def _max_half_diff(tiny_engine, dtype) -> float:
 def test_half_precision_engine_is_close_to_float32(tiny_engine, dtype):
     worst = _max_half_diff(tiny_engine, dtype)
     assert 0.0 < worst <= HALF_TOLERANCE[dtype], f"{dtype}: max abs difference {worst:.2e}"
+
+
+def test_a_rows_score_function_overrides_its_tasks_in_a_mixed_batch(tiny_engine):
+    tasks = mixed_tasks(tiny_engine.shape)
+    rows = rows_for(tiny_engine, tasks)
+    own = tiny_engine.score(rows)
+    raw = tiny_engine.score([Row(r.encoded, r.prefix, ScoreFunction.NONE) for r in rows])
+    mixed = [Row(r.encoded, r.prefix, ScoreFunction.NONE if i % 2 else None) for i, r in enumerate(rows)]
+    assert tiny_engine.score(mixed) == [raw[i] if i % 2 else own[i] for i in range(len(rows))]
+    for task, logits, scores in zip(tasks, raw, own):
+        expected = {
+            ProblemType.SINGLE_LABEL: torch.tensor(logits).softmax(-1),
+            ProblemType.MULTI_LABEL: torch.tensor(logits).sigmoid(),
+            ProblemType.REGRESSION: torch.tensor(logits),
+        }[task.problem_type]
+        assert torch.allclose(expected, torch.tensor(scores), atol=1e-6)
+    sigmoid = tiny_engine.score([Row(r.encoded, r.prefix, ScoreFunction.SIGMOID) for r in rows])
+    assert all(torch.allclose(torch.tensor(s), torch.tensor(l).sigmoid(), atol=1e-6) for s, l in zip(sigmoid, raw))

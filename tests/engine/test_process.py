@@ -14,7 +14,7 @@ import time
 import pytest
 
 from server.batching import PrefixCache
-from server.engine import EngineProcess, EngineUnavailable, Row
+from server.engine import EngineProcess, EngineUnavailable, Row, ScoreFunction
 from server.artifact import ProblemType, artifact_to_bytes
 from tests.helpers import make_artifact, process_gone
 
@@ -135,3 +135,13 @@ def test_a_backbone_the_engine_cannot_load_fails_start_up_with_its_reason(tmp_pa
             (folder / name).write_bytes((tiny_backbone_dir / name).read_bytes())
     with pytest.raises(RuntimeError, match="the engine process failed to start: BackboneError"):
         EngineProcess(str(folder))
+
+
+def test_score_functions_cross_the_pipe(engine_process, tiny_engine):
+    tasks = _tasks(tiny_engine.shape)
+    remote = [engine_process.load_prefix(t) for t in tasks]
+    local = [tiny_engine.load_prefix(t) for t in tasks]
+    functions = [ScoreFunction.NONE, None, ScoreFunction.SOFTMAX, ScoreFunction.SIGMOID]
+    remote_rows = [Row(engine_process.encode([x], t.prefix_len)[0], p, f) for x, t, p, f in zip(TEXTS, tasks, remote, functions)]
+    local_rows = [Row(tiny_engine.encode([x], t.prefix_len)[0], p, f) for x, t, p, f in zip(TEXTS, tasks, local, functions)]
+    assert engine_process.score(remote_rows) == tiny_engine.score(local_rows)

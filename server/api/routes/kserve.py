@@ -1,0 +1,171 @@
+"""KServe v2 / Open Inference Protocol REST (SPEC section 5): a model is one of the caller's tasks, a
+model version one of its versions. Health, server and model metadata, readiness, and infer over the
+shared classify path (server/api/inference.py) with JSON tensors or binary tensor data (kserve_codec).
+
+Inputs: `text` (BYTES, [N]) and optional `text_pair` (BYTES, [N]; an empty element means no pair, as a
+tensor has no null). Outputs: `scores` (FP32, [N, num_labels], columns in label order) and, for
+single-label tasks, `label` (BYTES, [N]). Label names are in the model metadata, as the extension field
+`labels` of the `scores` output. Request parameters `truncate` and `raw_scores` (booleans) mean what
+they mean in /v1/classify. Errors are the protocol's `{"error": "<message>"}`; a request that does
+not follow the protocol is 400, the other statuses are those of /v1 (SPEC section 2).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from server import __version__
+from server.api.deps import authenticate, ready_services
+from server.api.errors import ApiError, protocol_route
+from server.api.inference import classify_inputs
+from server.api.kserve_codec import (
+    HEADER_LENGTH, InferRequest, OutputTensor, decompress, parse_infer_request, render_infer_response,
+)
+from server.api.lookups import version_of
+from server.api.responses import FastJSONResponse
+from server.batching import ScoreFunction
+from server.registry.base import TaskRecord, VersionRecord
+
+router = APIRouter(prefix="/v2", route_class=protocol_route(lambda code, message: {"error": message}))
+SINGLE_LABEL = "single_label_classification"
+PLATFORM = "prefix-server"
+OUTPUTS = ("scores", "label")
+
+
+@router.get("/health/live")
+async def live() -> dict:
+    return {"live": True}
+
+
+@router.get("/health/ready")
+async def ready(request: Request):
+    services = request.app.state.services
+    if services.ready and services.runtime.healthy:
+        return {"ready": True}
+    return FastJSONResponse({"ready": False, "error": "the server is not ready (see /readyz)"}, 503)
+
+
+@router.get("")
+async def server_metadata() -> dict:
+    return {"name": PLATFORM, "version": __version__, "extensions": ["binary_tensor_data"]}
+
+
+@router.get("/models/{task}")
+@router.get("/models/{task}/versions/{version}")
+async def model_metadata(task: str, request: Request, version: str | None = None) -> dict:
+    record = await _task(request, task)
+    chosen = _chosen_version(record, version)
+    labels = list(chosen.labels)
+    outputs = [{"name": "scores", "datatype": "FP32", "shape": [-1, len(labels)], "labels": labels}]
+    if chosen.problem_type == SINGLE_LABEL:
+        outputs.append({"name": "label", "datatype": "BYTES", "shape": [-1]})
+    return {
+        "name": task,
+        "versions": [str(v.version) for v in record.versions] if version is None else [str(chosen.version)],
+        "platform": PLATFORM,
+        "inputs": [
+            {"name": "text", "datatype": "BYTES", "shape": [-1]},
+            {"name": "text_pair", "datatype": "BYTES", "shape": [-1], "optional": True},
+        ],
+        "outputs": outputs,
+        "parameters": {"version": chosen.version, "problem_type": chosen.problem_type, "prefix_len": chosen.prefix_len},
+    }
+
+
+@router.get("/models/{task}/ready")
+@router.get("/models/{task}/versions/{version}/ready")
+async def model_ready(task: str, request: Request, version: str | None = None) -> dict:
+    _chosen_version(await _task(request, task), version)  # 404 unless it exists
+    return {"name": task, "ready": True}
+
+
+@router.post("/models/{task}/infer")
+@router.post("/models/{task}/versions/{version}/infer")
+async def infer(task: str, request: Request, version: str | None = None):
+    services = ready_services(request)
+    caller = await authenticate(request, services)
+    pinned = _version_number(version)
+    body = decompress(await request.body(), request.headers.get("content-encoding"), services.settings.max_request_bytes)
+    parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
+    if parsed.outputs is not None and (unknown := set(parsed.outputs) - set(OUTPUTS)):
+        raise ApiError(400, f"outputs: expected names among {list(OUTPUTS)}, got {sorted(unknown)}")
+    raw = _flag(parsed.parameters, "raw_scores", False)
+    record, scores = await classify_inputs(
+        request, services, caller, task, _text_inputs(parsed), version=pinned,
+        truncate=_flag(parsed.parameters, "truncate", True), score_function=ScoreFunction.NONE if raw else None,
+    )
+    header = {"model_name": task, "model_version": str(record.version)}
+    if parsed.id is not None:
+        header["id"] = parsed.id
+    body, json_size = render_infer_response(header, _outputs(record, scores, parsed))
+    if json_size is None:
+        return Response(body, media_type="application/json")
+    return Response(body, media_type="application/octet-stream", headers={HEADER_LENGTH: str(json_size)})
+
+
+@router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE"], include_in_schema=False)
+async def unknown_endpoint(path: str, request: Request):
+    raise ApiError(404, f"expected a KServe v2 endpoint (/v2/health/*, /v2/models/...), got {request.method} /v2/{path}")
+
+
+async def _task(request: Request, task: str) -> TaskRecord:
+    services = ready_services(request)
+    caller = await authenticate(request, services)
+    return await services.lookups.task(caller.tenant.name, task)
+
+
+def _chosen_version(record: TaskRecord, version: str | None) -> VersionRecord:
+    """The named version; unnamed, the one the route sends most traffic to (the latest among equals)."""
+    number = _version_number(version)
+    if number is None:
+        route = record.route
+        number = route.pinned if route.pinned is not None else max(route.weights, key=lambda v: (route.weights[v], v))
+    return version_of(record, number)
+
+
+def _version_number(version: str | None) -> int | None:
+    if version is None:
+        return None
+    if not version.isdigit() or int(version) < 1:
+        raise ApiError(404, f"model version: expected a version number such as 1, got {version!r}")
+    return int(version)
+
+
+def _text_inputs(parsed: InferRequest) -> list[str | tuple[str, str]]:
+    unknown = set(parsed.texts) - {"text", "text_pair"}
+    if "text" not in parsed.texts or unknown:
+        raise ApiError(400, f"inputs: expected 'text' and optionally 'text_pair', got {sorted(parsed.texts)}")
+    texts, pairs = parsed.texts["text"], parsed.texts.get("text_pair")
+    if pairs is None:
+        return texts
+    if len(pairs) != len(texts):
+        raise ApiError(400, f"input 'text_pair': expected one element per text ({len(texts)}), got {len(pairs)}")
+    return [(text, pair) if pair else text for text, pair in zip(texts, pairs)]
+
+
+def _flag(parameters: dict, name: str, default: bool) -> bool:
+    value = parameters.get(name, default)
+    if not isinstance(value, bool):
+        raise ApiError(400, f"parameters.{name}: expected true or false, got {value!r}")
+    return value
+
+
+def _outputs(record: VersionRecord, scores: list[list[float]], parsed: InferRequest) -> list[tuple[OutputTensor, bool]]:
+    names = list(OUTPUTS) if parsed.outputs is None else list(parsed.outputs)
+    if record.problem_type != SINGLE_LABEL:
+        if parsed.outputs is not None and "label" in names:
+            raise ApiError(400, f"output 'label': only single-label tasks have it, this one is {record.problem_type}")
+        names = [n for n in names if n != "label"]
+    binary_default = _flag(parsed.parameters, "binary_data_output", False)
+    tensors = []
+    for name in names:
+        if name == "scores":
+            flat = [value for row in scores for value in row]
+            tensor = OutputTensor("scores", "FP32", [len(scores), len(record.labels)], flat)
+        else:
+            top = [record.labels[max(range(len(row)), key=row.__getitem__)] for row in scores]
+            tensor = OutputTensor("label", "BYTES", [len(scores)], top)
+        binary = parsed.outputs.get(name) if parsed.outputs is not None else None
+        tensors.append((tensor, binary_default if binary is None else binary))
+    return tensors

@@ -55,6 +55,14 @@ def check_content(sha256: str, data: bytes) -> None:
         raise ValueError(f"blob put: expected data hashing to {sha256}, got data hashing to {actual}")
 
 
+def verified(sha256: str, data: bytes, where: str) -> bytes:
+    """`data` as read from `where`, if it hashes to its name; BlobCorrupt otherwise (every read checks)."""
+    actual = sha256_hex(data)
+    if actual != sha256:
+        raise BlobCorrupt(f"blob {where}: expected bytes hashing to {sha256}, got {actual} (damage or tampering?)")
+    return data
+
+
 @runtime_checkable
 class BlobStore(Protocol):
     """What the registry needs of a store. Every method blocks and is safe to call from several threads."""

@@ -22,12 +22,11 @@ from pathlib import Path
 
 from server.registry.blobs import (
     SHA256_RE,
-    BlobCorrupt,
     BlobMissing,
     BlobStoreUnavailable,
     check_content,
     check_name,
-    sha256_hex,
+    verified,
 )
 
 TEMP_SUFFIX = ".tmp"
@@ -66,10 +65,7 @@ class FileBlobStore:
             data = path.read_bytes()
         except FileNotFoundError:
             raise BlobMissing(f"no blob {sha256} in {self.root}") from None
-        actual = sha256_hex(data)
-        if actual != sha256:
-            raise BlobCorrupt(f"blob {path}: expected bytes hashing to {sha256}, got {actual} (disk damage?)")
-        return data
+        return verified(sha256, data, str(path))
 
     def remove(self, sha256: str) -> None:
         path = self.path_for(sha256)

@@ -34,12 +34,11 @@ import botocore.config
 import botocore.exceptions as bx
 
 from server.registry.blobs import (
-    BlobCorrupt,
     BlobMissing,
     BlobStoreUnavailable,
     check_content,
     check_name,
-    sha256_hex,
+    verified,
 )
 
 DEFAULT_REGION = "us-east-1"
@@ -110,10 +109,7 @@ class S3BlobStore:
             body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
             with contextlib.closing(body):
                 data = body.read()
-        actual = sha256_hex(data)
-        if actual != sha256:
-            raise BlobCorrupt(f"blob {self.describe()}/{key}: expected bytes hashing to {sha256}, got {actual}")
-        return data
+        return verified(sha256, data, f"{self.describe()}/{key}")
 
     def remove(self, sha256: str) -> None:
         key = self.key_for(sha256)

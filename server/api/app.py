@@ -108,6 +108,8 @@ async def _bring_up(services: Services) -> None:
     except Exception as exc:
         services.startup_error = f"{type(exc).__name__}: {exc}"
         log.exception("start-up failed")
+        if services.on_startup_failure is not None:
+            services.on_startup_failure(services.startup_error)
 
 
 def _open_registry(s: Settings, shape, limits):

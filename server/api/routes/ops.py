@@ -22,6 +22,8 @@ async def healthz() -> dict:
 
 @router.get("/readyz")
 async def readyz(services: Annotated[Services, Depends(get_services)]):
+    if services.draining:
+        return error_response(503, "shutting down: requests in flight are finishing")
     if services.ready and not services.runtime.healthy:
         return error_response(503, "the engine process is restarting")
     if services.ready:

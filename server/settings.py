@@ -92,8 +92,11 @@ class Settings(BaseSettings):
     metrics_port: int = Field(
         0, ge=0, le=65535, description="serve /metrics on this port alone (0: on the main port, admin-only when multi-tenant)"
     )
+    shutdown_delay_s: float = Field(
+        0.0, ge=0, description="on SIGTERM, keep accepting (with /readyz 503) this long first, so load balancers stop sending"
+    )
     shutdown_grace_s: float = Field(
-        8.0, ge=0, description="on SIGTERM, requests in flight get this long to finish; keep it under the stop timeout"
+        8.0, ge=0, description="then requests in flight get this long to finish; keep delay + grace under the stop timeout"
     )
     # FastAPI's own OpenTelemetry hooks look up the global providers on every request even when none is
     # configured (about 10% of the API process's CPU at 270 requests/s); on, they export through

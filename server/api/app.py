@@ -89,6 +89,8 @@ async def _bring_up(services: Services) -> None:
             lambda sha256: services.registry.read_artifact_bytes(sha256), s.engine_process, s.torch_threads,
             attention=s.attention,
         )
+        backbone = runtime.info()
+        metrics.BUILD_INFO.info({"version": __version__, "backbone": str(backbone["name"]), "fingerprint": str(backbone["fingerprint"])})
         registry = await _open_registry_when_reachable(s, runtime.shape, services.default_limits())
         services.registry, services.runtime = registry, runtime
         services.lookups = RegistryLookups(registry, ttl_s=s.registry_ttl_s)

@@ -1,15 +1,16 @@
 """`prefix-server serve`: settings from flags over PREFIX_SERVER_* variables (flags generated from
 Settings), then uvicorn under this module's shutdown rules.
 
-SIGTERM drains: /readyz answers 503 at once (a load balancer stops sending), uvicorn stops accepting
-and lets requests in flight finish for at most `shutdown_grace_s`, then the engine stops and the
-process exits 0. A failed start-up (bad backbone folder, unreadable registry, schema mismatch) ends
+SIGTERM drains: /readyz answers 503 at once (a load balancer stops sending), after `shutdown_delay_s`
+uvicorn stops accepting and lets requests in flight finish for at most `shutdown_grace_s`, then the
+engine stops and the process exits 0. A failed start-up (bad backbone folder, unreadable registry, schema mismatch) ends
 the process with exit code 1 and the reason on stderr, so a supervisor restarts it; a registry that
 is only unreachable is waited for instead (server.api.app)."""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from server.commands.settings_flags import add_settings_flags, settings_from_args
@@ -51,7 +52,10 @@ def run(args: argparse.Namespace) -> int:
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
-    server = DrainingServer(config, app.state.services)
+    server = DrainingServer(config, app.state.services, settings.shutdown_delay_s)
+    # uvicorn re-raises the signal it stopped on once it is done; a no-op handler in place of the
+    # default makes a drained SIGTERM end with exit code 0 rather than death by signal 15.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     server.run()
     if server.failure:
         sys.stderr.write(f"prefix-server serve: start-up failed: {server.failure}\n")

@@ -32,6 +32,7 @@ from multiprocessing.connection import Connection
 
 import torch
 
+from server import metrics
 from server.artifact import BackboneShape, PrefixArtifact, ProblemType, artifact_to_bytes
 from server.engine import wire
 from server.engine.engine import Row
@@ -229,6 +230,7 @@ class EngineProcess:
             try:
                 self._start()
                 self.restarts += 1
+                metrics.ENGINE_RESTARTS.inc()
                 log.warning("engine process restarted (pid %s); stale prefixes reload on their next request", self.pid)
                 return
             except Exception:

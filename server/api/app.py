@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from server import __version__, metrics
+from server import __version__, metrics, tracing
 from server.api.deps import DEFAULT_TENANT
 from server.api.errors import install_error_handlers
 from server.api.lookups import RegistryLookups
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     services = Services(settings)
+    tracing.configure(settings.opentelemetry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -122,3 +122,14 @@ def test_a_failed_start_up_exits_non_zero_with_the_reason(tmp_path):
     *log_lines, last = result.stderr.strip().splitlines()
     assert last.startswith("prefix-server serve: start-up failed:") and str(bad_backbone) in last
     assert all(isinstance(json.loads(line), dict) for line in log_lines)
+
+
+def test_an_unreadable_embedded_registry_exits_non_zero(tmp_path, tiny_backbone_dir):
+    data_dir = tmp_path / "data"
+    (data_dir / "registry.sqlite3").mkdir(parents=True)  # a folder where the database file should be
+    result = _serve(
+        "--port", "0", "--backbone", str(tiny_backbone_dir), "--data-dir", str(data_dir), "--prefixes-dir", "",
+        "--engine-in-process", timeout=120,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "start-up failed: RegistryUnavailable" in result.stderr.strip().splitlines()[-1]

@@ -131,16 +131,24 @@ def _open_registry(s: Settings, shape, limits):
 
 async def _open_registry_when_reachable(s: Settings, shape, limits):
     """A replica started while the database or blob store is down waits for it (not ready meanwhile)
-    instead of failing for good; any other error ends the start-up."""
+    instead of failing for good; any other error ends the start-up. So does an embedded registry
+    (SQLite file, local blobs) that cannot be opened: no network outage ends by itself there."""
     attempt = 0
     while True:
         try:
             return await run_in_threadpool(_open_registry, s, shape, limits)
         except RegistryUnavailable as error:
+            if not _registry_is_remote(s):
+                raise
             attempt += 1
             if attempt == 1 or attempt % 30 == 0:
                 log.warning("waiting for the registry: %s", error)
             await asyncio.sleep(1.0)
+
+
+def _registry_is_remote(s: Settings) -> bool:
+    database = s.database_url.get_secret_value() if s.database_url else ""
+    return (bool(database) and not database.startswith("sqlite")) or (s.blob_url or "").startswith("s3://")
 
 
 def _register_demo_prefixes(registry, folder: str) -> None:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,12 @@ class Settings(BaseSettings):
     @classmethod
     def _level_in_capitals(cls, value):
         return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _ports_differ(self):
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ValueError(f"metrics_port: expected a port other than port's, got {self.metrics_port} for both")
+        return self
 
     @property
     def multi_tenant(self) -> bool:

@@ -53,6 +53,8 @@ def test_help_lists_every_setting_with_its_default_and_variable():
         ([], {"PREFIX_SERVER_MAX_WAIT_MS": "-1"}, "PREFIX_SERVER_MAX_WAIT_MS: expected a value greater than or equal to 0"),
         ([], {"PREFIX_SERVER_MIGRATE": "maybe"}, "PREFIX_SERVER_MIGRATE: expected a valid boolean"),
         ([], {"PREFIX_SERVER_ADMIN_TOKEN_FILE": "/nonexistent/token"}, "expected a readable text file"),
+        (["--metrics-port", "8000"], {}, "metrics_port: expected a port other than port's, got 8000 for both"),
+        (["--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
     ],
 )
 def test_a_bad_value_is_a_one_line_usage_error(argv, env, expected):

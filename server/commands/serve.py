@@ -3,9 +3,10 @@ Settings), then uvicorn under this module's shutdown rules.
 
 SIGTERM drains: /readyz answers 503 at once (a load balancer stops sending), after `shutdown_delay_s`
 uvicorn stops accepting and lets requests in flight finish for at most `shutdown_grace_s`, then the
-engine stops and the process exits 0. A failed start-up (bad backbone folder, unreadable registry, schema mismatch) ends
-the process with exit code 1 and the reason on stderr, so a supervisor restarts it; a registry that
-is only unreachable is waited for instead (server.api.app)."""
+engine stops and the process exits 0. A failed start-up (bad backbone folder, unreadable registry,
+schema mismatch, a metrics port in use) ends the process with exit code 1 and the reason on stderr,
+so a supervisor restarts it; a remote registry that is only unreachable is waited for instead
+(server.api.app)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,10 @@ def run(args: argparse.Namespace) -> int:
     if settings.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(settings.metrics_port, addr=settings.host)
+        try:
+            start_http_server(settings.metrics_port, addr=settings.host)
+        except OSError as error:
+            return _failed(f"metrics port {settings.metrics_port}: {error.strerror or error}")
     app = create_app(settings)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
@@ -57,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
     # default makes a drained SIGTERM end with exit code 0 rather than death by signal 15.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     server.run()
-    if server.failure:
-        sys.stderr.write(f"prefix-server serve: start-up failed: {server.failure}\n")
-        return STARTUP_FAILED
-    return 0
+    return _failed(server.failure) if server.failure else 0
+
+
+def _failed(reason: str) -> int:
+    sys.stderr.write(f"prefix-server serve: start-up failed: {reason}\n")
+    return STARTUP_FAILED

@@ -54,10 +54,12 @@ def usage_error(prog: str, message: str) -> typing.NoReturn:
 
 
 def _describe(error: dict, overrides: dict) -> str:
-    name = str(error["loc"][0]) if error["loc"] else "settings"
+    expected = error["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
+    if not error["loc"]:  # a rule across fields: its message names them
+        return expected
+    name = str(error["loc"][0])
     source = flag_name(name) if name in overrides else ENV_PREFIX + name.upper()
     got = "a secret" if name in SECRET_FILE_FIELDS else repr(error.get("input"))
-    expected = error["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
     if expected.startswith(("greater", "less")):
         expected = "a value " + expected
     return f"{source}: expected {expected}, got {got}"

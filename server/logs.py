@@ -7,8 +7,6 @@ import json
 import logging
 import time
 
-from server.api.middleware import RequestIdFilter
-
 _TEXT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
 
@@ -29,6 +27,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str, log_format: str = "text") -> None:
+    from server.api.middleware import RequestIdFilter  # here: the engine process imports this module too
+
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(_TEXT))
     handler.addFilter(RequestIdFilter())

@@ -27,6 +27,10 @@ def run_worker(conn, config: dict) -> None:
     from server.heap import freeze_heap
 
     logging.basicConfig(level=config.get("log_level", "WARNING"), format="%(asctime)s %(levelname)s engine: %(message)s")
+    if config.get("log_json"):
+        from server.logs import JsonFormatter
+
+        logging.getLogger().handlers[0].setFormatter(JsonFormatter())
     # A supervisor that signals the whole group (systemd, a terminal's Ctrl-C) must not kill the engine
     # under requests in flight: the server drains first, then closes the pipe, and this loop ends.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -204,8 +204,12 @@ def test_sigterm_drains_the_requests_in_flight_and_exits_0(tmp_path, tiny_backbo
         assert readyz.status_code == 503 and "shutting down" in readyz.text
         assert code == 0, (tmp_path / "server.log").read_text()[-3000:]
         assert outcomes and all(outcome == 200 for outcome in outcomes), [o for o in outcomes if o != 200][:5]
-        lines = (tmp_path / "server.log").read_text().splitlines()
-        assert all(json.loads(line)["level"] for line in lines if line.startswith("{"))
+        # Every log line is JSON, the engine process's too. Triton's nanobind notes as the engine exits are
+        # no log lines (and end without a newline, so a log line may follow one on the same line).
+        text = (tmp_path / "server.log").read_text().replace("refleaks.html{", "refleaks.html\n{")
+        lines = [line for line in text.splitlines() if not line.startswith(("nanobind", " - ", "See https://nanobind"))]
+        assert lines and all(json.loads(line)["level"] for line in lines)
+        assert any(json.loads(line)["message"].startswith("signal 15: unready") for line in lines)
     finally:
         if proc.poll() is None:
             proc.kill()

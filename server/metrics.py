@@ -3,7 +3,7 @@ finite set) and fixed outcome names; task names never become labels."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, Info
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -12,7 +12,8 @@ REQUESTS = Counter(
 )
 INPUTS = Counter("prefix_server_inputs_total", "Classified inputs by tenant", ["tenant"])
 REQUEST_SECONDS = Histogram(
-    "prefix_server_request_seconds", "Classify request duration, admission to answer", buckets=_LATENCY_BUCKETS
+    "prefix_server_request_seconds", "Classify request duration, admission to answer, by tenant", ["tenant"],
+    buckets=_LATENCY_BUCKETS,
 )
 QUEUE_SECONDS = Histogram(
     "prefix_server_queue_seconds", "Time an input waited in the queue before its batch ran", buckets=_LATENCY_BUCKETS
@@ -45,3 +46,7 @@ REGISTRY_UP = Gauge(
 REGISTRY_CHANGES = Counter(
     "prefix_server_registry_changes_total", "Registry writes heard (this replica's and, on PostgreSQL, others')", ["kind"]
 )
+ENGINE_RESTARTS = Counter(
+    "prefix_server_engine_restarts_total", "Engine processes started again after the previous one exited"
+)
+BUILD_INFO = Info("prefix_server_build", "The server's version and the backbone it serves (its weights' fingerprint)")

@@ -1,16 +1,28 @@
-"""The one configuration object. Every setting comes from a `PREFIX_SERVER_*` environment variable or
-a CLI flag; secrets are SecretStr so they never reach a log or a repr."""
+"""The one configuration object: the single source of `serve`'s flags (server/commands/settings_flags.py
+generates them from these fields, with their descriptions and defaults) and of the README's table.
+
+Every setting comes from a CLI flag, a `PREFIX_SERVER_*` environment variable or, for the secrets in
+SECRET_FILE_FIELDS, a file named by `PREFIX_SERVER_<NAME>_FILE` (a mounted container secret). Secrets
+are SecretStr so they never reach a log or a repr."""
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 log = logging.getLogger(__name__)
+
+ENV_PREFIX = "PREFIX_SERVER_"
+SECRET_FILE_FIELDS = ("admin_token", "database_url")
+
+
+class ConfigurationError(ValueError):
+    """A setting that cannot be used as given; its message is one line for the operator."""
 
 
 def _default_backbone() -> str:
@@ -24,16 +36,16 @@ def default_prefixes_dir() -> str:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PREFIX_SERVER_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     backbone: str = Field(default_factory=_default_backbone, description="a BERT model folder")
     data_dir: Path = Field(Path("data"), description="where the registry keeps its state")
     prefixes_dir: str = Field(default_factory=default_prefixes_dir, description="registered at start; '' for none")
-    admin_token: SecretStr | None = None
-    device: str = "cpu"
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    admin_token: SecretStr | None = Field(None, description="set: multi-tenant with bearer keys; unset: single-tenant, no auth")
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, ...")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="the backbone's compute dtype")
     torch_threads: int = Field(0, ge=0, description="0 keeps torch's default")
     engine_process: bool = Field(True, description="run the model in its own process (off: in the server's)")
     attention: Literal["auto", "triton", "varlen", "sdpa"] = Field(
@@ -53,29 +65,59 @@ class Settings(BaseSettings):
     blob_gc_grace_s: float = Field(3600.0, ge=0, description="an unreferenced blob younger than this is never collected")
 
     # Batching
-    max_batch_size: int = Field(64, ge=1)
-    max_batch_tokens: int = Field(8192, ge=16)
-    max_wait_ms: float = Field(2.0, ge=0)
+    max_batch_size: int = Field(64, ge=1, description="inputs per forward pass, at most")
+    max_batch_tokens: int = Field(8192, ge=16, description="tokens (inputs' plus prefixes') per forward pass, at most")
+    max_wait_ms: float = Field(2.0, ge=0, description="how long the oldest input waits for a batch to fill")
     max_queued_inputs: int = Field(4096, ge=1, description="server-wide bound; past it, 429")
-    request_timeout_s: float = Field(30.0, gt=0)
+    request_timeout_s: float = Field(30.0, gt=0, description="past it, 504; queued inputs of expired requests are dropped")
     per_task_batches: bool = Field(False, description="baseline for benchmarks: one task per forward pass")
 
     # Prefix cache
-    prefix_cache_bytes: int = Field(512 * 1024 * 1024, ge=1)
+    prefix_cache_bytes: int = Field(512 * 1024 * 1024, ge=1, description="bound of the device-resident prefix LRU")
 
     # Per-tenant defaults (an admin may override them per tenant)
-    tenant_max_tasks: int = Field(1000, ge=1)
-    tenant_max_artifact_bytes: int = Field(2 * 1024**3, ge=1)
-    tenant_max_queued_inputs: int = Field(1024, ge=1)
-    max_inputs_per_request: int = Field(256, ge=1)
-    max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1)
-    max_request_bytes: int = Field(4 * 1024 * 1024, ge=1)
+    tenant_max_tasks: int = Field(1000, ge=1, description="tasks per tenant (default limit)")
+    tenant_max_artifact_bytes: int = Field(2 * 1024**3, ge=1, description="artifact bytes per tenant (default limit)")
+    tenant_max_queued_inputs: int = Field(1024, ge=1, description="queued inputs per tenant (default limit)")
+    max_inputs_per_request: int = Field(256, ge=1, description="inputs in one classify request, at most")
+    max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1, description="bytes of one artifact upload, at most")
+    max_request_bytes: int = Field(4 * 1024 * 1024, ge=1, description="bytes of any other request body, at most")
 
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="INFO writes an access line per request; WARNING drops them"
+    )
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object a line, request id included")
+
+    # Operations
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="serve /metrics on this port alone (0: on the main port, admin-only when multi-tenant)"
+    )
+    shutdown_delay_s: float = Field(
+        0.0, ge=0, description="on SIGTERM, keep accepting (with /readyz 503) this long first, so load balancers stop sending"
+    )
+    shutdown_grace_s: float = Field(
+        8.0, ge=0, description="then requests in flight get this long to finish; keep delay + grace under the stop timeout"
+    )
     # FastAPI's own OpenTelemetry hooks look up the global providers on every request even when none is
     # configured (about 10% of the API process's CPU at 270 requests/s); on, they export through
     # whatever providers OTEL_* configures.
-    opentelemetry: bool = False
+    opentelemetry: bool = Field(False, description="OpenTelemetry spans (HTTP, queue wait, tokenizing, forward pass)")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        # Flags (init) over variables over *_FILE secrets.
+        return init_settings, env_settings, _SecretFiles(settings_cls), dotenv_settings, file_secret_settings
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_capitals(cls, value):
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _ports_differ(self):
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ValueError(f"metrics_port: expected a port other than port's, got {self.metrics_port} for both")
+        return self
 
     @property
     def multi_tenant(self) -> bool:
@@ -86,3 +128,27 @@ class Settings(BaseSettings):
         log.info("settings: %s", self.model_dump_json())
         if not self.multi_tenant:
             log.warning("no admin token configured: single-tenant mode (tenant 'default'), no authentication")
+
+
+class _SecretFiles(PydanticBaseSettingsSource):
+    """`PREFIX_SERVER_ADMIN_TOKEN_FILE=/run/secrets/token`: the file's contents, less the trailing newline
+    an editor or `echo` leaves, stand for the variable. Setting both is ambiguous, so it is refused."""
+
+    def get_field_value(self, field, field_name):  # every value comes from __call__
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, str]:
+        values = {}
+        for name in SECRET_FILE_FIELDS:
+            variable = ENV_PREFIX + name.upper()
+            path = os.environ.get(variable + "_FILE")
+            if not path:
+                continue
+            if os.environ.get(variable):
+                raise ConfigurationError(f"{variable} and {variable}_FILE: expected one of them, got both")
+            try:
+                values[name] = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as error:
+                reason = getattr(error, "strerror", None) or str(error)
+                raise ConfigurationError(f"{variable}_FILE: expected a readable text file, got {path!r} ({reason})") from None
+        return values

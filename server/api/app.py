@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from server import __version__, metrics
+from server import __version__, metrics, tracing
 from server.api.deps import DEFAULT_TENANT
 from server.api.errors import install_error_handlers
 from server.api.lookups import RegistryLookups
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     services = Services(settings)
+    tracing.configure(settings.opentelemetry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -89,6 +90,8 @@ async def _bring_up(services: Services) -> None:
             lambda sha256: services.registry.read_artifact_bytes(sha256), s.engine_process, s.torch_threads,
             attention=s.attention,
         )
+        backbone = runtime.info()
+        metrics.BUILD_INFO.info({"version": __version__, "backbone": str(backbone["name"]), "fingerprint": str(backbone["fingerprint"])})
         registry = await _open_registry_when_reachable(s, runtime.shape, services.default_limits())
         services.registry, services.runtime = registry, runtime
         services.lookups = RegistryLookups(registry, ttl_s=s.registry_ttl_s)
@@ -108,6 +111,8 @@ async def _bring_up(services: Services) -> None:
     except Exception as exc:
         services.startup_error = f"{type(exc).__name__}: {exc}"
         log.exception("start-up failed")
+        if services.on_startup_failure is not None:
+            services.on_startup_failure(services.startup_error)
 
 
 def _open_registry(s: Settings, shape, limits):
@@ -126,16 +131,24 @@ def _open_registry(s: Settings, shape, limits):
 
 async def _open_registry_when_reachable(s: Settings, shape, limits):
     """A replica started while the database or blob store is down waits for it (not ready meanwhile)
-    instead of failing for good; any other error ends the start-up."""
+    instead of failing for good; any other error ends the start-up. So does an embedded registry
+    (SQLite file, local blobs) that cannot be opened: no network outage ends by itself there."""
     attempt = 0
     while True:
         try:
             return await run_in_threadpool(_open_registry, s, shape, limits)
         except RegistryUnavailable as error:
+            if not _registry_is_remote(s):
+                raise
             attempt += 1
             if attempt == 1 or attempt % 30 == 0:
                 log.warning("waiting for the registry: %s", error)
             await asyncio.sleep(1.0)
+
+
+def _registry_is_remote(s: Settings) -> bool:
+    database = s.database_url.get_secret_value() if s.database_url else ""
+    return (bool(database) and not database.startswith("sqlite")) or (s.blob_url or "").startswith("s3://")
 
 
 def _register_demo_prefixes(registry, folder: str) -> None:

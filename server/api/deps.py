@@ -60,6 +60,12 @@ async def authenticate(request: Request, services: Services) -> Caller:
     return Caller(tenant, is_admin=False)
 
 
+def is_admin_request(request: Request, admin_token: str) -> bool:
+    """Whether the request bears the admin token, without the registry (it may not be open yet)."""
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(key.strip().encode(), admin_token.encode())
+
+
 def _bearer_key(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")

@@ -79,7 +79,7 @@ async def classify_inputs(
         raise
     finally:
         metrics.REQUESTS.labels(tenant.name, outcome).inc()
-        metrics.REQUEST_SECONDS.observe(time.perf_counter() - started)
+        metrics.REQUEST_SECONDS.labels(tenant.name).observe(time.perf_counter() - started)
 
 
 async def _unless_disconnected(work, request: Request):

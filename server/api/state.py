@@ -3,6 +3,7 @@ The runtime (engine + batcher) is opaque here: the API calls it, it never reache
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from server.api.lookups import RegistryLookups
@@ -20,6 +21,8 @@ class Services:
     default_tenant: Tenant | None = None  # single-tenant mode's caller, and the admin's namespace
     ready: bool = False
     startup_error: str | None = None
+    on_startup_failure: Callable[[str], None] | None = None  # serve ends the process; tests leave it unset
+    draining: bool = False  # SIGTERM heard: unready while requests in flight finish
     registry_up: dict[str, bool] = field(default_factory=dict)  # from the health monitor's last probe
     background: list = field(default_factory=list)  # asyncio tasks cancelled at shutdown
 

@@ -19,7 +19,7 @@ from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from server import metrics
+from server import metrics, tracing
 from server.batching.prefix_cache import PrefixCache
 from server.engine import Engine, Row, ScoreFunction, TextInput
 
@@ -72,6 +72,10 @@ class _Request:
     deadline: float
     remaining: int
     cancelled: bool = False
+    # Wall-clock nanoseconds for the spans (server.tracing), 0 while tracing is off.
+    enqueued_ns: int = 0
+    batch_started_ns: int = 0
+    batch_ended_ns: int = 0
 
 
 @dataclass(eq=False, slots=True)
@@ -127,6 +131,7 @@ class Batcher:
             prefix = self.cache.peek(job.sha256)
             if prefix is None:
                 prefix = await loop.run_in_executor(self._prep_pool, self.cache.get, job.sha256)
+            tokenize_started_ns = tracing.now_ns() if tracing.TRACER is not None else 0
             encoded = None
             if sum(len(text) if isinstance(text, str) else len(text[0]) + len(text[1]) for text in job.inputs) <= INLINE_CHARS:
                 encoded = self.engine.try_encode(job.inputs, job.prefix_len, job.truncate)  # None: tokenizer busy
@@ -135,6 +140,9 @@ class Batcher:
                     self._prep_pool, self.engine.encode, job.inputs, job.prefix_len, job.truncate
                 )
             request = _Request(loop.create_future(), [None] * len(encoded), loop.time() + job.timeout_s, len(encoded))
+            if tokenize_started_ns:
+                request.enqueued_ns = tracing.now_ns()
+                tracing.record_span("tokenize", tokenize_started_ns, request.enqueued_ns, {"inputs": len(encoded)})
             key = (job.tenant, job.sha256) if self.limits.per_task_batches else job.tenant
             queue = self._queues.setdefault(key, deque())
             if not queue:
@@ -143,7 +151,11 @@ class Batcher:
             metrics.QUEUED_INPUTS.set(self._reserved)
             self._arrival.set()
             remaining = request.deadline - loop.time()
-            return await asyncio.wait_for(asyncio.shield(request.future), timeout=max(remaining, 0))
+            scores = await asyncio.wait_for(asyncio.shield(request.future), timeout=max(remaining, 0))
+            if request.enqueued_ns:
+                tracing.record_span("queue wait", request.enqueued_ns, request.batch_started_ns)
+                tracing.record_span("forward pass", request.batch_started_ns, request.batch_ended_ns)
+            return scores
         except TimeoutError:
             raise DeadlineExceeded(f"the request did not finish within {job.timeout_s:g} s") from None
         finally:
@@ -243,8 +255,11 @@ class Batcher:
 
     async def _run_batch(self, batch: list[_Item]) -> None:
         started = time.perf_counter()
+        started_ns = tracing.now_ns() if tracing.TRACER is not None else 0
         for item in batch:
             metrics.QUEUE_SECONDS.observe(started - item.enqueued_at)
+            if started_ns and not item.request.batch_started_ns:
+                item.request.batch_started_ns = started_ns  # a request's first batch ends its queue wait
         loop = asyncio.get_running_loop()
         try:
             scores = await loop.run_in_executor(self._compute_pool, self.engine.score, [i.row for i in batch])
@@ -258,6 +273,10 @@ class Batcher:
             for item in batch:
                 self._release(item.tenant, 1)
         self._observe(batch, time.perf_counter() - started)
+        if started_ns:
+            ended_ns = tracing.now_ns()
+            for item in batch:
+                item.request.batch_ended_ns = ended_ns
         if scores is not None:
             self._deliver(batch, scores)
 

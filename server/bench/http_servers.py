@@ -146,7 +146,7 @@ def scrape(server: ServerProcess) -> dict | None:
     """The batch counters of prefix-server's /metrics (None for the seed server, which has none)."""
     if server.mode == "seed":
         return None
-    text = httpx.get(f"{server.base}/metrics", timeout=30).text
+    text = httpx.get(f"{server.base}/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30).text
     values: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith(("prefix_server_batch_size", "prefix_server_batch_tokens", "prefix_server_inference_seconds")):

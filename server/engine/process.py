@@ -32,6 +32,7 @@ from multiprocessing.connection import Connection
 
 import torch
 
+from server import metrics
 from server.artifact import BackboneShape, PrefixArtifact, ProblemType, artifact_to_bytes
 from server.engine import wire
 from server.engine.engine import Row
@@ -73,7 +74,7 @@ class EngineProcess:
         self.encoder = TextEncoder.from_folder(backbone)
         self._config = {"backbone": str(backbone), "device": device, "dtype": dtype, "merge_pairs": merge_pairs,
                         "attention": attention, "torch_threads": torch_threads,
-                        "log_level": logging.getLevelName(log.getEffectiveLevel())}
+                        "log_level": logging.getLevelName(log.getEffectiveLevel()), "log_json": _logging_json()}
         self._start_timeout_s, self._max_restarts = start_timeout_s, max_restarts
         self._send_lock = threading.Lock()
         self._pending: dict[int, Future] = {}
@@ -229,6 +230,7 @@ class EngineProcess:
             try:
                 self._start()
                 self.restarts += 1
+                metrics.ENGINE_RESTARTS.inc()
                 log.warning("engine process restarted (pid %s); stale prefixes reload on their next request", self.pid)
                 return
             except Exception:
@@ -259,6 +261,13 @@ class EngineProcess:
         log.info("engine process %s up (%s threads)", ready["pid"], ready["torch_threads"])
         threading.Thread(target=self._read_replies, args=(conn, self.generation), name="engine-replies", daemon=True).start()
         self._up.set()
+
+
+def _logging_json() -> bool:
+    """Whether `serve` logs JSON lines (server.logs), so the engine's lines, on the same stderr, match."""
+    from server.logs import JsonFormatter
+
+    return any(isinstance(handler.formatter, JsonFormatter) for handler in logging.getLogger().handlers)
 
 
 def default_engine_env() -> None:

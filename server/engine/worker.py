@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import traceback
 
 log = logging.getLogger("server.engine.worker")
@@ -26,6 +27,14 @@ def run_worker(conn, config: dict) -> None:
     from server.heap import freeze_heap
 
     logging.basicConfig(level=config.get("log_level", "WARNING"), format="%(asctime)s %(levelname)s engine: %(message)s")
+    if config.get("log_json"):
+        from server.logs import JsonFormatter
+
+        logging.getLogger().handlers[0].setFormatter(JsonFormatter())
+    # A supervisor that signals the whole group (systemd, a terminal's Ctrl-C) must not kill the engine
+    # under requests in flight: the server drains first, then closes the pipe, and this loop ends.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         if config.get("torch_threads"):
             torch.set_num_threads(config["torch_threads"])

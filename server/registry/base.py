@@ -120,6 +120,10 @@ class Registry(Protocol):
     def add_version(self, tenant: str, task: str, artifact: bytes) -> VersionRecord:
         """Validates and stores a new immutable version, which becomes the active route. Atomic."""
 
+    def add_demo_version(self, tenant: str, task: str, artifact: bytes, file_name: str) -> VersionRecord | None:
+        """add_version for a shipped demo file, once: None if it was registered before, or its task
+        was uploaded to, routed or deleted by a user since."""
+
     def list_tasks(self, tenant: str) -> list[TaskRecord]: ...
 
     def get_task(self, tenant: str, task: str) -> TaskRecord: ...

@@ -6,12 +6,12 @@ transactions (and their locking) and reuses these for the SQL itself.
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, Row, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, delete, func, insert, select, update
 
 from server.artifact import PrefixArtifact
 from server.registry.base import LimitExceeded, NotFound, Route, TenantLimits, VersionRecord
 from server.registry.records import tenant_from_row, utc_now, version_from_row
-from server.registry.tables import tasks, tenants, versions
+from server.registry.tables import demo_prefixes, tasks, tenants, versions
 
 SELECT_TENANT_BY_KEY_HASH = select(tenants).where(tenants.c.api_key_hash == bindparam("key_hash"))
 
@@ -139,3 +139,38 @@ def insert_version(
     columns = route_columns(Route(pinned=version))
     conn.execute(update(tasks).where(task_is(tenant, task)).values(last_version=version, **columns))
     return version_from_row(conn.execute(select(versions).where(version_of(tenant, task, version))).one())
+
+
+def demo_row(conn: Connection, file_name: str, *, lock: bool = False) -> Row | None:
+    query = select(demo_prefixes).where(demo_prefixes.c.file_name == file_name)
+    return conn.execute(query.with_for_update() if lock else query).first()
+
+
+def claim_demo_file(conn: Connection, file_name: str, tenant: str, task: str, sha256: str) -> bool:
+    """True if the demo file should become a new version now: never registered and its task absent,
+    or changed since while its task still runs, unchanged, the version it became. A task found there
+    without a record (a user's, or registered before this table existed) is recorded and left alone.
+    Decided under the task's row lock, so an upload through another replica cannot slip in between."""
+    record = demo_row(conn, file_name, lock=True)
+    row = task_row(conn, tenant, task, lock=True)
+    if record is None:
+        if row is None:
+            return True
+        active = None if row.pinned_version is None else _version_sha256(conn, tenant, task, row.pinned_version)
+        record_demo_file(conn, file_name, tenant, task, sha256, row.pinned_version if active == sha256 else None)
+        return False
+    if record.sha256 == sha256 or row is None or record.version is None:
+        return False  # unchanged, deleted by a user, or never ours
+    untouched = row.pinned_version == record.version == row.last_version
+    return untouched and _version_sha256(conn, tenant, task, record.version) == record.sha256
+
+
+def record_demo_file(conn: Connection, file_name: str, tenant: str, task: str, sha256: str, version: int | None) -> None:
+    conn.execute(delete(demo_prefixes).where(demo_prefixes.c.file_name == file_name))
+    conn.execute(insert(demo_prefixes).values(
+        file_name=file_name, tenant=tenant, task=task, sha256=sha256, version=version, registered_at=utc_now()
+    ))
+
+
+def _version_sha256(conn: Connection, tenant: str, task: str, version: int) -> str | None:
+    return conn.execute(select(versions.c.sha256).where(version_of(tenant, task, version))).scalar()

@@ -181,6 +181,18 @@ class SqlRegistry:
     # Versions
 
     def add_version(self, tenant: str, task: str, artifact: bytes) -> VersionRecord:
+        return self._add_version(tenant, task, artifact)
+
+    def add_demo_version(self, tenant: str, task: str, artifact: bytes, file_name: str) -> VersionRecord | None:
+        """add_version for a shipped demo file, recorded in the same transaction; None when the file was
+        registered before, or its task was changed or deleted since (queries.claim_demo_file)."""
+        with self.database.read() as conn:  # the usual restart: nothing to do, no blob written
+            record = q.demo_row(conn, file_name)
+        if record is not None and record.sha256 == sha256_hex(artifact):
+            return None
+        return self._add_version(tenant, task, artifact, demo_file=file_name)
+
+    def _add_version(self, tenant: str, task: str, artifact: bytes, demo_file: str | None = None) -> VersionRecord | None:
         validate_name("tenant", tenant)
         validate_name("task", task)
         parsed = read_artifact(artifact, self._backbone)  # ArtifactError propagates: nothing stored yet
@@ -189,17 +201,24 @@ class SqlRegistry:
             q.check_quota(conn, tenant, task, size, self._default_limits)
         with _blob_store_errors():
             self.blobs.put(sha256, artifact)
+        record = None
         try:
             with self.database.write() as conn:
                 q.check_quota(conn, tenant, task, size, self._default_limits, lock=True)  # again, counted under the lock
                 self.database.lock_blob(conn, sha256)
                 with _blob_store_errors():
                     self.blobs.ensure(sha256, artifact)  # a collector may have removed it since the put
-                record = q.insert_version(conn, tenant, task, sha256, size, parsed)
-                self.database.announce(conn, Change("task", tenant, task))
+                if demo_file is None or q.claim_demo_file(conn, demo_file, tenant, task, sha256):
+                    record = q.insert_version(conn, tenant, task, sha256, size, parsed)
+                    if demo_file is not None:
+                        q.record_demo_file(conn, demo_file, tenant, task, sha256, record.version)
+                    self.database.announce(conn, Change("task", tenant, task))
         except BaseException:
             self._remove_unreferenced_blobs([sha256])
             raise
+        if record is None:
+            self._remove_unreferenced_blobs([sha256])  # a demo file left alone
+            return None
         log.info("tenant %r task %r: stored version %d (sha256 %s)", tenant, task, record.version, sha256)
         return record
 

@@ -12,6 +12,9 @@ never live in the database: a version row holds the sha256 of a blob in the cont
   `last_version` counts the task's uploads: the next version is last_version + 1, taken under the
   task's row lock, so numbers are gap-free and never repeat while the task exists.
 - versions: immutable, one row per upload; (tenant, task, version) is the key.
+- demo_prefixes: one row per shipped demo file once it was registered (or found already there): the
+  task and version it became (NULL: found with other bytes, never touched). No foreign key: the row
+  outlives a deleted task, so a restart does not bring the task back.
 """
 
 from __future__ import annotations
@@ -77,4 +80,15 @@ versions = Table(
     Column("metadata", JSON, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     ForeignKeyConstraint(["tenant", "task"], ["tasks.tenant", "tasks.name"]),
+)
+
+demo_prefixes = Table(
+    "demo_prefixes",
+    metadata,
+    Column("file_name", String(255), primary_key=True),
+    Column("tenant", String(NAME_LENGTH), nullable=False),
+    Column("task", String(NAME_LENGTH), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("version", Integer, nullable=True),
+    Column("registered_at", DateTime(timezone=True), nullable=False),
 )

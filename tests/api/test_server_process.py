@@ -1,13 +1,16 @@
 """`prefix-server serve` as a real process on a free port: concurrent mixed traffic shares forward
-passes and matches single requests; secrets stay out of the logs; kill -9 during uploads is safe."""
+passes and matches single requests; secrets stay out of the logs; kill -9 during uploads is safe;
+SIGTERM drains and exits 0."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -87,7 +90,7 @@ def test_concurrent_mixed_traffic_matches_single_requests(server, artifact_bytes
     for expected, got in zip(alone * 3, together):
         for e, g in zip(expected["results"], got["results"]):
             assert max(abs(e["scores"][k] - g["scores"][k]) for k in e["scores"]) <= 1e-5
-    metrics = httpx.get(f"{base}/metrics").text
+    metrics = httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
     sizes = [line for line in metrics.splitlines() if line.startswith("prefix_server_batch_size_count")]
     batches = float(sizes[0].split()[-1])
     assert batches < len(calls) * 4, "concurrent requests must share forward passes"
@@ -154,6 +157,8 @@ def test_a_killed_engine_process_comes_back_and_a_killed_server_takes_its_engine
             time.sleep(0.05)
         assert response.json()["results"] == expected
         assert httpx.get(f"{base}/readyz").status_code == 200
+        metrics = httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
+        assert "prefix_server_engine_restarts_total 1.0" in metrics
         (new_engine_pid,) = child_pids(proc.pid)
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -162,3 +167,50 @@ def test_a_killed_engine_process_comes_back_and_a_killed_server_takes_its_engine
     while not process_gone(new_engine_pid):
         assert time.monotonic() < deadline, "the engine process outlived its server"
         time.sleep(0.05)
+
+
+def test_sigterm_drains_the_requests_in_flight_and_exits_0(tmp_path, tiny_backbone_dir, artifact_bytes):
+    """Metrics on their own port too. The load stops sending when /readyz turns 503, as a load balancer
+    would; every request sent until then is answered 200, and the process exits 0."""
+    metrics_port = _free_port()
+    proc, base = start_server(
+        tiny_backbone_dir, tmp_path / "data", tmp_path / "server.log", PREFIX_SERVER_METRICS_PORT=str(metrics_port),
+        PREFIX_SERVER_SHUTDOWN_DELAY_S="1", PREFIX_SERVER_MAX_WAIT_MS="200", PREFIX_SERVER_LOG_FORMAT="json",
+    )
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    try:
+        httpx.put(f"{base}/v1/tasks/t", files={"file": ("a.safetensors", artifact_bytes())}, headers=admin).raise_for_status()
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert scraped.status_code == 200 and "prefix_server_build_info{" in scraped.text
+        assert httpx.get(f"{base}/metrics", headers=admin).status_code == 404
+        unready, outcomes = threading.Event(), []
+
+        def load() -> None:
+            while not unready.is_set():
+                try:
+                    outcomes.append(httpx.post(f"{base}/v1/classify", json={"task": "t", "inputs": ["x"]}, headers=admin, timeout=30).status_code)
+                except httpx.HTTPError as error:
+                    outcomes.append(repr(error))
+
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(load) for _ in range(8)]
+            time.sleep(1.0)
+            proc.send_signal(signal.SIGTERM)
+            readyz = httpx.get(f"{base}/readyz", timeout=5)
+            unready.set()
+            for future in futures:
+                future.result()
+            code = proc.wait(timeout=30)
+        assert readyz.status_code == 503 and "shutting down" in readyz.text
+        assert code == 0, (tmp_path / "server.log").read_text()[-3000:]
+        assert outcomes and all(outcome == 200 for outcome in outcomes), [o for o in outcomes if o != 200][:5]
+        # Every log line is JSON, the engine process's too. Triton's nanobind notes as the engine exits are
+        # no log lines (and end without a newline, so a log line may follow one on the same line).
+        text = (tmp_path / "server.log").read_text().replace("refleaks.html{", "refleaks.html\n{")
+        lines = [line for line in text.splitlines() if not line.startswith(("nanobind", " - ", "See https://nanobind"))]
+        assert lines and all(json.loads(line)["level"] for line in lines)
+        assert any(json.loads(line)["message"].startswith("signal 15: unready") for line in lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

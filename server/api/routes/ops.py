@@ -1,14 +1,17 @@
-"""Liveness, readiness, Prometheus metrics and GET /v1/info."""
+"""Liveness, readiness, Prometheus metrics and GET /v1/info.
+
+/metrics shows every tenant's traffic, so in multi-tenant mode only the admin token reads it here;
+with PREFIX_SERVER_METRICS_PORT set it lives on that port alone (serve starts it) and not here."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from server.api.deps import CallerDep, ReadyServices, get_services
+from server.api.deps import CallerDep, ReadyServices, get_services, is_admin_request
 from server.api.errors import error_response
 from server.api.state import Services
 
@@ -22,6 +25,8 @@ async def healthz() -> dict:
 
 @router.get("/readyz")
 async def readyz(services: Annotated[Services, Depends(get_services)]):
+    if services.draining:
+        return error_response(503, "shutting down: requests in flight are finishing")
     if services.ready and not services.runtime.healthy:
         return error_response(503, "the engine process is restarting")
     if services.ready:
@@ -32,7 +37,14 @@ async def readyz(services: Annotated[Services, Depends(get_services)]):
 
 
 @router.get("/metrics")
-def prometheus_metrics() -> Response:
+def prometheus_metrics(request: Request, services: Annotated[Services, Depends(get_services)]) -> Response:
+    s = services.settings
+    if s.metrics_port:
+        return error_response(404, f"not found: metrics are served on port {s.metrics_port}")
+    if s.multi_tenant and not is_admin_request(request, s.admin_token.get_secret_value()):
+        return error_response(
+            401, "/metrics: expected the admin token as 'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"}
+        )
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -125,7 +125,8 @@ def evaluate(engine: Engine, artifact: PrefixArtifact, dataset: Dataset) -> dict
     return metric_fns.regression_metrics(targets[:, 0], scores[:, 0])
 
 
-def _run_steps(model, encoded: EncodedSet, problem_type, config: TrainConfig, steps: int, progress: bool) -> None:
+def _run_steps(model, encoded, problem_type, config: TrainConfig, steps: int, progress: bool, loss=None) -> None:
+    """`loss(logits, targets)`: the token trainer's; None is the sentence heads' loss_fn for problem_type."""
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay)
     warmup = int(steps * config.warmup_ratio)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup, steps))
@@ -140,15 +141,16 @@ def _run_steps(model, encoded: EncodedSet, problem_type, config: TrainConfig, st
             if step == steps:
                 break
             batch = encoded.batch(indices)
-            loss = loss_fn(model(batch.input_ids, batch.token_type_ids, batch.token_mask), batch.targets, problem_type)
+            logits = model(batch.input_ids, batch.token_type_ids, batch.token_mask)
+            value = loss(logits, batch.targets) if loss else loss_fn(logits, batch.targets, problem_type)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            value.backward()
             torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), config.max_grad_norm)
             optimizer.step()
             schedule.step()
             step += 1
             rows_done += batch.size
-            value = loss.item()
+            value = value.item()
             if not math.isfinite(value):
                 raise ValueError(f"training diverged at step {step}: loss is {value} (try a lower --lr)")
             running_loss = value if running_loss is None else 0.95 * running_loss + 0.05 * value

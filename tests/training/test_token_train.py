@@ -1,0 +1,158 @@
+"""`train --head token` on the tiny backbone: word data and its first-sub-token alignment, parity of
+the trained token model with transformers' BertModel given the prefix as past key/values, the SPEC 1b
+artifact, the seqeval evaluation, and the command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+
+import pytest
+import torch
+from safetensors.torch import load as load_safetensors_bytes
+from transformers import AutoTokenizer, BertModel, DynamicCache
+
+from server.commands import train as train_command
+from server.training import DataError, TrainConfig
+from server.training.token_model import token_logits
+from server.training.token_trainer import _metadata_of, token_metrics, train_token
+from server.training.words import IGNORE, EncodedWordSet, first_subtokens, load_word_dataset, order_labels
+
+NAMES = ["Alice", "Bob", "Carol", "Dave"]
+PLACES = ["Paris", "London", "Berlin", "Madrid"]
+FILLER = ["met", "in", "the", "city", "of", "yesterday", "and", "saw"]
+
+
+def word_rows(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        tokens, tags = [], []
+        for _ in range(rng.randint(2, 6)):
+            kind = rng.random()
+            if kind < 0.25:
+                tokens += [rng.choice(NAMES), "Smithson"]
+                tags += ["B-PER", "I-PER"]
+            elif kind < 0.45:
+                tokens.append(rng.choice(PLACES))
+                tags.append("B-LOC")
+            else:
+                tokens.append(rng.choice(FILLER))
+                tags.append("O")
+        rows.append({"tokens": tokens, "tags": tags})
+    return rows
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _config(tmp_path, **overrides) -> TrainConfig:
+    defaults = dict(steps=6, batch_size=8, prefix_len=5, lr=3e-2, seed=1)
+    return TrainConfig(
+        train=write_jsonl(tmp_path / "train.jsonl", word_rows(40)),
+        eval=write_jsonl(tmp_path / "eval.jsonl", word_rows(12, seed=1)),
+        **{**defaults, **overrides},
+    )
+
+
+def test_labels_come_from_the_data_in_iob2_order(tmp_path):
+    assert order_labels({"I-PER", "O", "B-LOC", "B-PER", "I-LOC"}) == ("O", "B-LOC", "I-LOC", "B-PER", "I-PER")
+    dataset = load_word_dataset(write_jsonl(tmp_path / "d.jsonl", word_rows(30)))
+    assert dataset.labels == ("O", "B-LOC", "B-PER", "I-PER")
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"tokens": ["a", "b"], "tags": ["O"]}, "expected as many tags as tokens"),
+        ({"tokens": ["a b"], "tags": ["O"]}, "expected tokens without whitespace"),
+        ({"text": "a", "label": 0}, "expected 'tokens' to be a non-empty list"),
+    ],
+)
+def test_bad_rows_are_refused(tmp_path, row, message):
+    with pytest.raises(DataError, match=message):
+        load_word_dataset(write_jsonl(tmp_path / "d.jsonl", [row, row]))
+
+
+def test_first_subtoken_rule():
+    text = "Smithson  ok \u200b x"  # a zero-width space is not whitespace: a word the tokenizer drops
+    offsets = [(0, 0), (0, 5), (5, 8), (10, 12), (15, 16), (0, 0)]
+    assert first_subtokens(offsets, text, 4) == [1, 3, None, 4]  # token 2 is ##son of word 0
+
+
+def test_only_first_subtokens_are_labelled(tiny_engine, tmp_path):
+    dataset = load_word_dataset(write_jsonl(tmp_path / "d.jsonl", [{"tokens": ["Smithson", "met"], "tags": ["B-PER", "O"]}] * 2))
+    row = EncodedWordSet.build(dataset, tiny_engine.encoder.tokenizer, 64).encoded[0]
+    tokens = tiny_engine.encoder.tokenizer.convert_ids_to_tokens(row.input_ids)
+    assert len(tokens) > 4  # [CLS] smith ##son met [SEP]: Smithson is split
+    labelled = [(tok, dataset.labels[t]) for tok, t in zip(tokens, row.targets) if t != IGNORE]
+    assert labelled == [(tokens[1], "B-PER"), ("met", "O")]
+
+
+def test_token_model_equals_transformers_with_past_key_values(tiny_engine, tiny_backbone_dir, tmp_path):
+    result = train_token(_config(tmp_path), tiny_engine, progress=False)
+    tensors = load_safetensors_bytes(result.data)
+    kv = tensors["prefix.key_values"]  # [L, 2, H, P, D]
+    head = torch.nn.Linear(kv.shape[2] * kv.shape[4], len(result.labels))
+    head.load_state_dict({"weight": tensors["classifier.weight"], "bias": tensors["classifier.bias"]})
+    texts = ["Alice Smithson met Bob", "in Paris", "the city of London and Berlin yesterday " * 3]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_backbone_dir)
+    reference = BertModel.from_pretrained(tiny_backbone_dir, attn_implementation="eager").eval()
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    mask = enc["attention_mask"].bool()
+    L, _, H, P, D = kv.shape
+    with torch.no_grad():
+        ours = token_logits(tiny_engine.model, kv[:, :, None].expand(L, 2, 3, H, P, D), head,
+                            enc["input_ids"], enc["token_type_ids"], mask)  # [B, S, C]
+        for row in range(len(texts)):
+            n = int(mask[row].sum())
+            cache = DynamicCache()
+            for layer in range(L):
+                cache.update(kv[layer, 0][None], kv[layer, 1][None], layer)  # each [1, H, P, D]
+            out = reference(input_ids=enc["input_ids"][row : row + 1, :n], token_type_ids=enc["token_type_ids"][row : row + 1, :n],
+                            attention_mask=torch.ones(1, P + n, dtype=torch.long), cache=cache)
+            expected = head(out.last_hidden_state[0])  # [n, C]
+            assert torch.allclose(ours[row, :n], expected, atol=1e-5), (ours[row, :n] - expected).abs().max()
+
+
+def test_artifact_is_a_spec_1b_token_head(tiny_engine, tmp_path):
+    result = train_token(_config(tmp_path, dtype="float16"), tiny_engine, progress=False)
+    meta = _metadata_of(result.data)
+    assert (meta["format"], meta["format_version"], meta["head"]) == ("ptv2-prefix", "2", "token")
+    assert meta["problem_type"] == "single_label_classification"
+    assert json.loads(meta["labels"]) == list(result.labels) == ["O", "B-LOC", "B-PER", "I-PER"]
+    assert meta["backbone_fingerprint"] == tiny_engine.shape.fingerprint and meta["backbone_family"] == "bert"
+    assert {"eval_f1", "eval_precision", "eval_recall", "eval_word_accuracy", "eval_f1_per_type"} <= set(meta)
+    tensors = load_safetensors_bytes(result.data)
+    assert set(tensors) == {"prefix.key_values", "classifier.weight", "classifier.bias"}  # a token head has no pooler
+    assert tensors["prefix.key_values"].dtype == torch.float16 and tensors["classifier.weight"].dtype == torch.float32
+
+
+def test_training_learns_the_entities(tiny_engine, tmp_path):
+    result = train_token(_config(tmp_path, steps=60, lr=5e-2), tiny_engine, progress=False)
+    assert result.metrics["f1"] > 0.5 and result.metrics["word_accuracy"] > 0.8
+
+
+def test_entity_metrics_are_seqeval_micro_f1():
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
+    pred = [["B-PER", "I-PER", "O", "O"], ["I-ORG", "O"]]  # an I- without B- still starts an entity
+    metrics = token_metrics(gold, pred, ("O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"))
+    assert metrics["precision"] == 1.0 and metrics["recall"] == pytest.approx(2 / 3)
+    assert metrics["f1"] == pytest.approx(0.8) and metrics["word_accuracy"] == pytest.approx(4 / 6)
+    assert metrics["f1_per_type"] == {"LOC": 0.0, "ORG": 1.0, "PER": 1.0}
+
+
+def test_command_writes_a_token_artifact(tiny_backbone_dir, tmp_path, capsys):
+    config = _config(tmp_path)
+    parser = argparse.ArgumentParser()
+    train_command.register(parser.add_subparsers())
+    out = tmp_path / "entities.safetensors"
+    args = parser.parse_args(["train", "--head", "token", "--train", str(config.train), "--eval", str(config.eval),
+                              "--backbone", str(tiny_backbone_dir), "--steps", "3", "--prefix-len", "4",
+                              "--quiet", "--out", str(out)])
+    assert args.func(args) == 0
+    assert _metadata_of(out.read_bytes())["head"] == "token"
+    assert "token head" in capsys.readouterr().out

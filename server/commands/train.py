@@ -99,12 +99,8 @@ def run_train(args: argparse.Namespace) -> int:
             result = train(_config(args), progress=not args.quiet)
     except (DataError, BackboneError, ValueError, OSError) as exc:
         return _fail(exc)
-    if args.head == "token":
-        _write_atomically(args.out, result.data, lambda data, path: path.write_bytes(data))
-        print(_token_summary(args.out, result))
-    else:
-        _write_atomically(args.out, result.artifact, write_artifact)
-        print(_summary(args.out, result))
+    _write_atomically(args.out, result.artifact, write_artifact)
+    print(_summary(args.out, result))
     if not args.upload:
         return 0
     try:
@@ -140,23 +136,13 @@ def _summary(path: Path, result) -> str:
     a = result.artifact
     line = (
         f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB, P={a.prefix_len}, {len(a.labels)} labels, "
-        f"{a.problem_type.value}): {result.steps} steps in {result.seconds:.0f} s"
+        f"{a.problem_type.value}{', token head' if a.head.value == 'token' else ''}): "
+        f"{result.steps} steps in {result.seconds:.0f} s"
     )
     shown = {k: v for k, v in result.metrics.items() if not isinstance(v, dict)}
     if shown:
         line += "\neval: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
-    return line
-
-
-def _token_summary(path: Path, result) -> str:
-    line = (
-        f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB, P={result.prefix_len}, {len(result.labels)} labels, "
-        f"token head): {result.steps} steps in {result.seconds:.0f} s"
-    )
-    shown = {k: v for k, v in result.metrics.items() if not isinstance(v, dict)}
-    if shown:
-        line += "\neval: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
-    per_type = result.metrics.get("f1_per_type")
+    per_type = result.metrics.get("f1_per_type")  # token heads: entity F1 per type
     if per_type:
         line += "\nF1 per type: " + ", ".join(f"{k} {v:.4f}" for k, v in per_type.items())
     return line

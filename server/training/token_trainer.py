@@ -14,15 +14,13 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load as load_safetensors_bytes
-from safetensors.torch import save as save_safetensors_bytes
 from tqdm import tqdm
 
-from server.artifact import ProblemType
+from server.artifact import HeadKind, PrefixArtifact, ProblemType, artifact_to_bytes, read_artifact
 from server.engine import Engine
 from server.training.batches import eval_batches
 from server.training.prefix_encoder import PrefixEncoder
@@ -40,16 +38,13 @@ from server.training.trainer import (
 )
 from server.training.words import OUTSIDE, EncodedWordSet, WordDataset, is_iob2, load_word_dataset
 
-FORMAT_VERSION = "2"  # SPEC 1b: the first format with `head`
 ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
 
 
 @dataclass
 class TokenTrainResult:
-    data: bytes  # the artifact file
+    artifact: PrefixArtifact
     model: PrefixTokenClassifier
-    labels: tuple[str, ...]
-    prefix_len: int
     metrics: dict = field(default_factory=dict)
     steps: int = 0
     seconds: float = 0.0
@@ -73,12 +68,13 @@ def train_token(config: TrainConfig, engine: Engine | None = None, progress: boo
     started = time.perf_counter()
     _run_steps(model, encoded, ProblemType.SINGLE_LABEL, config, steps, progress, loss=token_loss)
     seconds = time.perf_counter() - started
-    data = export_token_artifact(model, train_set.labels, config, engine, {})
-    metrics = evaluate_tokens(engine, data, eval_set, max_tokens, progress) if eval_set is not None else {}
+    artifact = export_token_artifact(model, train_set.labels, config, engine)
+    metrics = evaluate_tokens(engine, artifact, eval_set, max_tokens, progress) if eval_set is not None else {}
     metadata = _metadata(config, train_set, eval_set, steps, seconds, engine, metrics)
     metadata.update(train_words=str(sum(len(w) for w in train_set.words)))
-    data = export_token_artifact(model, train_set.labels, config, engine, metadata)
-    return TokenTrainResult(data, model, train_set.labels, config.prefix_len, metrics, steps, seconds)
+    artifact = replace(artifact, extra_metadata=metadata)
+    read_artifact(artifact_to_bytes(artifact), engine.shape)  # what we write must load; raises if not
+    return TokenTrainResult(artifact, model, metrics, steps, seconds)
 
 
 def build_token_model(engine: Engine, config: TrainConfig, num_labels: int) -> PrefixTokenClassifier:
@@ -89,26 +85,23 @@ def build_token_model(engine: Engine, config: TrainConfig, num_labels: int) -> P
 
 
 def export_token_artifact(
-    model: PrefixTokenClassifier, labels: tuple[str, ...], config: TrainConfig, engine: Engine, metadata: dict[str, str]
-) -> bytes:
-    """The SPEC 1b token-head artifact: the prefix folded once (in --dtype), the head in float32."""
+    model: PrefixTokenClassifier, labels: tuple[str, ...], config: TrainConfig, engine: Engine
+) -> PrefixArtifact:
+    """The SPEC 1b token-head artifact (format 2, head `token`, single-label): the prefix folded once
+    into --dtype, the head in float32, no pooler."""
     model.eval()
     with torch.no_grad():
-        tensors = {
-            "prefix.key_values": model.key_values().to(DTYPES[config.dtype]).contiguous(),  # [L, 2, H, P, D]
-            "classifier.weight": model.classifier.weight.detach().float().contiguous(),  # [C, hidden]
-            "classifier.bias": model.classifier.bias.detach().float().contiguous(),  # [C]
-        }
-    return save_safetensors_bytes(tensors, metadata={
-        **metadata,
-        "format": "ptv2-prefix",
-        "format_version": FORMAT_VERSION,
-        "head": "token",
-        "problem_type": ProblemType.SINGLE_LABEL.value,
-        "labels": json.dumps(list(labels)),
-        "backbone_fingerprint": engine.shape.fingerprint,
-        "backbone_family": backbone_family(engine),
-    })
+        key_values = model.key_values().to(DTYPES[config.dtype]).contiguous()  # [L, 2, H, P, D]
+    return PrefixArtifact(
+        key_values=key_values,
+        classifier_weight=model.classifier.weight.detach().float().clone(),  # [C, hidden]
+        classifier_bias=model.classifier.bias.detach().float().clone(),  # [C]
+        problem_type=ProblemType.SINGLE_LABEL,
+        labels=labels,
+        backbone_fingerprint=engine.shape.fingerprint,
+        head=HeadKind.TOKEN,
+        backbone_family=backbone_family(engine),
+    )
 
 
 def backbone_family(engine: Engine) -> str:
@@ -118,14 +111,15 @@ def backbone_family(engine: Engine) -> str:
 
 
 @torch.no_grad()
-def predict_words(engine: Engine, data: bytes, dataset: WordDataset, max_tokens: int, progress: bool = False) -> list[list[str]]:
+def predict_words(
+    engine: Engine, artifact: PrefixArtifact, dataset: WordDataset, max_tokens: int, progress: bool = False
+) -> list[list[str]]:
     """Each word's predicted label: the argmax at its first sub-token (`O` when truncation cut it)."""
-    tensors = load_safetensors_bytes(data)
-    labels = json.loads(_metadata_of(data)["labels"])
-    key_values = tensors["prefix.key_values"].to(engine.device, engine.dtype)  # [L, 2, H, P, D]
-    head = torch.nn.Linear(*reversed(tensors["classifier.weight"].shape)).to(engine.device, engine.dtype)
-    head.weight.copy_(tensors["classifier.weight"])
-    head.bias.copy_(tensors["classifier.bias"])
+    labels = artifact.labels
+    key_values = artifact.key_values.to(engine.device, engine.dtype)  # [L, 2, H, P, D], as stored, then cast
+    head = torch.nn.Linear(*reversed(artifact.classifier_weight.shape)).to(engine.device, engine.dtype)
+    head.weight.copy_(artifact.classifier_weight)
+    head.bias.copy_(artifact.classifier_bias)
     encoded = EncodedWordSet.build(dataset, engine.encoder.tokenizer, max_tokens)
     predictions: list[list[str]] = [[] for _ in range(len(dataset))]
     batches = eval_batches([len(e) for e in encoded.encoded], EVAL_BATCH_SIZE)
@@ -141,9 +135,9 @@ def predict_words(engine: Engine, data: bytes, dataset: WordDataset, max_tokens:
     return predictions
 
 
-def evaluate_tokens(engine: Engine, data: bytes, dataset: WordDataset, max_tokens: int, progress: bool = False) -> dict:
+def evaluate_tokens(engine: Engine, artifact: PrefixArtifact, dataset: WordDataset, max_tokens: int, progress: bool = False) -> dict:
     """Entity-level micro precision / recall / F1 (seqeval's default mode) and word accuracy."""
-    predicted = predict_words(engine, data, dataset, max_tokens, progress)
+    predicted = predict_words(engine, artifact, dataset, max_tokens, progress)
     return token_metrics(dataset.tags, predicted, dataset.labels)
 
 
@@ -163,8 +157,3 @@ def token_metrics(gold: list[list[str]], predicted: list[list[str]], labels: tup
     report = classification_report(gold, predicted, output_dict=True, zero_division=0)
     metrics["f1_per_type"] = {name: value["f1-score"] for name, value in report.items() if " avg" not in name}
     return {name: (float(v) if not isinstance(v, dict) else v) for name, v in metrics.items()}
-
-
-def _metadata_of(data: bytes) -> dict[str, str]:
-    size = int.from_bytes(data[:8], "little")  # safetensors: an 8-byte header length, then the JSON header
-    return json.loads(data[8 : 8 + size]).get("__metadata__", {})

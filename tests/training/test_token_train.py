@@ -10,13 +10,13 @@ import random
 
 import pytest
 import torch
-from safetensors.torch import load as load_safetensors_bytes
 from transformers import AutoTokenizer, BertModel, DynamicCache
 
+from server.artifact import HeadKind, artifact_to_bytes, read_artifact, read_artifact_file
 from server.commands import train as train_command
 from server.training import DataError, TrainConfig
 from server.training.token_model import token_logits
-from server.training.token_trainer import _metadata_of, token_metrics, train_token
+from server.training.token_trainer import token_metrics, train_token
 from server.training.words import IGNORE, EncodedWordSet, first_subtokens, load_word_dataset, order_labels
 
 NAMES = ["Alice", "Bob", "Carol", "Dave"]
@@ -94,10 +94,10 @@ def test_only_first_subtokens_are_labelled(tiny_engine, tmp_path):
 
 def test_token_model_equals_transformers_with_past_key_values(tiny_engine, tiny_backbone_dir, tmp_path):
     result = train_token(_config(tmp_path), tiny_engine, progress=False)
-    tensors = load_safetensors_bytes(result.data)
-    kv = tensors["prefix.key_values"]  # [L, 2, H, P, D]
-    head = torch.nn.Linear(kv.shape[2] * kv.shape[4], len(result.labels))
-    head.load_state_dict({"weight": tensors["classifier.weight"], "bias": tensors["classifier.bias"]})
+    artifact = read_artifact(artifact_to_bytes(result.artifact), tiny_engine.shape)
+    kv = artifact.key_values  # [L, 2, H, P, D]
+    head = torch.nn.Linear(kv.shape[2] * kv.shape[4], len(artifact.labels))
+    head.load_state_dict({"weight": artifact.classifier_weight, "bias": artifact.classifier_bias})
     texts = ["Alice Smithson met Bob", "in Paris", "the city of London and Berlin yesterday " * 3]
     tokenizer = AutoTokenizer.from_pretrained(tiny_backbone_dir)
     reference = BertModel.from_pretrained(tiny_backbone_dir, attn_implementation="eager").eval()
@@ -120,15 +120,16 @@ def test_token_model_equals_transformers_with_past_key_values(tiny_engine, tiny_
 
 def test_artifact_is_a_spec_1b_token_head(tiny_engine, tmp_path):
     result = train_token(_config(tmp_path, dtype="float16"), tiny_engine, progress=False)
-    meta = _metadata_of(result.data)
+    data = artifact_to_bytes(result.artifact)
+    meta = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])["__metadata__"]  # the safetensors header
     assert (meta["format"], meta["format_version"], meta["head"]) == ("ptv2-prefix", "2", "token")
     assert meta["problem_type"] == "single_label_classification"
-    assert json.loads(meta["labels"]) == list(result.labels) == ["O", "B-LOC", "B-PER", "I-PER"]
+    assert json.loads(meta["labels"]) == ["O", "B-LOC", "B-PER", "I-PER"]
     assert meta["backbone_fingerprint"] == tiny_engine.shape.fingerprint and meta["backbone_family"] == "bert"
     assert {"eval_f1", "eval_precision", "eval_recall", "eval_word_accuracy", "eval_f1_per_type"} <= set(meta)
-    tensors = load_safetensors_bytes(result.data)
-    assert set(tensors) == {"prefix.key_values", "classifier.weight", "classifier.bias"}  # a token head has no pooler
-    assert tensors["prefix.key_values"].dtype == torch.float16 and tensors["classifier.weight"].dtype == torch.float32
+    artifact = read_artifact(data, tiny_engine.shape)
+    assert artifact.head is HeadKind.TOKEN and artifact.pooler_weight is None  # a token head has no pooler
+    assert artifact.key_values.dtype == torch.float16 and artifact.classifier_weight.dtype == torch.float32
 
 
 def test_training_learns_the_entities(tiny_engine, tmp_path):
@@ -154,5 +155,11 @@ def test_command_writes_a_token_artifact(tiny_backbone_dir, tmp_path, capsys):
                               "--backbone", str(tiny_backbone_dir), "--steps", "3", "--prefix-len", "4",
                               "--quiet", "--out", str(out)])
     assert args.func(args) == 0
-    assert _metadata_of(out.read_bytes())["head"] == "token"
+    assert read_artifact_file(out, train_command_shape(tiny_backbone_dir)).head is HeadKind.TOKEN
     assert "token head" in capsys.readouterr().out
+
+
+def train_command_shape(folder):
+    from server.engine import read_backbone_folder
+
+    return read_backbone_folder(folder).shape()

@@ -1,8 +1,9 @@
 """Converting checkpoints of other tools into prefix artifacts (`prefix-server import`).
 
 Owns the PEFT PREFIX_TUNING adapter (folder or .zip; SEQ_CLS and TOKEN_CLS, BERT and RoBERTa) and
-the original P-tuning v2 checkpoint readers (BERT and RoBERTa, sequence and token classification). Every refusal is a `CheckpointError`, an `ArtifactError` whose message says why. Never
-imports the API or batching layers.
+the original P-tuning v2 checkpoint readers (BERT and RoBERTa, sequence and token classification).
+Every refusal is a `CheckpointError`, an `ArtifactError` whose message says why. Never imports the
+API or batching layers.
 """
 
 from __future__ import annotations

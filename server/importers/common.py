@@ -109,7 +109,9 @@ def family_of_config(model_config: dict, what: str) -> str | None:
 
 def check_token_problem_type(head: HeadKind, problem_type: ProblemType) -> None:
     if head is HeadKind.TOKEN and problem_type is not ProblemType.SINGLE_LABEL:
-        raise CheckpointError(f"a token head expected problem type single_label_classification, got {problem_type.value}")
+        raise CheckpointError(
+            f"a token head expected problem type single_label_classification, got {problem_type.value}"
+        )
 
 
 def check_pooler(weight: torch.Tensor, bias: torch.Tensor, backbone: BackboneShape, what: str) -> None:

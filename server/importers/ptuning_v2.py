@@ -74,7 +74,9 @@ def convert_ptuning_v2(
     model_config = model_config or {}
     foreign = sorted({k.split(".")[0] for k in state if k.startswith(FOREIGN_BACKBONES)})
     if foreign:
-        raise CheckpointError(f"{source}: expected a BERT or RoBERTa checkpoint (bert.*, roberta.*), got weights of {foreign}")
+        raise CheckpointError(
+            f"{source}: expected a BERT or RoBERTa checkpoint (bert.*, roberta.*), got weights of {foreign}"
+        )
     family = _family(state, model_config, backbone, source)
     head_kind = head_kind or _head_kind(state, model_config, family)
     if EMBEDDING not in state:

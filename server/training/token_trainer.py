@@ -54,7 +54,9 @@ def train_token(config: TrainConfig, engine: Engine | None = None, progress: boo
     """Trains, exports and evaluates a token head; raises DataError or ValueError on bad input."""
     _check_config(config)
     if config.problem_type not in (None, ProblemType.SINGLE_LABEL):
-        raise ValueError(f"--problem-type: a token head expected single_label_classification, got {config.problem_type.value}")
+        raise ValueError(
+            f"--problem-type: a token head expected single_label_classification, got {config.problem_type.value}"
+        )
     torch.manual_seed(config.seed)
     engine = engine or Engine.from_folder(config.backbone or _default_backbone())
     if not 1 <= config.prefix_len <= engine.shape.max_prefix_len:
@@ -135,7 +137,9 @@ def predict_words(
     return predictions
 
 
-def evaluate_tokens(engine: Engine, artifact: PrefixArtifact, dataset: WordDataset, max_tokens: int, progress: bool = False) -> dict:
+def evaluate_tokens(
+    engine: Engine, artifact: PrefixArtifact, dataset: WordDataset, max_tokens: int, progress: bool = False
+) -> dict:
     """Entity-level micro precision / recall / F1 (seqeval's default mode) and word accuracy."""
     predicted = predict_words(engine, artifact, dataset, max_tokens, progress)
     return token_metrics(dataset.tags, predicted, dataset.labels)

@@ -74,7 +74,8 @@ def _parse_row(line: str, where: str) -> tuple[list[str], list[str]]:
     words, tags = record.get("tokens"), record.get("tags")
     for name, value in (("tokens", words), ("tags", tags)):
         if not isinstance(value, list) or not value or not all(isinstance(x, str) and x for x in value):
-            raise DataError(f"{where}: expected '{name}' to be a non-empty list of non-empty strings, got {value!r:.80}")
+            shown = repr(value)[:80]
+            raise DataError(f"{where}: expected '{name}' to be a non-empty list of non-empty strings, got {shown}")
     if len(words) != len(tags):
         raise DataError(f"{where}: expected as many tags as tokens, got {len(tags)} tags for {len(words)} tokens")
     spaced = next((w for w in words if len(w.split()) != 1), None)

@@ -171,5 +171,6 @@ def peft_roberta_seq_files(prompt_embeddings, dense, out_proj, config, *, raw=Fa
     return {
         "adapter_config.json": json.dumps(config).encode(),
         "adapter_model.safetensors": save_safetensors(tensors),
-        "config.json": json.dumps({"model_type": model_type, "architectures": ["RobertaForSequenceClassification"]}).encode(),
+        "config.json": json.dumps({"model_type": model_type, "architectures": ["RobertaForSequenceClassification"]})
+        .encode(),
     }

@@ -84,7 +84,8 @@ def test_first_subtoken_rule():
 
 
 def test_only_first_subtokens_are_labelled(tiny_engine, tmp_path):
-    dataset = load_word_dataset(write_jsonl(tmp_path / "d.jsonl", [{"tokens": ["Smithson", "met"], "tags": ["B-PER", "O"]}] * 2))
+    rows = [{"tokens": ["Smithson", "met"], "tags": ["B-PER", "O"]}] * 2
+    dataset = load_word_dataset(write_jsonl(tmp_path / "d.jsonl", rows))
     row = EncodedWordSet.build(dataset, tiny_engine.encoder.tokenizer, 64).encoded[0]
     tokens = tiny_engine.encoder.tokenizer.convert_ids_to_tokens(row.input_ids)
     assert len(tokens) > 4  # [CLS] smith ##son met [SEP]: Smithson is split
@@ -112,8 +113,9 @@ def test_token_model_equals_transformers_with_past_key_values(tiny_engine, tiny_
             cache = DynamicCache()
             for layer in range(L):
                 cache.update(kv[layer, 0][None], kv[layer, 1][None], layer)  # each [1, H, P, D]
-            out = reference(input_ids=enc["input_ids"][row : row + 1, :n], token_type_ids=enc["token_type_ids"][row : row + 1, :n],
-                            attention_mask=torch.ones(1, P + n, dtype=torch.long), cache=cache)
+            ids, types = enc["input_ids"][row : row + 1, :n], enc["token_type_ids"][row : row + 1, :n]  # [1, n]
+            mask_with_prefix = torch.ones(1, P + n, dtype=torch.long)  # the seed's cat(prefix ones, mask)
+            out = reference(input_ids=ids, token_type_ids=types, attention_mask=mask_with_prefix, cache=cache)
             expected = head(out.last_hidden_state[0])  # [n, C]
             assert torch.allclose(ours[row, :n], expected, atol=1e-5), (ours[row, :n] - expected).abs().max()
 

@@ -69,6 +69,10 @@ class BackboneShape:
     def hidden_size(self) -> int:
         return self.num_heads * self.head_dim
 
+    def max_tokens(self, prefix_len: int) -> int:
+        """How many tokens a row with this prefix length may hold, special tokens included (SPEC 1, 1b)."""
+        return self.max_position_embeddings - self.position_offset - prefix_len
+
     @property
     def max_prefix_len(self) -> int:
         # Room for the first and last special tokens ([CLS]/[SEP] or <s>/</s>).

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 from server import metrics
 from server.batching.prefix_cache import PrefixCache
-from server.engine import Engine, Row, ScoreFunction, TextInput
+from server.engine import Row, ScoreFunction, TextEncoder, TextInput
+from server.engine.surface import EngineSurface
 
 log = logging.getLogger(__name__)
 # Requests up to this many characters are tokenized on the event loop (about 0.2 ms on MiniLM's
@@ -84,8 +85,9 @@ class _Item:
 
 
 class Batcher:
-    def __init__(self, engine: Engine, cache: PrefixCache, limits: BatchLimits):
+    def __init__(self, engine: EngineSurface, cache: PrefixCache, limits: BatchLimits, encoder: TextEncoder):
         self.engine, self.cache, self.limits = engine, cache, limits
+        self.encoder = encoder  # tokenizing is the serving side's: the engine gets token ids
         # Queues are per tenant (per tenant and task in the per-task baseline), served in turn.
         self._queues: dict[object, deque[_Item]] = {}
         self._turns: deque[object] = deque()  # queue keys with queued items, in serving order
@@ -127,12 +129,12 @@ class Batcher:
             prefix = self.cache.peek(job.sha256)
             if prefix is None:
                 prefix = await loop.run_in_executor(self._prep_pool, self.cache.get, job.sha256)
-            encoded = None
+            encoded, max_tokens = None, self.engine.shape.max_tokens(job.prefix_len)
             if sum(len(text) if isinstance(text, str) else len(text[0]) + len(text[1]) for text in job.inputs) <= INLINE_CHARS:
-                encoded = self.engine.try_encode(job.inputs, job.prefix_len, job.truncate)  # None: tokenizer busy
+                encoded = self.encoder.try_encode(job.inputs, max_tokens, job.truncate)  # None: tokenizer busy
             if encoded is None:
                 encoded = await loop.run_in_executor(
-                    self._prep_pool, self.engine.encode, job.inputs, job.prefix_len, job.truncate
+                    self._prep_pool, self.encoder.encode, job.inputs, max_tokens, job.truncate
                 )
             request = _Request(loop.create_future(), [None] * len(encoded), loop.time() + job.timeout_s, len(encoded))
             key = (job.tenant, job.sha256) if self.limits.per_task_batches else job.tenant

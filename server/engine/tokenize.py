@@ -1,13 +1,15 @@
 """Turns texts and text pairs into token ids with the backbone's fast tokenizer.
 
-A row's token budget depends on its prefix: positions start at P, so at most
-max_position_embeddings - P tokens fit, [CLS] and [SEP] included. Inputs are encoded once without
+A row's token budget depends on its prefix and the family (BackboneShape.max_tokens): positions start
+at offset + P, so at most max_position_embeddings - offset - P tokens fit, special tokens included.
+A single-token-type family (RoBERTa) gets type ids 0 for every token, pairs included. Inputs are encoded once without
 truncation (batched); only the rare over-long ones are encoded again with the tokenizer's own
 truncation (`longest_first` for pairs), so a cut input is exactly what the tokenizer would give.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,8 @@ from pathlib import Path
 import tokenizers
 import transformers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from server.engine.family import BERT, MODEL_TYPES, Family
 
 TextInput = str | tuple[str, str]  # a text, or (text, text_pair)
 
@@ -36,10 +40,12 @@ class InputTooLong(ValueError):
 
 
 class TextEncoder:
-    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, single_token_type: bool = False):
         if not tokenizer.is_fast:
             raise ValueError("expected a fast (Rust) tokenizer, got a Python one")
         self.tokenizer = tokenizer
+        self.single_token_type = single_token_type
+        self._pair_minimum = tokenizer.num_special_tokens_to_add(pair=True)  # [CLS] a [SEP] b [SEP]: 3
         # Encoding goes straight to a private copy of the Rust tokenizer: the transformers wrapper adds
         # ~15 us of Python per call (about a third of encoding a sentence) and sets the same state.
         self._backend = tokenizers.Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
@@ -51,7 +57,7 @@ class TextEncoder:
     @classmethod
     def from_folder(cls, folder: str | Path) -> "TextEncoder":
         transformers.logging.set_verbosity_error()  # silences "sequence longer than model_max_length"
-        return cls(AutoTokenizer.from_pretrained(str(folder), use_fast=True))
+        return cls(AutoTokenizer.from_pretrained(str(folder), use_fast=True), _family_of(Path(folder)).single_token_type)
 
     def encode(self, inputs: list[TextInput], max_tokens: int, truncate: bool = True) -> list[EncodedInput]:
         """Encodes `inputs` for one prefix length; raises InputTooLong when truncate is False."""
@@ -74,9 +80,10 @@ class TextEncoder:
             raise InputTooLong(over[0], len(out[over[0]]), max_tokens)
         if over:
             over_pairs = [i for i in over if not isinstance(inputs[i], str)]
-            if over_pairs and max_tokens < 3:  # [CLS] a [SEP] b [SEP] cannot be cut below three
+            if over_pairs and max_tokens < self._pair_minimum:  # no fewer than its special tokens
                 index = over_pairs[0]
-                raise InputTooLong(index, len(out[index]), max_tokens, "a text pair cannot be cut below 3 tokens")
+                hint = f"a text pair cannot be cut below {self._pair_minimum} tokens"
+                raise InputTooLong(index, len(out[index]), max_tokens, hint)
             for index, encoded in zip(over, self._encode_items([inputs[i] for i in over], max_tokens)):
                 out[index] = EncodedInput(encoded.input_ids, encoded.token_type_ids, truncated=True)
         return out
@@ -94,4 +101,14 @@ class TextEncoder:
         encode = self._backend.encode
         encodings = [encode(item, add_special_tokens=True) if isinstance(item, str) else encode(*item, add_special_tokens=True)
                      for item in items]
+        if self.single_token_type:
+            return [EncodedInput(e.ids, [0] * len(e.ids)) for e in encodings]
         return [EncodedInput(e.ids, e.type_ids) for e in encodings]
+
+
+def _family_of(folder: Path) -> Family:
+    """The family a model folder's config.json names (BERT when there is none: a bare tokenizer folder)."""
+    config = folder / "config.json"
+    if not config.is_file():
+        return BERT
+    return MODEL_TYPES.get(json.loads(config.read_text()).get("model_type"), BERT)

@@ -20,6 +20,7 @@ def run_worker(conn, config: dict) -> None:
     """Entry point of the child process. `config`: backbone, device, dtype, merge_pairs, attention, torch_threads."""
     import dataclasses
 
+    import numpy as np
     import torch
 
     from server.artifact import read_artifact
@@ -68,7 +69,9 @@ def run_worker(conn, config: dict) -> None:
                 prefixes[header["handle"]] = engine.load_prefix(read_artifact(payload, shape))
                 reply["nbytes"] = prefixes[header["handle"]].nbytes
             elif op == "score":
-                out = wire.encode_matrix(engine.score_matrix(rows_of(payload)).numpy())
+                scores, tokens = engine.score_matrices(rows_of(payload))
+                tokens = tokens.numpy() if tokens is not None else np.zeros((0, 1), dtype=np.float32)
+                out = wire.encode_matrices(scores.numpy(), tokens)
             elif op == "pooled":
                 out = wire.encode_matrix(engine.pooled(rows_of(payload)).float().cpu().numpy())
             elif op == "stats":

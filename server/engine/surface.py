@@ -30,6 +30,9 @@ class LoadedTask(Protocol):
     @property
     def stale(self) -> bool: ...  # its engine (process) has restarted since it was loaded
 
+    @property
+    def token_head(self) -> bool: ...  # a token-classification task (SPEC 1b): one result per token
+
 
 @runtime_checkable
 class EngineSurface(Protocol):

@@ -28,12 +28,17 @@ class EncodedInput:
     input_ids: list[int]
     token_type_ids: list[int]
     truncated: bool = False
+    offsets: list[tuple[int, int]] | None = None  # character spans, for token tasks only (SPEC 2b)
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
 
-class InputTooLong(ValueError):
+class InputRefused(ValueError):
+    """An input the task cannot take (HTTP 422); the message says what was expected and what came."""
+
+
+class InputTooLong(InputRefused):
     def __init__(self, index: int, num_tokens: int, limit: int, hint: str = "send truncate: true to cut it"):
         self.index, self.num_tokens, self.limit = index, num_tokens, limit
         super().__init__(f"inputs[{index}]: expected at most {limit} tokens for this task, got {num_tokens} ({hint})")
@@ -59,22 +64,27 @@ class TextEncoder:
         transformers.logging.set_verbosity_error()  # silences "sequence longer than model_max_length"
         return cls(AutoTokenizer.from_pretrained(str(folder), use_fast=True), _family_of(Path(folder)).single_token_type)
 
-    def encode(self, inputs: list[TextInput], max_tokens: int, truncate: bool = True) -> list[EncodedInput]:
-        """Encodes `inputs` for one prefix length; raises InputTooLong when truncate is False."""
+    def encode(
+        self, inputs: list[TextInput], max_tokens: int, truncate: bool = True, offsets: bool = False
+    ) -> list[EncodedInput]:
+        """Encodes `inputs` for one prefix length; raises InputTooLong when truncate is False.
+        `offsets`: keep each token's character span (token tasks)."""
         with self._lock:
-            return self._encode(inputs, max_tokens, truncate)
+            return self._encode(inputs, max_tokens, truncate, offsets)
 
-    def try_encode(self, inputs: list[TextInput], max_tokens: int, truncate: bool = True) -> list[EncodedInput] | None:
+    def try_encode(
+        self, inputs: list[TextInput], max_tokens: int, truncate: bool = True, offsets: bool = False
+    ) -> list[EncodedInput] | None:
         """encode, or None at once if another thread is encoding (for callers that must not wait)."""
         if not self._lock.acquire(blocking=False):
             return None
         try:
-            return self._encode(inputs, max_tokens, truncate)
+            return self._encode(inputs, max_tokens, truncate, offsets)
         finally:
             self._lock.release()
 
-    def _encode(self, inputs: list[TextInput], max_tokens: int, truncate: bool) -> list[EncodedInput]:
-        out = self._encode_items(inputs, None)  # untruncated first: the full lengths decide what is cut
+    def _encode(self, inputs: list[TextInput], max_tokens: int, truncate: bool, offsets: bool = False) -> list[EncodedInput]:
+        out = self._encode_items(inputs, None, offsets)  # untruncated first: the full lengths decide what is cut
         over = [i for i, encoded in enumerate(out) if len(encoded) > max_tokens]
         if over and not truncate:
             raise InputTooLong(over[0], len(out[over[0]]), max_tokens)
@@ -84,11 +94,11 @@ class TextEncoder:
                 index = over_pairs[0]
                 hint = f"a text pair cannot be cut below {self._pair_minimum} tokens"
                 raise InputTooLong(index, len(out[index]), max_tokens, hint)
-            for index, encoded in zip(over, self._encode_items([inputs[i] for i in over], max_tokens)):
-                out[index] = EncodedInput(encoded.input_ids, encoded.token_type_ids, truncated=True)
+            for index, encoded in zip(over, self._encode_items([inputs[i] for i in over], max_tokens, offsets)):
+                out[index] = EncodedInput(encoded.input_ids, encoded.token_type_ids, True, encoded.offsets)
         return out
 
-    def _encode_items(self, items: list[TextInput], max_tokens: int | None) -> list[EncodedInput]:
+    def _encode_items(self, items: list[TextInput], max_tokens: int | None, offsets: bool = False) -> list[EncodedInput]:
         """What `tokenizer(texts, text_pairs, truncation="longest_first", max_length=...)` gives (the
         tests compare the two); the caller holds self._lock."""
         if max_tokens is None:
@@ -101,6 +111,9 @@ class TextEncoder:
         encode = self._backend.encode
         encodings = [encode(item, add_special_tokens=True) if isinstance(item, str) else encode(*item, add_special_tokens=True)
                      for item in items]
+        if offsets:
+            return [EncodedInput(e.ids, [0] * len(e.ids) if self.single_token_type else e.type_ids, offsets=e.offsets)
+                    for e in encodings]
         if self.single_token_type:
             return [EncodedInput(e.ids, [0] * len(e.ids)) for e in encodings]
         return [EncodedInput(e.ids, e.type_ids) for e in encodings]

@@ -87,3 +87,14 @@ def test_byte_level_offsets_starting_inside_the_word():
     assert entities(text, offsets, scores, ("O", "B-LOC", "I-LOC")) == [
         {"label": "LOC", "score": pytest.approx(0.85), "start": 3, "end": 11, "text": "New York"}
     ]
+
+
+def test_random_tag_sequences_group_as_seqeval_does():
+    sequence_labeling = pytest.importorskip("seqeval.metrics.sequence_labeling")
+    import random
+
+    rng = random.Random(0)
+    tags = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    for _ in range(500):
+        sequence = [rng.choice(tags) for _ in range(rng.randint(0, 12))]
+        assert spans(sequence) == list(sequence_labeling.get_entities(sequence)), sequence

@@ -64,6 +64,7 @@ class BackboneShape:
     fingerprint: str
     family: str = "bert"
     position_offset: int = 0
+    pooler: bool = True  # False: a RoBERTa backbone without one; sequence tasks must bring their own
 
     @property
     def hidden_size(self) -> int:
@@ -261,6 +262,11 @@ def _check_tensor_entries(header: SafetensorsHeader, backbone: BackboneShape, fa
     if has_pooler and not set(POOLER_TENSORS) <= names:
         raise ArtifactError(
             f"tensors: expected both {POOLER_WEIGHT!r} and {POOLER_BIAS!r} or neither, got only {sorted(names & set(POOLER_TENSORS))}"
+        )
+    if facts.head is HeadKind.SEQUENCE and not has_pooler and not backbone.pooler:
+        raise ArtifactError(
+            f"tensors: expected {POOLER_WEIGHT!r} and {POOLER_BIAS!r} (this server's backbone has no pooler, so a "
+            "sequence task brings its own; format_version 2), got none"
         )
     for name in sorted(names):
         dtype = header.tensors[name].dtype

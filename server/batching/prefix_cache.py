@@ -55,7 +55,8 @@ class PrefixCache:
                 if hit is not None:
                     return hit
             metrics.CACHE_MISSES.inc()
-            prefix = self._engine.load_prefix(read_artifact(self._read_bytes(sha256), self._engine.shape))
+            data = self._read_bytes(sha256)
+            prefix = self._engine.load_prefix(read_artifact(data, self._engine.shape), data)  # parsed once here
             with self._lock:
                 self._insert(sha256, prefix)
                 self._loading.pop(sha256, None)

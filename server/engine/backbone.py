@@ -122,7 +122,7 @@ class BackboneFiles:
         g = self.geometry
         return BackboneShape(
             g.num_layers, g.num_heads, g.head_dim, g.max_position_embeddings, self.fingerprint,
-            family=g.family_name, position_offset=g.position_offset,
+            family=g.family_name, position_offset=g.position_offset, pooler="pooler.dense.weight" in self.state_dict,
         )
 
 

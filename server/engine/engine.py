@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from server.artifact import BackboneShape, HeadKind, PrefixArtifact, ProblemType
+from server.artifact import ArtifactError, BackboneShape, HeadKind, PrefixArtifact, ProblemType
 from server.engine.attention import HostIndex, RaggedBatch, pack_ragged, resolve_attention
 from server.engine.backbone import BackboneFiles, read_backbone_folder
 from server.engine.head_pool import HeadEntry, HeadPool, apply_heads, head_index
@@ -123,11 +123,12 @@ class Engine:
     def max_tokens(self, prefix_len: int) -> int:
         return self.shape.max_tokens(prefix_len)
 
-    def load_prefix(self, artifact: PrefixArtifact) -> LoadedPrefix:
+    def load_prefix(self, artifact: PrefixArtifact, data: bytes | None = None) -> LoadedPrefix:
+        """`data` (the bytes it was read from) is for EngineProcess's sake; here the tensors are at hand."""
         own_pooler = artifact.pooler_weight is not None
         if artifact.head is HeadKind.SEQUENCE and not own_pooler and self.model.pooler is None:
-            raise ValueError(
-                "artifact: expected pooler.weight and pooler.bias (this backbone has no pooler of its own), got none"
+            raise ArtifactError(  # read_artifact refuses these already; an artifact built in code may not have been read
+                "tensors: expected 'pooler.weight' and 'pooler.bias' (this server's backbone has no pooler), got none"
             )
         pooled_head = None
         if self.head_pool is not None:

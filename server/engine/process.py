@@ -105,9 +105,10 @@ class EngineProcess:
     def alive(self) -> bool:
         return self._up.is_set()
 
-    def load_prefix(self, artifact: PrefixArtifact) -> RemotePrefix:
+    def load_prefix(self, artifact: PrefixArtifact, data: bytes | None = None) -> RemotePrefix:
+        """`data`: the bytes `artifact` was read from, sent as they are (else written again)."""
         handle, generation = next(_handles), self.generation
-        reply, _ = self._call({"op": "load", "handle": handle}, artifact_to_bytes(artifact))
+        reply, _ = self._call({"op": "load", "handle": handle}, data if data is not None else artifact_to_bytes(artifact))
         prefix = RemotePrefix(handle, generation, artifact.prefix_len, artifact.problem_type, artifact.labels,
                               reply["nbytes"], self, artifact.head)
         weakref.finalize(prefix, self._released.append, handle)

@@ -44,7 +44,9 @@ class EngineSurface(Protocol):
 
     def info(self) -> dict: ...
 
-    def load_prefix(self, artifact: PrefixArtifact) -> LoadedTask: ...
+    def load_prefix(self, artifact: PrefixArtifact, data: bytes | None = None) -> LoadedTask:
+        """`data`: the bytes `artifact` was read from, so an engine elsewhere gets them as stored."""
+        ...
 
     def score(self, rows: list) -> list[list[float]]:
         """Scores per row (server.engine.Row), in row order, each cut to its task's labels."""

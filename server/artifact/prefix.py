@@ -64,10 +64,15 @@ class BackboneShape:
     fingerprint: str
     family: str = "bert"
     position_offset: int = 0
+    pooler: bool = True  # False: a RoBERTa backbone without one; sequence tasks must bring their own
 
     @property
     def hidden_size(self) -> int:
         return self.num_heads * self.head_dim
+
+    def max_tokens(self, prefix_len: int) -> int:
+        """How many tokens a row with this prefix length may hold, special tokens included (SPEC 1, 1b)."""
+        return self.max_position_embeddings - self.position_offset - prefix_len
 
     @property
     def max_prefix_len(self) -> int:
@@ -257,6 +262,11 @@ def _check_tensor_entries(header: SafetensorsHeader, backbone: BackboneShape, fa
     if has_pooler and not set(POOLER_TENSORS) <= names:
         raise ArtifactError(
             f"tensors: expected both {POOLER_WEIGHT!r} and {POOLER_BIAS!r} or neither, got only {sorted(names & set(POOLER_TENSORS))}"
+        )
+    if facts.head is HeadKind.SEQUENCE and not has_pooler and not backbone.pooler:
+        raise ArtifactError(
+            f"tensors: expected {POOLER_WEIGHT!r} and {POOLER_BIAS!r} (this server's backbone has no pooler, so a "
+            "sequence task brings its own; format_version 2), got none"
         )
     for name in sorted(names):
         dtype = header.tensors[name].dtype

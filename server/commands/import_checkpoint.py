@@ -58,6 +58,6 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def _default_backbone() -> Path:
-    from server.engine.random_backbone import default_backbone_dir
+    from server.engine.backbone import default_backbone_dir
 
     return default_backbone_dir()

@@ -21,13 +21,14 @@ from tqdm import tqdm
 
 from server.artifact import PrefixArtifact, ProblemType, artifact_to_bytes, read_artifact
 from server.engine import Engine, Row
+from server.engine.backbone import DTYPES, default_backbone_dir
+from server.engine.scoring import MULTI_LABEL_THRESHOLD
 from server.training import metrics as metric_fns
 from server.training.batches import EncodedSet, epoch_batches, eval_batches
 from server.training.data import Dataset, load_dataset
 from server.training.model import PrefixClassifier, loss_fn
 from server.training.prefix_encoder import PrefixEncoder
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DEFAULT_EPOCHS = 3.0
 EVAL_BATCH_SIZE = 64
 
@@ -121,7 +122,7 @@ def evaluate(engine: Engine, artifact: PrefixArtifact, dataset: Dataset) -> dict
     if dataset.problem_type is ProblemType.SINGLE_LABEL:
         return metric_fns.single_label_metrics(targets, scores.argmax(axis=1), dataset.labels)
     if dataset.problem_type is ProblemType.MULTI_LABEL:
-        return metric_fns.multi_label_metrics(targets > 0.5, scores >= 0.5, dataset.labels)
+        return metric_fns.multi_label_metrics(targets > 0.5, scores >= MULTI_LABEL_THRESHOLD, dataset.labels)
     return metric_fns.regression_metrics(targets[:, 0], scores[:, 0])
 
 
@@ -230,7 +231,5 @@ def _backbone_dropout(engine: Engine) -> float:
 
 
 def _default_backbone() -> Path:
-    from server.engine.random_backbone import default_backbone_dir
-
     return default_backbone_dir()
 

@@ -4,8 +4,8 @@ server's own `PrefixBert` layers.
 The backbone runs with the prefix as past keys/values exactly as for sentence tasks (packing.py
 lays the batch out), but instead of the pooled `[CLS]` the final hidden state of every token goes
 through dropout and a linear head (the seed's token model: `classifier(dropout(sequence_output))`).
-`PrefixBert.forward_packed` returns only the pooled output, so the layers are run here; once the
-engine exposes per-token hidden states this should call that instead (one copy of the embeddings).
+The hidden states are the engine's own (`PrefixBert.hidden_states`), so the family's positions
+(BERT's P + i, RoBERTa's padding_idx + 1 + P + i) are those serving uses.
 """
 
 from __future__ import annotations
@@ -15,22 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from server.engine.model import PrefixBert
-from server.engine.packing import PackedBatch, pack_padded
+from server.engine.packing import pack_padded
 from server.training.prefix_encoder import PrefixEncoder, flat_to_key_values
 from server.training.words import IGNORE
-
-
-def token_hidden_states(backbone: PrefixBert, batch: PackedBatch) -> torch.Tensor:
-    """Every token's final hidden state, `[T, C]`, in the batch's packed token order."""
-    x = (
-        backbone.word_embeddings(batch.input_ids)
-        + backbone.position_embeddings(batch.positions)
-        + backbone.token_type_embeddings(batch.token_type_ids)
-    )  # [T, C]
-    x = backbone.embed_norm(x)
-    for index, layer in enumerate(backbone.layers):
-        x = layer(x, batch, index)
-    return x  # [T, C]
 
 
 def unpack_tokens(packed: torch.Tensor, token_mask: torch.Tensor, restore_order: torch.Tensor) -> torch.Tensor:
@@ -58,9 +45,8 @@ def token_logits(
     """Logits of every token, `[B, S, num_labels]` (padding rows hold zeros)."""
     B, P = input_ids.shape[0], prefix_kv.shape[4]
     prefix_lens = torch.full((B,), P, dtype=torch.long, device=input_ids.device)  # [B]
-    batch = pack_padded(input_ids, token_type_ids, token_mask, prefix_kv, prefix_lens,
-                        backbone.geometry.max_position_embeddings)
-    hidden = token_hidden_states(backbone, batch)  # [T, C]
+    batch = pack_padded(input_ids, token_type_ids, token_mask, prefix_kv, prefix_lens, backbone.max_positions)
+    hidden = backbone.hidden_states(batch)  # [T, C], packed token order
     if dropout is not None:
         hidden = dropout(hidden)
     return unpack_tokens(classifier(hidden), token_mask, batch.restore_order)  # [B, S, num_labels]

@@ -3,8 +3,9 @@
 Shares the optimisation loop, the schedule and the metadata with the sentence trainer (trainer.py);
 owns the word-level data path, the token-head artifact (SPEC 1b: `format_version` 2, `head` =
 `token`, `problem_type` single-label, the IOB2 labels), and the entity-level evaluation. The
-evaluation runs the exported artifact's tensors (in their stored dtype) through the same layers the
-server runs, with words found by SPEC 2b's first-sub-token rule, and scores entities with seqeval's
+evaluation scores the exported artifact through `Engine.score` (the serving path, the prefix in its
+stored dtype) on the serving tokenizer's encoding with offsets, takes each word's label at its first
+sub-token by SPEC 2b's rule, and scores entities with seqeval's
 default (conlleval) definition: micro F1 over exact spans. A word the truncation cut off is
 predicted `O`, which is what serving answers for it (no label, so in no entity).
 """
@@ -21,10 +22,10 @@ import torch
 from tqdm import tqdm
 
 from server.artifact import HeadKind, PrefixArtifact, ProblemType, artifact_to_bytes, read_artifact
-from server.engine import Engine
+from server.engine import Engine, Row
 from server.training.batches import eval_batches
 from server.training.prefix_encoder import PrefixEncoder
-from server.training.token_model import PrefixTokenClassifier, token_logits, token_loss
+from server.training.token_model import PrefixTokenClassifier, token_loss
 from server.training.trainer import (
     DTYPES,
     EVAL_BATCH_SIZE,
@@ -36,7 +37,7 @@ from server.training.trainer import (
     _run_steps,
     _total_steps,
 )
-from server.training.words import OUTSIDE, EncodedWordSet, WordDataset, is_iob2, load_word_dataset
+from server.training.words import OUTSIDE, EncodedWordSet, WordDataset, first_subtokens, is_iob2, load_word_dataset
 
 ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
 
@@ -112,28 +113,21 @@ def backbone_family(engine: Engine) -> str:
     return "roberta" if config.get("model_type") in ROBERTA_TYPES else "bert"
 
 
-@torch.no_grad()
 def predict_words(
     engine: Engine, artifact: PrefixArtifact, dataset: WordDataset, max_tokens: int, progress: bool = False
 ) -> list[list[str]]:
-    """Each word's predicted label: the argmax at its first sub-token (`O` when truncation cut it)."""
-    labels = artifact.labels
-    key_values = artifact.key_values.to(engine.device, engine.dtype)  # [L, 2, H, P, D], as stored, then cast
-    head = torch.nn.Linear(*reversed(artifact.classifier_weight.shape)).to(engine.device, engine.dtype)
-    head.weight.copy_(artifact.classifier_weight)
-    head.bias.copy_(artifact.classifier_bias)
-    encoded = EncodedWordSet.build(dataset, engine.encoder.tokenizer, max_tokens)
+    """Each word's predicted label through the serving path (`Engine.score` on the serving encoding):
+    the argmax at its first sub-token, `O` when the truncation cut it off."""
+    prefix = engine.load_prefix(artifact)
+    texts = dataset.texts()
+    encoded = engine.encoder.encode(texts, max_tokens, truncate=True, offsets=True)
     predictions: list[list[str]] = [[] for _ in range(len(dataset))]
-    batches = eval_batches([len(e) for e in encoded.encoded], EVAL_BATCH_SIZE)
+    batches = eval_batches([len(e) for e in encoded], EVAL_BATCH_SIZE)
     for indices in tqdm(batches, unit="batch", desc="eval", disable=not progress, file=sys.stderr, dynamic_ncols=True):
-        batch = encoded.batch(indices)
-        L, _, H, P, D = key_values.shape
-        prefix_kv = key_values[:, :, None].expand(L, 2, batch.size, H, P, D)  # [L, 2, B, H, P, D]
-        best = token_logits(engine.model, prefix_kv, head, batch.input_ids, batch.token_type_ids,
-                            batch.token_mask).argmax(dim=-1)  # [B, S]
-        for row, i in enumerate(indices):
-            firsts = encoded.encoded[i].first_tokens
-            predictions[i] = [OUTSIDE if t is None else labels[int(best[row, t])] for t in firsts]
+        for i, token_scores in zip(indices, engine.score([Row(encoded[i], prefix) for i in indices])):
+            firsts = first_subtokens(encoded[i].offsets, texts[i], len(dataset.words[i]))
+            best = [max(range(len(artifact.labels)), key=scores.__getitem__) for scores in token_scores]
+            predictions[i] = [OUTSIDE if t is None else artifact.labels[best[t]] for t in firsts]
     return predictions
 
 
@@ -159,5 +153,5 @@ def token_metrics(gold: list[list[str]], predicted: list[list[str]], labels: tup
         f1=f1_score(gold, predicted), precision=precision_score(gold, predicted), recall=recall_score(gold, predicted)
     )
     report = classification_report(gold, predicted, output_dict=True, zero_division=0)
-    metrics["f1_per_type"] = {name: value["f1-score"] for name, value in report.items() if " avg" not in name}
+    metrics["f1_per_type"] = {name: float(value["f1-score"]) for name, value in report.items() if " avg" not in name}
     return {name: (float(v) if not isinstance(v, dict) else v) for name, v in metrics.items()}

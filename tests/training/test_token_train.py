@@ -165,3 +165,32 @@ def train_command_shape(folder):
     from server.engine import read_backbone_folder
 
     return read_backbone_folder(folder).shape()
+
+
+def test_roberta_token_training_equals_transformers(tmp_path):
+    """On a RoBERTa backbone without a pooler: positions padding_idx + 1 + P + i, one token type."""
+    from transformers import RobertaModel
+
+    from server.engine import Engine
+    from server.engine.random_backbone import write_random_roberta_backbone
+
+    folder = write_random_roberta_backbone(tmp_path / "tiny-roberta", with_pooler=False)
+    engine = Engine.from_folder(folder)
+    result = train_token(_config(tmp_path, steps=3), engine, progress=False)
+    artifact = read_artifact(artifact_to_bytes(result.artifact), engine.shape)
+    assert artifact.backbone_family == "roberta" and artifact.head is HeadKind.TOKEN
+    kv = artifact.key_values  # [L, 2, H, P, D]
+    L, _, H, P, D = kv.shape
+    head = torch.nn.Linear(H * D, len(artifact.labels))
+    head.load_state_dict({"weight": artifact.classifier_weight, "bias": artifact.classifier_bias})
+    enc = AutoTokenizer.from_pretrained(folder)(["Alice Smithson met Bob in Paris"], return_tensors="pt")
+    reference = RobertaModel.from_pretrained(folder, attn_implementation="eager", add_pooling_layer=False).eval()
+    cache = DynamicCache()
+    for layer in range(L):
+        cache.update(kv[layer, 0][None], kv[layer, 1][None], layer)  # each [1, H, P, D]
+    n = enc["input_ids"].shape[1]
+    with torch.no_grad():
+        ours = token_logits(engine.model, kv[:, :, None], head, enc["input_ids"], torch.zeros_like(enc["input_ids"]),
+                            torch.ones(1, n, dtype=torch.bool))  # [1, n, C]
+        out = reference(input_ids=enc["input_ids"], attention_mask=torch.ones(1, P + n, dtype=torch.long), cache=cache)
+    assert torch.allclose(ours[0], head(out.last_hidden_state[0]), atol=1e-5)

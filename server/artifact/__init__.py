@@ -1,7 +1,9 @@
 """The prefix artifact: format, validation and (de)serialisation. No dependency on the engine."""
 
 from server.artifact.prefix import (
+    FAMILIES,
     BackboneShape,
+    HeadKind,
     PrefixArtifact,
     ProblemType,
     artifact_to_bytes,
@@ -13,7 +15,9 @@ from server.artifact.safetensors_header import ArtifactError
 
 __all__ = [
     "ArtifactError",
+    "FAMILIES",
     "BackboneShape",
+    "HeadKind",
     "PrefixArtifact",
     "ProblemType",
     "artifact_to_bytes",

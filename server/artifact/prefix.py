@@ -1,7 +1,11 @@
-"""The prefix artifact (SPEC section 1): one safetensors file per task version.
+"""The prefix artifact (SPEC sections 1 and 1b): one safetensors file per task version.
 
-Owns reading, validating against a backbone, and writing. Every refusal is an `ArtifactError` whose
-message names what was expected and what came.
+Owns reading, validating against a backbone, and writing. Two format versions are read: `1` (a
+sequence head on the backbone's pooler, SPEC 1) and `2` (adds the `head` and `backbone_family`
+metadata and an optional own pooler, SPEC 1b). A version-1 file means what it always meant: `head` or
+`backbone_family` keys in it are ordinary extra metadata. Writing picks the lowest version that holds
+the artifact, so files that need nothing new stay readable by v1 servers. Every refusal is an
+`ArtifactError` whose message names what was expected and what came.
 """
 
 from __future__ import annotations
@@ -18,13 +22,20 @@ from safetensors.torch import save as save_safetensors_bytes
 from server.artifact.safetensors_header import ArtifactError, SafetensorsHeader, parse_header
 
 FORMAT_NAME = "ptv2-prefix"
-FORMAT_VERSION = "1"
+FORMAT_VERSIONS = ("1", "2")
 KEY_VALUES = "prefix.key_values"
 CLASSIFIER_WEIGHT = "classifier.weight"
 CLASSIFIER_BIAS = "classifier.bias"
+POOLER_WEIGHT = "pooler.weight"
+POOLER_BIAS = "pooler.bias"
 REQUIRED_TENSORS = (KEY_VALUES, CLASSIFIER_WEIGHT, CLASSIFIER_BIAS)
+POOLER_TENSORS = (POOLER_WEIGHT, POOLER_BIAS)
 FLOAT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-RESERVED_METADATA = {"format", "format_version", "problem_type", "labels", "backbone_fingerprint"}
+RESERVED_METADATA = {
+    "1": {"format", "format_version", "problem_type", "labels", "backbone_fingerprint"},
+    "2": {"format", "format_version", "problem_type", "labels", "backbone_fingerprint", "head", "backbone_family"},
+}
+FAMILIES = ("bert", "roberta")
 
 
 class ProblemType(str, enum.Enum):
@@ -33,23 +44,40 @@ class ProblemType(str, enum.Enum):
     REGRESSION = "regression"
 
 
+class HeadKind(str, enum.Enum):
+    SEQUENCE = "sequence"  # one result per input, from the pooled first token
+    TOKEN = "token"  # one result per input token, from every token's final hidden state
+
+
 @dataclass(frozen=True)
 class BackboneShape:
-    """What an artifact must fit: the backbone's geometry and the fingerprint of its weights."""
+    """What an artifact must fit: the backbone's geometry, family and the fingerprint of its weights.
+
+    `position_offset` is where the first position id after the prefix starts before adding P: 0 for
+    BERT, `padding_idx + 1` for RoBERTa (SPEC 1b).
+    """
 
     num_layers: int
     num_heads: int
     head_dim: int
     max_position_embeddings: int
     fingerprint: str
+    family: str = "bert"
+    position_offset: int = 0
+    pooler: bool = True  # False: a RoBERTa backbone without one; sequence tasks must bring their own
 
     @property
     def hidden_size(self) -> int:
         return self.num_heads * self.head_dim
 
+    def max_tokens(self, prefix_len: int) -> int:
+        """How many tokens a row with this prefix length may hold, special tokens included (SPEC 1, 1b)."""
+        return self.max_position_embeddings - self.position_offset - prefix_len
+
     @property
     def max_prefix_len(self) -> int:
-        return self.max_position_embeddings - 2  # room for [CLS] and [SEP]
+        # Room for the first and last special tokens ([CLS]/[SEP] or <s>/</s>).
+        return self.max_position_embeddings - self.position_offset - 2
 
 
 @dataclass(frozen=True)
@@ -61,6 +89,10 @@ class PrefixArtifact:
     labels: tuple[str, ...]
     extra_metadata: dict[str, str] = field(default_factory=dict)
     backbone_fingerprint: str | None = None
+    head: HeadKind = HeadKind.SEQUENCE
+    pooler_weight: torch.Tensor | None = None  # [hidden, hidden]; replaces the backbone's pooler
+    pooler_bias: torch.Tensor | None = None  # [hidden]
+    backbone_family: str | None = None
 
     @property
     def prefix_len(self) -> int:
@@ -70,28 +102,49 @@ class PrefixArtifact:
     def num_labels(self) -> int:
         return len(self.labels)
 
+    @property
+    def format_version(self) -> str:
+        """The lowest format version that holds this artifact."""
+        uses_v2 = self.head is not HeadKind.SEQUENCE or self.pooler_weight is not None or self.backbone_family
+        return "2" if uses_v2 else "1"
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What the metadata says, checked."""
+
+    version: str
+    problem_type: ProblemType
+    labels: tuple[str, ...]
+    head: HeadKind
+    backbone_family: str | None
+
 
 def read_artifact(data: bytes, backbone: BackboneShape) -> PrefixArtifact:
     """Validates `data` against `backbone` and returns the artifact; raises ArtifactError."""
     header = parse_header(data)
-    problem_type, labels = _check_metadata(header.metadata, backbone)
-    _check_tensor_entries(header, backbone, num_labels=len(labels))
+    facts = _check_metadata(header.metadata, backbone)
+    has_pooler = _check_tensor_entries(header, backbone, facts)
     try:
         tensors = load_safetensors_bytes(data)
     except Exception as exc:  # the header passed our checks, so this is a corrupt body
         raise ArtifactError(f"could not read the tensors: {exc}") from None
-    for name in REQUIRED_TENSORS:
+    for name in tensors:
         if not torch.isfinite(tensors[name]).all():
             raise ArtifactError(f"tensor {name!r}: expected finite values, found NaN or Inf")
-    extra = {k: v for k, v in header.metadata.items() if k not in RESERVED_METADATA}
+    extra = {k: v for k, v in header.metadata.items() if k not in RESERVED_METADATA[facts.version]}
     return PrefixArtifact(
         key_values=tensors[KEY_VALUES],
         classifier_weight=tensors[CLASSIFIER_WEIGHT],
         classifier_bias=tensors[CLASSIFIER_BIAS],
-        problem_type=problem_type,
-        labels=labels,
+        problem_type=facts.problem_type,
+        labels=facts.labels,
         extra_metadata=extra,
         backbone_fingerprint=header.metadata.get("backbone_fingerprint"),
+        head=facts.head,
+        pooler_weight=tensors[POOLER_WEIGHT] if has_pooler else None,
+        pooler_bias=tensors[POOLER_BIAS] if has_pooler else None,
+        backbone_family=facts.backbone_family,
     )
 
 
@@ -100,20 +153,32 @@ def read_artifact_file(path: str | Path, backbone: BackboneShape) -> PrefixArtif
 
 
 def artifact_to_bytes(artifact: PrefixArtifact) -> bytes:
-    metadata = dict(artifact.extra_metadata)
+    version = artifact.format_version
+    metadata = {k: v for k, v in artifact.extra_metadata.items() if k not in RESERVED_METADATA[version]}
     metadata.update(
         format=FORMAT_NAME,
-        format_version=FORMAT_VERSION,
+        format_version=version,
         problem_type=artifact.problem_type.value,
         labels=json.dumps(list(artifact.labels)),
     )
     if artifact.backbone_fingerprint:
         metadata["backbone_fingerprint"] = artifact.backbone_fingerprint
+    if version == "2":
+        metadata["head"] = artifact.head.value
+        if artifact.backbone_family:
+            metadata["backbone_family"] = artifact.backbone_family
     tensors = {
         KEY_VALUES: artifact.key_values.contiguous(),
         CLASSIFIER_WEIGHT: artifact.classifier_weight.contiguous(),
         CLASSIFIER_BIAS: artifact.classifier_bias.contiguous(),
     }
+    if (artifact.pooler_weight is None) != (artifact.pooler_bias is None):
+        raise ArtifactError("pooler: expected both pooler.weight and pooler.bias or neither, got one")
+    if artifact.pooler_weight is not None and artifact.head is HeadKind.TOKEN:
+        raise ArtifactError("pooler: expected none for a token head, got pooler.weight and pooler.bias")
+    if artifact.pooler_weight is not None:
+        tensors[POOLER_WEIGHT] = artifact.pooler_weight.contiguous()
+        tensors[POOLER_BIAS] = artifact.pooler_bias.contiguous()
     return save_safetensors_bytes(tensors, metadata=metadata)
 
 
@@ -121,13 +186,12 @@ def write_artifact(artifact: PrefixArtifact, path: str | Path) -> None:
     Path(path).write_bytes(artifact_to_bytes(artifact))
 
 
-def _check_metadata(metadata: dict[str, str], backbone: BackboneShape) -> tuple[ProblemType, tuple[str, ...]]:
+def _check_metadata(metadata: dict[str, str], backbone: BackboneShape) -> _Facts:
     if metadata.get("format") != FORMAT_NAME:
         raise ArtifactError(f"metadata 'format': expected {FORMAT_NAME!r}, got {metadata.get('format')!r}")
-    if metadata.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(
-            f"metadata 'format_version': expected {FORMAT_VERSION!r}, got {metadata.get('format_version')!r}"
-        )
+    version = metadata.get("format_version")
+    if version not in FORMAT_VERSIONS:
+        raise ArtifactError(f"metadata 'format_version': expected '1' or '2', got {version!r}")
     raw_problem = metadata.get("problem_type")
     try:
         problem_type = ProblemType(raw_problem)
@@ -141,7 +205,30 @@ def _check_metadata(metadata: dict[str, str], backbone: BackboneShape) -> tuple[
             f"metadata 'backbone_fingerprint': expected this server's {backbone.fingerprint!r}, got {fingerprint!r} "
             "(the prefix was trained on other backbone weights)"
         )
-    return problem_type, labels
+    if version == "1":  # `head` / `backbone_family` in a v1 file are plain extra metadata
+        return _Facts(version, problem_type, labels, HeadKind.SEQUENCE, None)
+    head, family = _check_head(metadata.get("head"), problem_type), metadata.get("backbone_family")
+    if family is not None and family not in FAMILIES:
+        raise ArtifactError(f"metadata 'backbone_family': expected 'bert' or 'roberta', got {family!r}")
+    if family is not None and family != backbone.family:
+        raise ArtifactError(
+            f"metadata 'backbone_family': expected this server's {backbone.family!r}, got {family!r} "
+            f"(the prefix was made for a {family} backbone)"
+        )
+    return _Facts(version, problem_type, labels, head, family)
+
+
+def _check_head(raw: str | None, problem_type: ProblemType) -> HeadKind:
+    try:
+        head = HeadKind(raw if raw is not None else HeadKind.SEQUENCE.value)
+    except ValueError:
+        raise ArtifactError(f"metadata 'head': expected 'sequence' or 'token', got {raw!r}") from None
+    if head is HeadKind.TOKEN and problem_type is not ProblemType.SINGLE_LABEL:
+        raise ArtifactError(
+            f"metadata 'problem_type': expected {ProblemType.SINGLE_LABEL.value!r} for a token head, "
+            f"got {problem_type.value!r}"
+        )
+    return head
 
 
 def _parse_labels(raw: str | None) -> tuple[str, ...]:
@@ -159,28 +246,52 @@ def _parse_labels(raw: str | None) -> tuple[str, ...]:
     return tuple(labels)
 
 
-def _check_tensor_entries(header: SafetensorsHeader, backbone: BackboneShape, num_labels: int) -> None:
+def _check_tensor_entries(header: SafetensorsHeader, backbone: BackboneShape, facts: _Facts) -> bool:
+    """Checks names, dtypes and shapes; returns whether the artifact carries its own pooler."""
     names = set(header.tensors)
+    allowed = set(REQUIRED_TENSORS)
+    if facts.version == "2" and facts.head is HeadKind.SEQUENCE:
+        allowed |= set(POOLER_TENSORS)
     missing = [n for n in REQUIRED_TENSORS if n not in names]
-    unknown = sorted(names - set(REQUIRED_TENSORS))
+    unknown = sorted(names - allowed)
     if missing or unknown:
         raise ArtifactError(
-            f"tensors: expected exactly {list(REQUIRED_TENSORS)}; missing {missing}, unknown {unknown}"
+            f"tensors: expected exactly {list(REQUIRED_TENSORS)}{_pooler_note(facts)}; missing {missing}, unknown {unknown}"
         )
-    for name in REQUIRED_TENSORS:
+    has_pooler = bool(names & set(POOLER_TENSORS))
+    if has_pooler and not set(POOLER_TENSORS) <= names:
+        raise ArtifactError(
+            f"tensors: expected both {POOLER_WEIGHT!r} and {POOLER_BIAS!r} or neither, got only {sorted(names & set(POOLER_TENSORS))}"
+        )
+    if facts.head is HeadKind.SEQUENCE and not has_pooler and not backbone.pooler:
+        raise ArtifactError(
+            f"tensors: expected {POOLER_WEIGHT!r} and {POOLER_BIAS!r} (this server's backbone has no pooler, so a "
+            "sequence task brings its own; format_version 2), got none"
+        )
+    for name in sorted(names):
         dtype = header.tensors[name].dtype
         if dtype not in FLOAT_DTYPES:
             raise ArtifactError(f"tensor {name!r}: expected dtype F32, F16 or BF16, got {dtype}")
     _check_key_values_shape(header.tensors[KEY_VALUES].shape, backbone)
+    hidden, num_labels = backbone.hidden_size, len(facts.labels)
     weight_shape = header.tensors[CLASSIFIER_WEIGHT].shape
-    if weight_shape != (num_labels, backbone.hidden_size):
+    if weight_shape != (num_labels, hidden):
         raise ArtifactError(
             f"tensor {CLASSIFIER_WEIGHT!r}: expected shape [num_labels={num_labels}, hidden_size="
-            f"{backbone.hidden_size}], got {list(weight_shape)}"
+            f"{hidden}], got {list(weight_shape)}"
         )
-    bias_shape = header.tensors[CLASSIFIER_BIAS].shape
-    if bias_shape != (num_labels,):
-        raise ArtifactError(f"tensor {CLASSIFIER_BIAS!r}: expected shape [{num_labels}], got {list(bias_shape)}")
+    expected_shapes = {CLASSIFIER_BIAS: (num_labels,), POOLER_WEIGHT: (hidden, hidden), POOLER_BIAS: (hidden,)}
+    for name, expected in expected_shapes.items():
+        if name in names and header.tensors[name].shape != expected:
+            got = list(header.tensors[name].shape)
+            raise ArtifactError(f"tensor {name!r}: expected shape {list(expected)}, got {got}")
+    return has_pooler
+
+
+def _pooler_note(facts: _Facts) -> str:
+    if facts.version == "2" and facts.head is HeadKind.SEQUENCE:
+        return f" (and optionally {list(POOLER_TENSORS)})"
+    return ""
 
 
 def _check_key_values_shape(shape: tuple[int, ...], backbone: BackboneShape) -> None:

@@ -9,6 +9,7 @@ from server.batching.batcher import (
     DeadlineExceeded,
     Overloaded,
     ShuttingDown,
+    TokenScores,
 )
 from server.batching.prefix_cache import PrefixCache
 from server.engine import EngineUnavailable  # raised through the batcher's calls; the API maps it to 503
@@ -24,4 +25,5 @@ __all__ = [
     "PrefixCache",
     "ScoreFunction",
     "ShuttingDown",
+    "TokenScores",
 ]

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 from server import metrics, tracing
 from server.batching.prefix_cache import PrefixCache
-from server.engine import Engine, Row, ScoreFunction, TextInput
+from server.engine import InputRefused, Row, ScoreFunction, TextEncoder, TextInput
+from server.engine.surface import EngineSurface
 
 log = logging.getLogger(__name__)
 # Requests up to this many characters are tokenized on the event loop (about 0.2 ms on MiniLM's
@@ -63,6 +64,15 @@ class ClassifyJob:
     timeout_s: float
     tenant_max_queued: int
     score_function: ScoreFunction | None = None  # None: the task's own (softmax, sigmoid or raw)
+    token_tasks: bool = False  # whether the caller's protocol answers token-classification tasks
+
+
+@dataclass(frozen=True, slots=True)
+class TokenScores:
+    """A token task's result for one input: scores per token and each token's character span."""
+
+    scores: list[list[float]]  # [S][num_labels]
+    offsets: list[tuple[int, int]]  # [S]
 
 
 @dataclass(eq=False)
@@ -88,8 +98,9 @@ class _Item:
 
 
 class Batcher:
-    def __init__(self, engine: Engine, cache: PrefixCache, limits: BatchLimits):
+    def __init__(self, engine: EngineSurface, cache: PrefixCache, limits: BatchLimits, encoder: TextEncoder):
         self.engine, self.cache, self.limits = engine, cache, limits
+        self.encoder = encoder  # tokenizing is the serving side's: the engine gets token ids
         # Queues are per tenant (per tenant and task in the per-task baseline), served in turn.
         self._queues: dict[object, deque[_Item]] = {}
         self._turns: deque[object] = deque()  # queue keys with queued items, in serving order
@@ -131,13 +142,16 @@ class Batcher:
             prefix = self.cache.peek(job.sha256)
             if prefix is None:
                 prefix = await loop.run_in_executor(self._prep_pool, self.cache.get, job.sha256)
+            token_task = prefix.token_head
+            if token_task:
+                _check_token_job(job)
             tokenize_started_ns = tracing.now_ns() if tracing.TRACER is not None else 0
-            encoded = None
+            encoded, max_tokens = None, self.engine.shape.max_tokens(job.prefix_len)
             if sum(len(text) if isinstance(text, str) else len(text[0]) + len(text[1]) for text in job.inputs) <= INLINE_CHARS:
-                encoded = self.engine.try_encode(job.inputs, job.prefix_len, job.truncate)  # None: tokenizer busy
+                encoded = self.encoder.try_encode(job.inputs, max_tokens, job.truncate, token_task)  # None: busy
             if encoded is None:
                 encoded = await loop.run_in_executor(
-                    self._prep_pool, self.engine.encode, job.inputs, job.prefix_len, job.truncate
+                    self._prep_pool, self.encoder.encode, job.inputs, max_tokens, job.truncate, token_task
                 )
             request = _Request(loop.create_future(), [None] * len(encoded), loop.time() + job.timeout_s, len(encoded))
             if tokenize_started_ns:
@@ -283,6 +297,8 @@ class Batcher:
     @staticmethod
     def _deliver(batch: list[_Item], scores: list[list[float]]) -> None:
         for item, values in zip(batch, scores):
+            if item.row.encoded.offsets is not None:  # a token task's row
+                values = TokenScores(values, item.row.encoded.offsets)
             request = item.request
             request.results[item.index] = values
             request.remaining -= 1
@@ -295,3 +311,11 @@ class Batcher:
         metrics.BATCH_SIZE.observe(len(batch))
         metrics.BATCH_TOKENS.observe(sum(len(i.row.encoded) + i.row.prefix.prefix_len for i in batch))
         metrics.BATCH_TASKS.observe(len({id(i.row.prefix) for i in batch}))
+
+
+def _check_token_job(job: ClassifyJob) -> None:
+    if not job.token_tasks:
+        raise InputRefused("task: expected a sequence-classification task for this protocol, got a token-classification one")
+    for index, text in enumerate(job.inputs):
+        if not isinstance(text, str):
+            raise InputRefused(f"inputs[{index}]: expected a text for a token-classification task, got a text pair")

@@ -1,7 +1,7 @@
 """The device-resident prefix cache: an LRU of loaded prefixes bounded in bytes, keyed by the
 artifact's sha256 (so identical artifacts of different tenants share one copy).
 
-A request takes a reference to its LoadedPrefix at admission; eviction only drops the cache's
+A request takes a reference to its LoadedTask at admission; eviction only drops the cache's
 reference, so a request in flight keeps the exact version it was routed to. Entries of an engine
 process that has since restarted are stale and load again on their next request.
 """
@@ -15,17 +15,17 @@ from typing import Callable
 
 from server import metrics
 from server.artifact import read_artifact
-from server.engine import Engine, LoadedPrefix
+from server.engine.surface import EngineSurface, LoadedTask
 
 log = logging.getLogger(__name__)
 
 
 class PrefixCache:
-    def __init__(self, engine: Engine, read_bytes: Callable[[str], bytes], max_bytes: int):
+    def __init__(self, engine: EngineSurface, read_bytes: Callable[[str], bytes], max_bytes: int):
         self._engine = engine
         self._read_bytes = read_bytes
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[str, LoadedPrefix] = OrderedDict()
+        self._entries: OrderedDict[str, LoadedTask] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}  # one loader per sha256: concurrent misses load once
@@ -37,12 +37,12 @@ class PrefixCache:
     def __contains__(self, sha256: str) -> bool:
         return sha256 in self._entries
 
-    def peek(self, sha256: str) -> LoadedPrefix | None:
+    def peek(self, sha256: str) -> LoadedTask | None:
         """The loaded prefix if resident (counted as a hit), else None; never loads, never blocks long."""
         with self._lock:
             return self._lookup(sha256)
 
-    def get(self, sha256: str) -> LoadedPrefix:
+    def get(self, sha256: str) -> LoadedTask:
         """The loaded prefix for `sha256`, loading it from the registry on a miss. Blocking."""
         with self._lock:
             hit = self._lookup(sha256)
@@ -55,13 +55,14 @@ class PrefixCache:
                 if hit is not None:
                     return hit
             metrics.CACHE_MISSES.inc()
-            prefix = self._engine.load_prefix(read_artifact(self._read_bytes(sha256), self._engine.shape))
+            data = self._read_bytes(sha256)
+            prefix = self._engine.load_prefix(read_artifact(data, self._engine.shape), data)  # parsed once here
             with self._lock:
                 self._insert(sha256, prefix)
                 self._loading.pop(sha256, None)
             return prefix
 
-    def _lookup(self, sha256: str) -> LoadedPrefix | None:
+    def _lookup(self, sha256: str) -> LoadedTask | None:
         prefix = self._entries.get(sha256)
         if prefix is not None and prefix.stale:  # its engine process has restarted
             del self._entries[sha256]
@@ -72,7 +73,7 @@ class PrefixCache:
             metrics.CACHE_HITS.inc()
         return prefix
 
-    def _insert(self, sha256: str, prefix: LoadedPrefix) -> None:
+    def _insert(self, sha256: str, prefix: LoadedTask) -> None:
         self._entries[sha256] = prefix
         self._bytes += prefix.nbytes
         # The newest entry stays even when it alone exceeds the bound: the request needs it.

@@ -14,18 +14,23 @@ import torch
 from server.artifact import BackboneShape
 from server.batching.batcher import BatchLimits, Batcher
 from server.batching.prefix_cache import PrefixCache
-from server.engine import Engine, Row
+from server.engine import Engine, Row, TextEncoder
+from server.engine.surface import EngineSurface
+from server.engine.backbone import DTYPES
 from server.engine.process import EngineProcess
 
 log = logging.getLogger(__name__)
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
 class Runtime:
-    engine: Engine | EngineProcess
+    engine: EngineSurface
     cache: PrefixCache
     batcher: Batcher
+
+    @property
+    def encoder(self) -> TextEncoder:
+        return self.batcher.encoder
 
     @property
     def shape(self) -> BackboneShape:
@@ -48,11 +53,12 @@ class Runtime:
     def warm_up(self) -> None:
         """One forward pass per padded shape class, so the first user request is not the slow one."""
         started = time.perf_counter()
-        encoded = self.engine.encode(["warm up the backbone", ("a pair", "of texts")], 0)
+        max_tokens = self.shape.max_tokens(0)
+        encoded = self.encoder.encode(["warm up the backbone", ("a pair", "of texts")], max_tokens)
         self.engine.pooled([Row(e, None) for e in encoded])
         if self.engine.info().get("attention") == "triton":  # Triton compiles once per query block size
             for words in (40, 80):  # rows averaging over 24 and over 56 tokens: 32 and 64 (attention.pick_block_m)
-                self.engine.pooled([Row(e, None) for e in self.engine.encode([" ".join(["warm"] * words)], 0)])
+                self.engine.pooled([Row(e, None) for e in self.encoder.encode([" ".join(["warm"] * words)], max_tokens)])
         log.info("backbone warmed up in %.0f ms", (time.perf_counter() - started) * 1000)
 
 
@@ -82,4 +88,5 @@ def build_runtime(
         f"engine process {engine.pid}" if engine_process else "engine in this process",
     )
     cache = PrefixCache(engine, read_artifact_bytes, cache_bytes)
-    return Runtime(engine, cache, Batcher(engine, cache, limits))
+    encoder = engine.encoder if isinstance(engine, Engine) else TextEncoder.from_folder(backbone_dir)
+    return Runtime(engine, cache, Batcher(engine, cache, limits, encoder))

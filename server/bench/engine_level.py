@@ -25,6 +25,7 @@ the Batcher's compute thread does.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -35,7 +36,7 @@ from server.batching import BatchLimits, Batcher, ClassifyJob, PrefixCache
 from server.bench.seed_model import SeedModel
 from server.bench.stats import ForwardRecorder, RecordingEngine, SteadyWindow, latency_summary, proc_memory
 from server.bench.workload import BenchRequest, BuiltTask, TextPools, build_tasks, flat_inputs, generate_requests, make_tasks
-from server.engine import Engine, EngineProcess, Row
+from server.engine import Engine, EngineProcess, Row, TextEncoder
 from server.heap import freeze_heap
 
 MODES = ("limit", "seed", "per-task", "prefix-server", "in-process", "replay", "replay-bare")
@@ -165,7 +166,8 @@ def _alternate(items, index: int) -> list:
 
 def _run_mode(setup: _Setup, config: EngineBenchConfig, mode: str) -> Measured:
     if mode == "limit":
-        return setup.compute.submit(run_limit, setup.spies["process"], setup.requests, config.limits).result()
+        encoder = bench_encoder(config.backbone)
+        return setup.compute.submit(run_limit, setup.spies["process"], encoder, setup.requests, config.limits).result()
     if mode == "seed":
         return setup.compute.submit(run_seed, setup.seed_model, setup.tasks, setup.requests, config.seed_seconds).result()
     limits = replace(config.limits, per_task_batches=(mode == "per-task"))
@@ -174,7 +176,7 @@ def _run_mode(setup: _Setup, config: EngineBenchConfig, mode: str) -> Measured:
     spy = setup.spies[kind]
     spy.batches = [] if mode == "prefix-server" else None
     try:
-        return run_batcher(spy, setup.caches[kind], limits, jobs, setup.concurrency)
+        return run_batcher(spy, setup.caches[kind], limits, jobs, setup.concurrency, bench_encoder(config.backbone))
     finally:
         if mode == "prefix-server":
             setup.served_batches, spy.batches = spy.batches, None
@@ -221,13 +223,22 @@ def make_jobs(tasks: list[BuiltTask], requests: list[BenchRequest]) -> list[Clas
     return jobs
 
 
-def run_batcher(spy: RecordingEngine, cache: PrefixCache, limits: BatchLimits, jobs: list[ClassifyJob], concurrency: int) -> Measured:
+@functools.lru_cache(maxsize=2)
+def bench_encoder(backbone: str) -> TextEncoder:
+    """The serving side's tokenizer for `backbone` (the batcher's, and the limit's), built once."""
+    return TextEncoder.from_folder(backbone)
+
+
+def run_batcher(
+    spy: RecordingEngine, cache: PrefixCache, limits: BatchLimits, jobs: list[ClassifyJob], concurrency: int,
+    encoder: TextEncoder,
+) -> Measured:
     """A closed loop at `concurrency` requests in flight over `concurrency` warm-up requests and then
     `jobs`, measured in steady state (closed_loop); forward passes are recorded from the window's arming
     on, which is where its first whole pass begins."""
 
     async def main():
-        batcher = Batcher(spy, cache, replace(limits, max_queued_inputs=max(limits.max_queued_inputs, 1 << 20)))
+        batcher = Batcher(spy, cache, replace(limits, max_queued_inputs=max(limits.max_queued_inputs, 1 << 20)), encoder)
         batcher.start()
         try:
             warm = jobs[:concurrency]
@@ -274,15 +285,16 @@ def limit_batches(lengths: list[int], limits: BatchLimits) -> list[list[int]]:
     return batches
 
 
-def run_limit(engine: Engine | EngineProcess, requests: list[BenchRequest], limits: BatchLimits) -> Measured:
+def run_limit(engine: Engine | EngineProcess, encoder: TextEncoder, requests: list[BenchRequest], limits: BatchLimits) -> Measured:
     """The backbone alone over the same inputs, sorted by length; its latency is one batch's forward."""
     inputs = flat_inputs(requests)
-    warm = engine.encode(inputs[: 2 * limits.max_batch_size], 0)
+    max_tokens = engine.shape.max_tokens(0)
+    warm = encoder.encode(inputs[: 2 * limits.max_batch_size], max_tokens)
     for batch in limit_batches([len(e) for e in warm], limits):
         engine.pooled([Row(warm[i], None) for i in batch])
     recorder = ForwardRecorder()
     started = time.perf_counter()
-    encoded = engine.encode(inputs, 0)
+    encoded = encoder.encode(inputs, max_tokens)
     for batch in limit_batches([len(e) for e in encoded], limits):
         rows = [Row(encoded[i], None) for i in batch]
         forward_started = time.perf_counter()

@@ -25,7 +25,7 @@ import orjson
 
 from server.batching import BatchLimits
 from server.bench import http_servers
-from server.bench.engine_level import Measured, run_limit, summarize
+from server.bench.engine_level import Measured, bench_encoder, run_limit, summarize
 from server.bench.http_client import Call, HttpPool, LoadResult, closed_loop, open_loop
 from server.bench.stats import latency_summary
 from server.bench.workload import BenchRequest, BuiltTask, TextPools, build_tasks, generate_requests, make_tasks
@@ -125,7 +125,7 @@ def _closed_loops(config, engine, compute, servers, task_sets, pools, ipr: int, 
     for repeat in range(config.repeats):
         for n in _alternate(config.tasks, repeat):
             tasks, requests = plans[n]
-            limits[n].add(compute.submit(run_limit, engine, requests, BatchLimits()).result())
+            limits[n].add(compute.submit(run_limit, engine, bench_encoder(config.backbone), requests, BatchLimits()).result())
             for mode in _alternate(_modes_at(config, n), repeat + n):
                 result, delta = asyncio.run(_measure(servers[mode], tasks, requests, concurrency, config, first=repeat == 0))
                 total, counters = loads.setdefault((n, mode), (LoadResult(), {}))

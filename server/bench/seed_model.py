@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, BertModel, DynamicCache
 
-from server.artifact import PrefixArtifact, ProblemType
+from server.artifact import PrefixArtifact
+from server.engine.scoring import score_logits
 from server.engine import TextInput
 
 
@@ -50,8 +51,4 @@ class SeedModel:
             input_ids=enc["input_ids"], token_type_ids=enc["token_type_ids"], attention_mask=mask, cache=cache
         )
         logits = out.pooler_output @ artifact.classifier_weight.float().T + artifact.classifier_bias.float()
-        if artifact.problem_type is ProblemType.SINGLE_LABEL:
-            return logits.softmax(-1).tolist()
-        if artifact.problem_type is ProblemType.MULTI_LABEL:
-            return logits.sigmoid().tolist()
-        return logits.tolist()
+        return score_logits(logits, artifact.problem_type).tolist()

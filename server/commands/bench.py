@@ -108,7 +108,7 @@ def _run_level(args: argparse.Namespace) -> int:
 
     from server.bench import report
     from server.bench.workload import load_text_pools, synthetic_pools
-    from server.engine.random_backbone import default_backbone_dir
+    from server.engine.backbone import default_backbone_dir
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)

@@ -24,18 +24,21 @@ def register(subparsers) -> None:
     parser.add_argument("--problem-type", type=ProblemType, choices=list(ProblemType), metavar="T",
                         help="single_label_classification, multi_label_classification or regression")
     parser.add_argument("--backbone", type=Path, metavar="DIR", help="BERT model folder (default: the embedded MiniLM)")
+    parser.add_argument("--head", choices=["sequence", "token"],
+                        help="a P-tuning v2 checkpoint's head kind (else its config's architectures)")
     parser.set_defaults(func=run_import)
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from server.artifact import ArtifactError, write_artifact
+    from server.artifact import ArtifactError, HeadKind, write_artifact
     from server.engine import BackboneError, read_backbone_folder
     from server.importers import import_checkpoint
 
     try:
         backbone = read_backbone_folder(args.backbone or _default_backbone())
         artifact = import_checkpoint(
-            args.source, backbone.shape(), args.labels, args.problem_type, backbone_weights=backbone.state_dict
+            args.source, backbone.shape(), args.labels, args.problem_type, backbone_weights=backbone.state_dict,
+            head=HeadKind(args.head) if args.head else None,
         )
     except (ArtifactError, BackboneError, OSError) as exc:
         print(f"prefix-server import: error: {exc}", file=sys.stderr)
@@ -47,12 +50,14 @@ def run_import(args: argparse.Namespace) -> int:
     pinned = "pinned to this backbone" if artifact.backbone_fingerprint else "not pinned to a backbone"
     print(
         f"wrote {args.out} (P={artifact.prefix_len}, labels {list(artifact.labels)}, "
-        f"{artifact.problem_type.value}, {artifact.extra_metadata.get('source_format')}, {pinned})"
+        f"{artifact.problem_type.value}, {artifact.head.value} head"
+        f"{', own pooler' if artifact.pooler_weight is not None else ''}, "
+        f"{artifact.extra_metadata.get('source_format')}, {pinned})"
     )
     return 0
 
 
 def _default_backbone() -> Path:
-    from server.engine.random_backbone import default_backbone_dir
+    from server.engine.backbone import default_backbone_dir
 
     return default_backbone_dir()

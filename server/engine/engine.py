@@ -14,35 +14,20 @@ On the CPU everything stays as measured in BENCHMARKS.md (sdpa chunks, the per-t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
 from pathlib import Path
 
 import torch
 
-from server.artifact import BackboneShape, PrefixArtifact, ProblemType
+from server.artifact import ArtifactError, BackboneShape, HeadKind, PrefixArtifact, ProblemType
 from server.engine.attention import HostIndex, RaggedBatch, pack_ragged, resolve_attention
 from server.engine.backbone import BackboneFiles, read_backbone_folder
 from server.engine.head_pool import HeadEntry, HeadPool, apply_heads, head_index
 from server.engine.model import PrefixBert
 from server.engine.packing import PackedBatch, pack
 from server.engine.prefix_pool import PoolEntry, PrefixPool
+from server.engine.scoring import TASK_SCORE_FUNCTION, ScoreFunction, score_rows
+from server.engine.task_heads import apply_own_poolers, token_scores
 from server.engine.tokenize import EncodedInput, TextEncoder, TextInput
-
-
-class ScoreFunction(IntEnum):
-    """What turns a row's logits into its scores (values are the codes the engine process receives)."""
-
-    SOFTMAX = 0
-    SIGMOID = 1
-    NONE = 2  # the raw logits
-
-
-# A row without a score function of its own (the usual case) gets the one its head was trained with.
-_TASK_SCORE_FUNCTION = {
-    ProblemType.SINGLE_LABEL: ScoreFunction.SOFTMAX,
-    ProblemType.MULTI_LABEL: ScoreFunction.SIGMOID,
-    ProblemType.REGRESSION: ScoreFunction.NONE,
-}
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,6 +41,13 @@ class LoadedPrefix:
     problem_type: ProblemType
     labels: tuple[str, ...]
     head: HeadEntry | None = None  # its slots in the engine's head pool, where the engine has one
+    head_kind: HeadKind = HeadKind.SEQUENCE
+    pooler_weight: torch.Tensor | None = None  # [hidden, hidden] float32: its own pooler (SPEC 1b)
+    pooler_bias: torch.Tensor | None = None  # [hidden] float32
+
+    @property
+    def token_head(self) -> bool:
+        return self.head_kind is HeadKind.TOKEN
 
     @property
     def prefix_len(self) -> int:
@@ -71,7 +63,8 @@ class LoadedPrefix:
 
     @property
     def nbytes(self) -> int:
-        head = sum(t.numel() * t.element_size() for t in (self.classifier_weight, self.classifier_bias))
+        tensors = (self.classifier_weight, self.classifier_bias, self.pooler_weight, self.pooler_bias)
+        head = sum(t.numel() * t.element_size() for t in tensors if t is not None)
         if self.head is not None:
             head += len(self.head.slots) * self.head.pool.slot_bytes
         return self.prefix_len * self.pooled_prefix.pool.slot_bytes + head
@@ -90,7 +83,7 @@ class Row:
     def resolved_score_function(self) -> ScoreFunction:
         if self.score_function is not None:
             return self.score_function
-        return _TASK_SCORE_FUNCTION[self.prefix.problem_type]
+        return TASK_SCORE_FUNCTION[self.prefix.problem_type]
 
 
 class Engine:
@@ -107,7 +100,7 @@ class Engine:
         g = files.geometry
         self.prefix_pool = PrefixPool(g.num_layers, g.num_heads, g.head_dim, self.device, dtype)
         cuda = self.device.type == "cuda"
-        if cuda:  # TEI's choice: half-precision layers, a float32 pooler and heads (scores stay float32-close)
+        if cuda and self.model.pooler is not None:  # TEI's choice: half-precision layers, a float32 pooler and heads
             self.model.pooler.float()
         self.head_pool = HeadPool(g.hidden_size, self.device) if cuda or self.attention != "sdpa" else None
         # What one more attention call costs, in padded query-key pairs (packing.plan_chunks). On MiniLM,
@@ -128,9 +121,15 @@ class Engine:
         return self.files.shape()
 
     def max_tokens(self, prefix_len: int) -> int:
-        return self.files.geometry.max_position_embeddings - prefix_len
+        return self.shape.max_tokens(prefix_len)
 
-    def load_prefix(self, artifact: PrefixArtifact) -> LoadedPrefix:
+    def load_prefix(self, artifact: PrefixArtifact, data: bytes | None = None) -> LoadedPrefix:
+        """`data` (the bytes it was read from) is for EngineProcess's sake; here the tensors are at hand."""
+        own_pooler = artifact.pooler_weight is not None
+        if artifact.head is HeadKind.SEQUENCE and not own_pooler and self.model.pooler is None:
+            raise ArtifactError(  # read_artifact refuses these already; an artifact built in code may not have been read
+                "tensors: expected 'pooler.weight' and 'pooler.bias' (this server's backbone has no pooler), got none"
+            )
         pooled_head = None
         if self.head_pool is not None:
             pooled_head = self.head_pool.add(artifact.classifier_weight, artifact.classifier_bias)
@@ -141,13 +140,14 @@ class Engine:
             problem_type=artifact.problem_type,
             labels=artifact.labels,
             head=pooled_head,
+            head_kind=artifact.head,
+            pooler_weight=artifact.pooler_weight.to(self.device, torch.float32) if own_pooler else None,
+            pooler_bias=artifact.pooler_bias.to(self.device, torch.float32) if own_pooler else None,
         )
 
     def encode(self, inputs: list[TextInput], prefix_len: int, truncate: bool = True) -> list[EncodedInput]:
+        """A convenience for tools and tests in this process; serving encodes in the batcher."""
         return self.encoder.encode(inputs, self.max_tokens(prefix_len), truncate)
-
-    def try_encode(self, inputs: list[TextInput], prefix_len: int, truncate: bool = True) -> list[EncodedInput] | None:
-        return self.encoder.try_encode(inputs, self.max_tokens(prefix_len), truncate)
 
     def info(self) -> dict:
         g = self.files.geometry
@@ -158,6 +158,7 @@ class Engine:
             "num_heads": g.num_heads,
             "hidden_size": g.hidden_size,
             "max_position_embeddings": g.max_position_embeddings,
+            "family": g.family_name,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "attention": self.attention,
@@ -170,31 +171,57 @@ class Engine:
     def close(self) -> None:
         """Nothing to stop in process (EngineProcess stops its child)."""
 
-    def score(self, rows: list[Row]) -> list[list[float]]:
+    def score(self, rows: list[Row]) -> list:
         """Scores per row, in row order: each row's score function of its logits (by default
-        probabilities, raw values for regression)."""
-        scores = self.score_matrix(rows).tolist()
-        return [values[: row.prefix.num_labels] for values, row in zip(scores, rows)]
+        probabilities, raw values for regression); a token task's row gets one list per token."""
+        scores, tokens = self.score_matrices(rows)
+        return split_scores(rows, scores.tolist(), tokens.tolist() if tokens is not None else None)
 
     @torch.inference_mode()
-    def score_matrix(self, rows: list[Row]) -> torch.Tensor:
-        """Scores as [B, labels_max] float32 on the CPU; row i's are its first num_labels columns."""
+    def score_matrices(self, rows: list[Row]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Scores as [B, labels_max] float32 on the CPU (row i's are its first num_labels columns; a
+        token row's are unused), and the token rows' tokens' scores [sum S, labels_max] (or None)."""
+        own = [i for i, row in enumerate(rows) if row.prefix.pooler_weight is not None]
+        token_rows = [i for i, row in enumerate(rows) if row.prefix.token_head]
         if self.head_pool is None:  # the CPU path, as measured
             prefixes, row_to_prefix = _unique_prefixes(rows)
-            pooled = self.model.forward_packed(self.pack(rows)).float()  # [B, C]
+            batch, _, order = self._pack(rows)
+            hidden = self.model.hidden_states(batch)  # [T, C]
+            pooled = self._pooled(hidden, batch, rows, own)  # [B, C]
             functions = torch.tensor([row.resolved_score_function() for row in rows], device=self.device)  # [B]
-            return _apply_heads(pooled, prefixes, row_to_prefix.to(self.device), functions).cpu()  # [B, labels_max]
+            scores = _apply_heads(pooled, prefixes, row_to_prefix.to(self.device), functions).cpu()  # [B, labels_max]
+            return scores, self._token_scores(hidden, rows, token_rows, order)
         heads = HostIndex()
         slots, labels_max = head_index([row.prefix.head for row in rows])
         heads.add("head_slots", slots)
         heads.add("num_labels", [row.prefix.num_labels for row in rows])
         heads.add("functions", [int(row.resolved_score_function()) for row in rows])
-        batch, index = self._pack(rows, heads)  # the heads' arrays ride in the batch's one copy
+        batch, index, order = self._pack(rows, heads)  # the heads' arrays ride in the batch's one copy
         if not isinstance(batch, RaggedBatch):
             index = heads.to(self.device)
-        pooled = self.model.forward_packed(batch).float()  # [B, C]
+        hidden = self.model.hidden_states(batch)  # [T, C]
+        pooled = self._pooled(hidden, batch, rows, own)  # [B, C]
         logits = apply_heads(self.head_pool.storage, pooled, index["head_slots"], labels_max)  # [B, labels_max]
-        return _to_host(_scores(logits, index["num_labels"], index["functions"]))
+        scores = _to_host(score_rows(logits, index["num_labels"], index["functions"]))
+        return scores, self._token_scores(hidden, rows, token_rows, order)
+
+    def _pooled(self, hidden: torch.Tensor, batch, rows: list[Row], own: list[int]) -> torch.Tensor:
+        """Each row's pooled output [B, C] float32, caller order: the backbone's pooler, or its task's own."""
+        first = hidden[batch.cls_index]  # [B, C] packed row order
+        pooled = self.model.pool(first)[batch.restore_order].float()  # [B, C]
+        if not own:
+            return pooled
+        return apply_own_poolers(pooled, first[batch.restore_order].float(), rows, own)
+
+    @staticmethod
+    def _token_scores(hidden: torch.Tensor, rows: list[Row], token_rows: list[int], order: list[int]):
+        if not token_rows:
+            return None
+        starts, start = [0] * len(rows), 0
+        for i in order:  # packed order: rows' tokens lie one after another in `hidden`
+            starts[i] = start
+            start += len(rows[i].encoded)
+        return token_scores(hidden, rows, token_rows, starts)
 
     @torch.inference_mode()
     def pooled(self, rows: list[Row]) -> torch.Tensor:
@@ -205,7 +232,8 @@ class Engine:
         """Orders rows by (length, prefix length) and concatenates their tokens (packing.py)."""
         return self._pack(rows)[0]
 
-    def _pack(self, rows: list[Row], extra: HostIndex | None = None) -> tuple[PackedBatch | RaggedBatch, dict]:
+    def _pack(self, rows: list[Row], extra: HostIndex | None = None) -> tuple[PackedBatch | RaggedBatch, dict, list[int]]:
+        """The batch, the device views of `extra`, and the packed order (caller rows, shortest first)."""
         def prefix_len(row: Row) -> int:
             return row.prefix.prefix_len if row.prefix is not None else 0
 
@@ -220,11 +248,11 @@ class Engine:
             restore[caller_row] = packed_row
         slots = [rows[i].prefix.pooled_prefix.slots for i in order if rows[i].prefix is not None]
         if self.attention != "sdpa":
-            return pack_ragged(
+            return *pack_ragged(
                 [len(rows[i].encoded) for i in order], [prefix_len(rows[i]) for i in order], ids, types, restore,
                 self.prefix_pool.storage if slots else None, torch.cat(slots) if slots else None,
-                self.attention, self.files.geometry.max_position_embeddings, self.device, extra,
-            )
+                self.attention, self.model.max_positions, self.device, extra,
+            ), order
         return pack(
             lengths=[len(rows[i].encoded) for i in order],
             prefix_lens=[prefix_len(rows[i]) for i in order],
@@ -234,8 +262,23 @@ class Engine:
             prefix_storage=self.prefix_pool.storage if slots else None,  # read once: growth replaces it
             prefix_source=torch.cat(slots) if slots else None,  # [sum P]
             merge_pairs=self.merge_pairs,
-            max_positions=self.files.geometry.max_position_embeddings,
-        ), {}
+            max_positions=self.model.max_positions,
+        ), {}, order
+
+
+def split_scores(rows: list, scores: list[list[float]], tokens: list[list[float]] | None) -> list:
+    """Per row, its scores cut to its labels: a list, or for a token task's row one list per token
+    (taken in order from `tokens`, the token rows' tokens one after another)."""
+    out, next_token = [], 0
+    for values, row in zip(scores, rows):
+        n = row.prefix.num_labels
+        if row.prefix.token_head:
+            length = len(row.encoded)
+            out.append([t[:n] for t in tokens[next_token : next_token + length]])
+            next_token += length
+        else:
+            out.append(values[:n])
+    return out
 
 
 def _unique_prefixes(rows: list[Row]) -> tuple[list[LoadedPrefix | None], torch.Tensor]:
@@ -258,19 +301,7 @@ def _apply_heads(
         weights[index, : prefix.num_labels] = prefix.classifier_weight
         biases[index, : prefix.num_labels] = prefix.classifier_bias
     logits = torch.bmm(weights[row_to_prefix], pooled[:, :, None]).squeeze(2) + biases[row_to_prefix]  # [B, labels_max]
-    return _scores(logits, num_labels[row_to_prefix], functions)
-
-
-def _scores(logits: torch.Tensor, num_labels: torch.Tensor, functions: torch.Tensor) -> torch.Tensor:
-    """Each row's score function (ScoreFunction codes) on its logits [B, labels_max]; num_labels,
-    functions: [B]. The one place where logits become scores."""
-    label_valid = torch.arange(logits.shape[1], device=logits.device)[None, :] < num_labels[:, None]  # [B, labels_max]
-    softmax = logits.masked_fill(~label_valid, float("-inf")).softmax(dim=-1)
-    row_function = functions[:, None]  # [B, 1]
-    return torch.where(
-        row_function == ScoreFunction.SOFTMAX, softmax,
-        torch.where(row_function == ScoreFunction.SIGMOID, logits.sigmoid(), logits),
-    )
+    return score_rows(logits, num_labels[row_to_prefix], functions)
 
 
 def _to_host(scores: torch.Tensor) -> torch.Tensor:

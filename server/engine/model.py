@@ -1,8 +1,9 @@
-"""The BERT encoder with per-row deep prefixes, in one readable file.
+"""The BERT / RoBERTa encoder with per-row deep prefixes, in one readable file.
 
 Each batch row b carries its own prefix of length P_b that is prepended to the keys and values of
-every layer, and its tokens take positions P_b .. P_b+S-1, exactly as HF BERT does when given past
-key/values (SPEC section 1). Batches arrive packed (server/engine/packing.py): dense layers see only
+every layer, and its tokens take positions offset + P_b .. offset + P_b+S-1, exactly as HF BERT
+(offset 0) and RoBERTa (offset padding_idx + 1) do when given past key/values (SPEC 1, 1b; the
+family's rules are in family.py). Batches arrive packed (server/engine/packing.py): dense layers see only
 real tokens. On the CPU (the `sdpa` path) attention runs per chunk of rows over [prefix | tokens]
 keys the batch assembles with one index copy per layer, padded slots masked, through
 `scaled_dot_product_attention`; on CUDA a RaggedBatch (attention.py) runs it with no padding, the
@@ -61,15 +62,17 @@ class EncoderLayer(nn.Module):
 
 
 class PrefixBert(nn.Module):
-    def __init__(self, g: BertGeometry):
+    def __init__(self, g: BertGeometry, with_pooler: bool = True):
         super().__init__()
         self.geometry = g
+        self.position_offset = g.position_offset  # batches carry P + i; the family shifts it
         self.word_embeddings = nn.Embedding(g.vocab_size, g.hidden_size)
         self.position_embeddings = nn.Embedding(g.max_position_embeddings, g.hidden_size)
         self.token_type_embeddings = nn.Embedding(g.type_vocab_size, g.hidden_size)
         self.embed_norm = nn.LayerNorm(g.hidden_size, eps=g.layer_norm_eps)
         self.layers = nn.ModuleList(EncoderLayer(g) for _ in range(g.num_layers))
-        self.pooler = nn.Linear(g.hidden_size, g.hidden_size)
+        # None: a RoBERTa checkpoint without one; then every sequence task brings its own (SPEC 1b).
+        self.pooler = nn.Linear(g.hidden_size, g.hidden_size) if with_pooler else None
 
     def forward(
         self,
@@ -80,33 +83,47 @@ class PrefixBert(nn.Module):
         prefix_lens: torch.Tensor,  # [B] long, each row's true P (0 without a prefix)
     ) -> torch.Tensor:
         """The padded interface (training, tests): the pooled output [B, C], rows in the caller's order."""
-        batch = pack_padded(
-            input_ids, token_type_ids, token_mask, prefix_kv, prefix_lens, self.geometry.max_position_embeddings
-        )
+        batch = pack_padded(input_ids, token_type_ids, token_mask, prefix_kv, prefix_lens, self.max_positions)
         return self.forward_packed(batch)
 
+    @property
+    def max_positions(self) -> int:
+        """Positions P + i the packers may give (before the family's offset)."""
+        return self.geometry.max_position_embeddings - self.position_offset
+
     def forward_packed(self, batch: PackedBatch | RaggedBatch) -> torch.Tensor:
-        """Returns the pooled output, tanh(W_pool h_CLS + b_pool): [B, C], rows in the caller's order.
-        The pooler runs in its own dtype: float32 on CUDA (Engine), whatever the layers run in."""
+        """Returns the pooled output, tanh(W_pool h_CLS + b_pool): [B, C], rows in the caller's order
+        (the first token's final state where the backbone has no pooler)."""
+        return self.pool(self.hidden_states(batch)[batch.cls_index])[batch.restore_order]  # [B, C]
+
+    def hidden_states(self, batch: PackedBatch | RaggedBatch) -> torch.Tensor:
+        """Every token's final hidden state, [T, C], rows in packed order (batch.cls_index: their starts)."""
+        positions = batch.positions + self.position_offset if self.position_offset else batch.positions  # [T]
         x = (
             self.word_embeddings(batch.input_ids)
-            + self.position_embeddings(batch.positions)
+            + self.position_embeddings(positions)
             + self.token_type_embeddings(batch.token_type_ids)
         )  # [T, C]
         x = self.embed_norm(x)
         for index, layer in enumerate(self.layers):
             x = layer(x, batch, index)
-        cls = x[batch.cls_index].to(self.pooler.weight.dtype)  # [B, C] packed row order; no-op unless CUDA
-        pooled = torch.tanh(self.pooler(cls))  # [B, C]
-        return pooled[batch.restore_order]  # [B, C]
+        return x
+
+    def pool(self, first: torch.Tensor) -> torch.Tensor:
+        """The backbone's pooler on first-token states [B, C]; it runs in its own dtype (float32 on
+        CUDA, whatever the layers run in)."""
+        if self.pooler is None:
+            return first
+        return torch.tanh(self.pooler(first.to(self.pooler.weight.dtype)))  # [B, C]
 
     @classmethod
     def from_backbone_weights(cls, g: BertGeometry, weights: dict[str, torch.Tensor]) -> "PrefixBert":
         # Built on the meta device and given the loaded tensors themselves (assign=True): the weights
         # are held once, not once read and once more in the module (only the fused qkv is new).
+        engine_weights = _to_engine_names(weights, g)
         with torch.device("meta"):
-            model = cls(g)
-        model.load_state_dict(_to_engine_names(weights, g.num_layers), assign=True)
+            model = cls(g, with_pooler="pooler.weight" in engine_weights)
+        model.load_state_dict(engine_weights, assign=True)
         model.requires_grad_(False)
         return model.eval()
 
@@ -127,8 +144,9 @@ _TOP_RENAMES = {
 }
 
 
-def _to_engine_names(weights: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
-    """Maps HF BERT names onto this module's, fusing query/key/value into one qkv projection."""
+def _to_engine_names(weights: dict[str, torch.Tensor], g: BertGeometry) -> dict[str, torch.Tensor]:
+    """Maps HF BERT / RoBERTa names onto this module's, fusing query/key/value into one qkv projection."""
+    num_layers = g.num_layers
     out: dict[str, torch.Tensor] = {}
     layer_re = re.compile(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$")
     for name, tensor in weights.items():
@@ -147,7 +165,7 @@ def _to_engine_names(weights: dict[str, torch.Tensor], num_layers: int) -> dict[
             if any(p is None for p in parts):
                 raise BackboneError(f"layer {index}: missing attention.self query/key/value {kind}")
             out[f"layers.{index}.qkv.{kind}"] = torch.cat(parts, dim=0)  # [3C, C] or [3C]
-    if "pooler.weight" not in out:
+    if "pooler.weight" not in out and g.family.pooler_required:
         raise BackboneError("the backbone has no pooler (pooler.dense.*), which P-tuning v2 classification needs")
     return out
 

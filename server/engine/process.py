@@ -3,7 +3,7 @@
 Why: in one process, every torch op of a forward pass hands the GIL back and forth with the event
 loop, the tokenizer and the HTTP layer; measured on the 2-core CPU at the engine level, the same
 load ran 4-8% slower in one process (BENCHMARKS.md, "engine process vs in-process"). Here the forward is the only Python
-in its process. The server keeps tokenization (its own tokenizer), batching and the prefix cache;
+in its process. The server keeps tokenization (the batcher's TextEncoder), batching and the prefix cache;
 the child keeps the model, the prefix pool and the loaded prefixes, addressed by handle.
 
 Calls block (the batcher makes them from its compute and prep threads); one reader thread routes
@@ -33,10 +33,9 @@ from multiprocessing.connection import Connection
 import torch
 
 from server import metrics
-from server.artifact import BackboneShape, PrefixArtifact, ProblemType, artifact_to_bytes
+from server.artifact import BackboneShape, HeadKind, PrefixArtifact, ProblemType, artifact_to_bytes
 from server.engine import wire
-from server.engine.engine import Row
-from server.engine.tokenize import EncodedInput, TextEncoder, TextInput
+from server.engine.engine import Row, split_scores
 
 log = logging.getLogger(__name__)
 _handles = itertools.count(1)  # never reused, across restarts too
@@ -57,6 +56,11 @@ class RemotePrefix:
     labels: tuple[str, ...]
     nbytes: int
     owner: "EngineProcess" = field(repr=False)
+    head_kind: HeadKind = HeadKind.SEQUENCE
+
+    @property
+    def token_head(self) -> bool:
+        return self.head_kind is HeadKind.TOKEN
 
     @property
     def num_labels(self) -> int:
@@ -71,7 +75,6 @@ class EngineProcess:
     def __init__(self, backbone: str, device: str = "cpu", dtype: str = "float32", merge_pairs: int | None = None,
                  torch_threads: int = 0, start_timeout_s: float = 600.0, max_restarts: int = 5,
                  attention: str = "auto"):
-        self.encoder = TextEncoder.from_folder(backbone)
         self._config = {"backbone": str(backbone), "device": device, "dtype": dtype, "merge_pairs": merge_pairs,
                         "attention": attention, "torch_threads": torch_threads,
                         "log_level": logging.getLevelName(log.getEffectiveLevel()), "log_json": _logging_json()}
@@ -86,7 +89,7 @@ class EngineProcess:
         self._up = threading.Event()
         self._start()
 
-    # --- the Engine surface the batcher, the cache and the runtime use -------------------------
+    # --- the engine surface (surface.py) the batcher, the cache and the runtime use ---------------
 
     @property
     def shape(self) -> BackboneShape:
@@ -103,27 +106,19 @@ class EngineProcess:
     def alive(self) -> bool:
         return self._up.is_set()
 
-    def max_tokens(self, prefix_len: int) -> int:
-        return self._info["max_position_embeddings"] - prefix_len
-
-    def encode(self, inputs: list[TextInput], prefix_len: int, truncate: bool = True) -> list[EncodedInput]:
-        return self.encoder.encode(inputs, self.max_tokens(prefix_len), truncate)
-
-    def try_encode(self, inputs: list[TextInput], prefix_len: int, truncate: bool = True) -> list[EncodedInput] | None:
-        return self.encoder.try_encode(inputs, self.max_tokens(prefix_len), truncate)
-
-    def load_prefix(self, artifact: PrefixArtifact) -> RemotePrefix:
+    def load_prefix(self, artifact: PrefixArtifact, data: bytes | None = None) -> RemotePrefix:
+        """`data`: the bytes `artifact` was read from, sent as they are (else written again)."""
         handle, generation = next(_handles), self.generation
-        reply, _ = self._call({"op": "load", "handle": handle}, artifact_to_bytes(artifact))
+        reply, _ = self._call({"op": "load", "handle": handle}, data if data is not None else artifact_to_bytes(artifact))
         prefix = RemotePrefix(handle, generation, artifact.prefix_len, artifact.problem_type, artifact.labels,
-                              reply["nbytes"], self)
+                              reply["nbytes"], self, artifact.head)
         weakref.finalize(prefix, self._released.append, handle)
         return prefix
 
-    def score(self, rows: list[Row]) -> list[list[float]]:
+    def score(self, rows: list[Row]) -> list:
         _, data = self._call({"op": "score"}, self._batch(rows))
-        scores = wire.decode_matrix(data).tolist()  # [B, labels_max]
-        return [values[: row.prefix.num_labels] for values, row in zip(scores, rows)]
+        scores, tokens = wire.decode_matrices(data, 2)  # [B, labels_max], [sum S, labels_max]
+        return split_scores(rows, scores.tolist(), tokens.tolist())
 
     def pooled(self, rows: list[Row]) -> torch.Tensor:
         _, data = self._call({"op": "pooled"}, self._batch(rows))
@@ -255,7 +250,7 @@ class EngineProcess:
         if ready.get("op") != "ready":
             process.wait()
             raise RuntimeError(f"the engine process failed to start: {ready.get('error')}")
-        self._info, self._shape, self._merge_pairs = ready["info"], BackboneShape(*ready["shape"]), ready["merge_pairs"]
+        self._info, self._shape, self._merge_pairs = ready["info"], BackboneShape(**ready["shape"]), ready["merge_pairs"]
         self._process, self._conn = process, conn
         self.generation += 1
         log.info("engine process %s up (%s threads)", ready["pid"], ready["torch_threads"])

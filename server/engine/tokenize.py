@@ -1,13 +1,15 @@
 """Turns texts and text pairs into token ids with the backbone's fast tokenizer.
 
-A row's token budget depends on its prefix: positions start at P, so at most
-max_position_embeddings - P tokens fit, [CLS] and [SEP] included. Inputs are encoded once without
+A row's token budget depends on its prefix and the family (BackboneShape.max_tokens): positions start
+at offset + P, so at most max_position_embeddings - offset - P tokens fit, special tokens included.
+A single-token-type family (RoBERTa) gets type ids 0 for every token, pairs included. Inputs are encoded once without
 truncation (batched); only the rare over-long ones are encoded again with the tokenizer's own
 truncation (`longest_first` for pairs), so a cut input is exactly what the tokenizer would give.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,8 @@ from pathlib import Path
 import tokenizers
 import transformers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from server.engine.family import BERT, MODEL_TYPES, Family
 
 TextInput = str | tuple[str, str]  # a text, or (text, text_pair)
 
@@ -24,22 +28,29 @@ class EncodedInput:
     input_ids: list[int]
     token_type_ids: list[int]
     truncated: bool = False
+    offsets: list[tuple[int, int]] | None = None  # character spans, for token tasks only (SPEC 2b)
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
 
-class InputTooLong(ValueError):
+class InputRefused(ValueError):
+    """An input the task cannot take (HTTP 422); the message says what was expected and what came."""
+
+
+class InputTooLong(InputRefused):
     def __init__(self, index: int, num_tokens: int, limit: int, hint: str = "send truncate: true to cut it"):
         self.index, self.num_tokens, self.limit = index, num_tokens, limit
         super().__init__(f"inputs[{index}]: expected at most {limit} tokens for this task, got {num_tokens} ({hint})")
 
 
 class TextEncoder:
-    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, single_token_type: bool = False):
         if not tokenizer.is_fast:
             raise ValueError("expected a fast (Rust) tokenizer, got a Python one")
         self.tokenizer = tokenizer
+        self.single_token_type = single_token_type
+        self._pair_minimum = tokenizer.num_special_tokens_to_add(pair=True)  # [CLS] a [SEP] b [SEP]: 3
         # Encoding goes straight to a private copy of the Rust tokenizer: the transformers wrapper adds
         # ~15 us of Python per call (about a third of encoding a sentence) and sets the same state.
         self._backend = tokenizers.Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
@@ -51,37 +62,43 @@ class TextEncoder:
     @classmethod
     def from_folder(cls, folder: str | Path) -> "TextEncoder":
         transformers.logging.set_verbosity_error()  # silences "sequence longer than model_max_length"
-        return cls(AutoTokenizer.from_pretrained(str(folder), use_fast=True))
+        return cls(AutoTokenizer.from_pretrained(str(folder), use_fast=True), _family_of(Path(folder)).single_token_type)
 
-    def encode(self, inputs: list[TextInput], max_tokens: int, truncate: bool = True) -> list[EncodedInput]:
-        """Encodes `inputs` for one prefix length; raises InputTooLong when truncate is False."""
+    def encode(
+        self, inputs: list[TextInput], max_tokens: int, truncate: bool = True, offsets: bool = False
+    ) -> list[EncodedInput]:
+        """Encodes `inputs` for one prefix length; raises InputTooLong when truncate is False.
+        `offsets`: keep each token's character span (token tasks)."""
         with self._lock:
-            return self._encode(inputs, max_tokens, truncate)
+            return self._encode(inputs, max_tokens, truncate, offsets)
 
-    def try_encode(self, inputs: list[TextInput], max_tokens: int, truncate: bool = True) -> list[EncodedInput] | None:
+    def try_encode(
+        self, inputs: list[TextInput], max_tokens: int, truncate: bool = True, offsets: bool = False
+    ) -> list[EncodedInput] | None:
         """encode, or None at once if another thread is encoding (for callers that must not wait)."""
         if not self._lock.acquire(blocking=False):
             return None
         try:
-            return self._encode(inputs, max_tokens, truncate)
+            return self._encode(inputs, max_tokens, truncate, offsets)
         finally:
             self._lock.release()
 
-    def _encode(self, inputs: list[TextInput], max_tokens: int, truncate: bool) -> list[EncodedInput]:
-        out = self._encode_items(inputs, None)  # untruncated first: the full lengths decide what is cut
+    def _encode(self, inputs: list[TextInput], max_tokens: int, truncate: bool, offsets: bool = False) -> list[EncodedInput]:
+        out = self._encode_items(inputs, None, offsets)  # untruncated first: the full lengths decide what is cut
         over = [i for i, encoded in enumerate(out) if len(encoded) > max_tokens]
         if over and not truncate:
             raise InputTooLong(over[0], len(out[over[0]]), max_tokens)
         if over:
             over_pairs = [i for i in over if not isinstance(inputs[i], str)]
-            if over_pairs and max_tokens < 3:  # [CLS] a [SEP] b [SEP] cannot be cut below three
+            if over_pairs and max_tokens < self._pair_minimum:  # no fewer than its special tokens
                 index = over_pairs[0]
-                raise InputTooLong(index, len(out[index]), max_tokens, "a text pair cannot be cut below 3 tokens")
-            for index, encoded in zip(over, self._encode_items([inputs[i] for i in over], max_tokens)):
-                out[index] = EncodedInput(encoded.input_ids, encoded.token_type_ids, truncated=True)
+                hint = f"a text pair cannot be cut below {self._pair_minimum} tokens"
+                raise InputTooLong(index, len(out[index]), max_tokens, hint)
+            for index, encoded in zip(over, self._encode_items([inputs[i] for i in over], max_tokens, offsets)):
+                out[index] = EncodedInput(encoded.input_ids, encoded.token_type_ids, True, encoded.offsets)
         return out
 
-    def _encode_items(self, items: list[TextInput], max_tokens: int | None) -> list[EncodedInput]:
+    def _encode_items(self, items: list[TextInput], max_tokens: int | None, offsets: bool = False) -> list[EncodedInput]:
         """What `tokenizer(texts, text_pairs, truncation="longest_first", max_length=...)` gives (the
         tests compare the two); the caller holds self._lock."""
         if max_tokens is None:
@@ -94,4 +111,17 @@ class TextEncoder:
         encode = self._backend.encode
         encodings = [encode(item, add_special_tokens=True) if isinstance(item, str) else encode(*item, add_special_tokens=True)
                      for item in items]
+        if offsets:
+            return [EncodedInput(e.ids, [0] * len(e.ids) if self.single_token_type else e.type_ids, offsets=e.offsets)
+                    for e in encodings]
+        if self.single_token_type:
+            return [EncodedInput(e.ids, [0] * len(e.ids)) for e in encodings]
         return [EncodedInput(e.ids, e.type_ids) for e in encodings]
+
+
+def _family_of(folder: Path) -> Family:
+    """The family a model folder's config.json names (BERT when there is none: a bare tokenizer folder)."""
+    config = folder / "config.json"
+    if not config.is_file():
+        return BERT
+    return MODEL_TYPES.get(json.loads(config.read_text()).get("model_type"), BERT)

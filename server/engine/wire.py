@@ -4,7 +4,10 @@ binary payload. Nothing is pickled: batches travel as flat integer arrays, prefi
 
 A batch of B rows is one payload: `lengths [B] int32 | prefix handles [B] int64 (-1: no prefix) |
 score functions [B] int8 | input ids [T] int32 | token types [T] int8`, T = sum(lengths). Scores come
-back as `[B, labels_max]` float32, each row's score function of its logits, padded past its labels.
+back as two float32 matrices one after the other, each with its shape: `[B, labels_max]` (each row's
+score function of its logits, padded past its labels) and `[sum S, labels_max]`, the tokens of the
+token-task rows in row order (0 rows when the batch has none); the server knows which rows those are
+and how long, so nothing else travels.
 """
 
 from __future__ import annotations
@@ -64,6 +67,19 @@ def encode_matrix(values: np.ndarray) -> bytes:
     return np.asarray(values.shape, dtype=np.int64).tobytes() + values.tobytes()
 
 
-def decode_matrix(data: bytes) -> np.ndarray:
-    rows, cols = np.frombuffer(data, dtype=np.int64, count=2).tolist()
-    return np.frombuffer(data, dtype=np.float32, count=rows * cols, offset=16).reshape(rows, cols)
+def decode_matrix(data: bytes, offset: int = 0) -> np.ndarray:
+    rows, cols = np.frombuffer(data, dtype=np.int64, count=2, offset=offset).tolist()
+    return np.frombuffer(data, dtype=np.float32, count=rows * cols, offset=offset + 16).reshape(rows, cols)
+
+
+def encode_matrices(*matrices: np.ndarray) -> bytes:
+    return b"".join(encode_matrix(m) for m in matrices)
+
+
+def decode_matrices(data: bytes, count: int) -> list[np.ndarray]:
+    out, offset = [], 0
+    for _ in range(count):
+        matrix = decode_matrix(data, offset)
+        out.append(matrix)
+        offset += 16 + matrix.nbytes
+    return out

@@ -19,11 +19,16 @@ log = logging.getLogger("server.engine.worker")
 
 def run_worker(conn, config: dict) -> None:
     """Entry point of the child process. `config`: backbone, device, dtype, merge_pairs, attention, torch_threads."""
+    import dataclasses
+
+    import numpy as np
     import torch
 
     from server.artifact import read_artifact
     from server.engine import wire
-    from server.engine.engine import Engine, Row, ScoreFunction
+    from server.engine.backbone import DTYPES
+    from server.engine.engine import Engine, Row
+    from server.engine.scoring import ScoreFunction
     from server.heap import freeze_heap
 
     logging.basicConfig(level=config.get("log_level", "WARNING"), format="%(asctime)s %(levelname)s engine: %(message)s")
@@ -38,7 +43,7 @@ def run_worker(conn, config: dict) -> None:
     try:
         if config.get("torch_threads"):
             torch.set_num_threads(config["torch_threads"])
-        dtype = getattr(torch, config.get("dtype", "float32"))
+        dtype = DTYPES[config.get("dtype", "float32")]
         engine = Engine.from_folder(config["backbone"], config.get("device", "cpu"), dtype, config.get("merge_pairs"),
                                     attention=config.get("attention", "auto"))
         shape = engine.shape
@@ -46,7 +51,7 @@ def run_worker(conn, config: dict) -> None:
         conn.send_bytes(wire.encode_header({
             "op": "ready", "pid": os.getpid(), "info": engine.info(), "merge_pairs": engine.merge_pairs,
             "torch_threads": torch.get_num_threads(),
-            "shape": [shape.num_layers, shape.num_heads, shape.head_dim, shape.max_position_embeddings, shape.fingerprint],
+            "shape": dataclasses.asdict(shape),
         }))
     except Exception as exc:
         conn.send_bytes(wire.encode_header({"op": "failed", "error": f"{type(exc).__name__}: {exc}"}))
@@ -73,7 +78,9 @@ def run_worker(conn, config: dict) -> None:
                 prefixes[header["handle"]] = engine.load_prefix(read_artifact(payload, shape))
                 reply["nbytes"] = prefixes[header["handle"]].nbytes
             elif op == "score":
-                out = wire.encode_matrix(engine.score_matrix(rows_of(payload)).numpy())
+                scores, tokens = engine.score_matrices(rows_of(payload))
+                tokens = tokens.numpy() if tokens is not None else np.zeros((0, 1), dtype=np.float32)
+                out = wire.encode_matrices(scores.numpy(), tokens)
             elif op == "pooled":
                 out = wire.encode_matrix(engine.pooled(rows_of(payload)).float().cpu().numpy())
             elif op == "stats":

@@ -1,8 +1,9 @@
 """Converting checkpoints of other tools into prefix artifacts (`prefix-server import`).
 
-Owns the PEFT PREFIX_TUNING adapter (folder or .zip) and the original P-tuning v2 checkpoint
-readers. Every refusal is a `CheckpointError`, an `ArtifactError` whose message says why. Never
-imports the API or batching layers.
+Owns the PEFT PREFIX_TUNING adapter (folder or .zip; SEQ_CLS and TOKEN_CLS, BERT and RoBERTa) and
+the original P-tuning v2 checkpoint readers (BERT and RoBERTa, sequence and token classification).
+Every refusal is a `CheckpointError`, an `ArtifactError` whose message says why. Never imports the
+API or batching layers.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from server.artifact import BackboneShape, PrefixArtifact, ProblemType
+from server.artifact import BackboneShape, HeadKind, PrefixArtifact, ProblemType
 from server.importers.common import CheckpointError
 from server.importers.peft import ADAPTER_CONFIG, convert_peft_files, read_peft_folder
 from server.importers.ptuning_v2 import convert_ptuning_v2, read_ptuning_v2
@@ -24,8 +25,10 @@ def import_checkpoint(
     labels: tuple[str, ...] | None = None,
     problem_type: ProblemType | None = None,
     backbone_weights: dict[str, torch.Tensor] | None = None,
+    head: HeadKind | None = None,
 ) -> PrefixArtifact:
-    """Detects the checkpoint kind of `source` (a folder, a .zip, or a weights file) and converts it."""
+    """Detects the checkpoint kind of `source` (a folder, a .zip, or a weights file) and converts it.
+    `head` overrides the head kind of a P-tuning v2 checkpoint (PEFT adapters name theirs: task_type)."""
     source = Path(source)
     if source.is_dir() and (source / ADAPTER_CONFIG).is_file():
         return convert_peft_files(read_peft_folder(source), backbone, labels, problem_type, source=source.name)
@@ -34,7 +37,7 @@ def import_checkpoint(
         return convert_peft_files(files, backbone, labels, problem_type, source=source.name)
     if source.name.startswith("adapter_model") or (source.is_dir() and any(source.glob("adapter_model.*"))):
         raise CheckpointError(f"{source}: PEFT adapter weights need their {ADAPTER_CONFIG}: pass the adapter folder")
-    return read_ptuning_v2(source, backbone, labels, problem_type, backbone_weights)
+    return read_ptuning_v2(source, backbone, labels, problem_type, backbone_weights, head)
 
 
 __all__ = [

@@ -1,5 +1,6 @@
 """What the checkpoint importers share: the refusal type, safe weight loading, labels and problem
-type, the classifier lookup, and the final build of a validated artifact."""
+type, the head kind and backbone family of a checkpoint, the head checks, and the final build of a
+validated artifact."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ from datetime import datetime, timezone
 import torch
 from safetensors.torch import load as load_safetensors_bytes
 
-from server.artifact import ArtifactError, BackboneShape, PrefixArtifact, ProblemType, artifact_to_bytes, read_artifact
+from server.artifact import (
+    ArtifactError,
+    BackboneShape,
+    HeadKind,
+    PrefixArtifact,
+    ProblemType,
+    artifact_to_bytes,
+    read_artifact,
+)
 from server.training.prefix_encoder import flat_to_key_values
 
 
@@ -77,6 +86,42 @@ def resolve_problem_type(given: ProblemType | None, model_config: dict, num_labe
     return ProblemType.REGRESSION if num_labels == 1 else ProblemType.SINGLE_LABEL
 
 
+# HF `model_type`s of the SPEC 1b families; anything else is refused rather than guessed.
+FAMILY_OF_MODEL_TYPE = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta", "camembert": "roberta"}
+
+
+def check_family(family: str, backbone: BackboneShape, what: str) -> None:
+    if family != backbone.family:
+        raise CheckpointError(
+            f"{what}: expected a checkpoint of this server's {backbone.family!r} backbone family, got {family!r}"
+        )
+
+
+def family_of_config(model_config: dict, what: str) -> str | None:
+    """The family a model config's `model_type` names, None when it names none."""
+    model_type = model_config.get("model_type")
+    if model_type is None:
+        return None
+    if model_type not in FAMILY_OF_MODEL_TYPE:
+        raise CheckpointError(f"{what}: model_type expected one of {sorted(FAMILY_OF_MODEL_TYPE)}, got {model_type!r}")
+    return FAMILY_OF_MODEL_TYPE[model_type]
+
+
+def check_token_problem_type(head: HeadKind, problem_type: ProblemType) -> None:
+    if head is HeadKind.TOKEN and problem_type is not ProblemType.SINGLE_LABEL:
+        raise CheckpointError(
+            f"a token head expected problem type single_label_classification, got {problem_type.value}"
+        )
+
+
+def check_pooler(weight: torch.Tensor, bias: torch.Tensor, backbone: BackboneShape, what: str) -> None:
+    C = backbone.hidden_size
+    if weight.shape != (C, C) or bias.shape != (C,):
+        raise CheckpointError(
+            f"{what}: expected weight [{C}, {C}] and bias [{C}], got {list(weight.shape)} and {list(bias.shape)}"
+        )
+
+
 def check_flat_prefix(flat: torch.Tensor, backbone: BackboneShape, what: str) -> None:
     width = 2 * backbone.num_layers * backbone.hidden_size
     if flat.dim() != 2 or flat.shape[1] != width:
@@ -109,8 +154,14 @@ def build_artifact(
     problem_type: ProblemType,
     metadata: dict[str, str],
     fingerprint: str | None = None,
+    *,
+    head_kind: HeadKind = HeadKind.SEQUENCE,
+    pooler: tuple[torch.Tensor, torch.Tensor] | None = None,
+    family: str | None = None,
 ) -> PrefixArtifact:
-    """Lays the prefix out as `[L, 2, H, P, D]` and returns an artifact that `read_artifact` accepts."""
+    """Lays the prefix out as `[L, 2, H, P, D]` and returns an artifact that `read_artifact` accepts.
+    `pooler`: a sequence head's own (weight, bias); `family` is written as `backbone_family`."""
+    check_token_problem_type(head_kind, problem_type)
     dtype = flat.dtype if flat.dtype in (torch.float16, torch.bfloat16) else torch.float32
     key_values = flat_to_key_values(flat, backbone.num_layers, backbone.num_heads, backbone.head_dim)
     artifact = PrefixArtifact(
@@ -121,6 +172,10 @@ def build_artifact(
         labels=labels,
         extra_metadata={**metadata, "imported_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")},
         backbone_fingerprint=fingerprint,
+        head=head_kind,
+        pooler_weight=pooler[0].float().contiguous() if pooler is not None else None,
+        pooler_bias=pooler[1].float().contiguous() if pooler is not None else None,
+        backbone_family=family,
     )
     read_artifact(artifact_to_bytes(artifact), backbone)  # the same checks an upload gets
     return artifact

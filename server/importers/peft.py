@@ -5,8 +5,13 @@ PEFT saves `adapter_config.json` and `adapter_model.safetensors` (or `adapter_mo
 already applied) in the seed's layout, plus the modules trained through `modules_to_save`. For a
 BERT sequence classifier that is the head, saved as `base_model.classifier.weight` / `.bias` (PEFT
 drops `modules_to_save.<adapter>` when it saves; raw state dicts keep it, and LoRA-style wrappers
-add `model.`): all of these forms are accepted. Any other trained module is refused, because the
-server shares one frozen backbone (a trained pooler, say, cannot be served).
+add `model.`): all of these forms are accepted.
+
+RoBERTa's `RobertaClassificationHead` (`SEQ_CLS`) is `classifier.dense` -> tanh -> `classifier.out_proj`
+on `<s>`: `dense` becomes the artifact's own pooler, `out_proj` its classifier (SPEC 1b). `TOKEN_CLS`
+adapters (`BertForTokenClassification`, `RobertaForTokenClassification`: one `classifier` Linear on
+every token) become `token` heads. Any other trained module is refused, because the server shares
+one frozen backbone (a trained backbone pooler, say, cannot be served).
 """
 
 from __future__ import annotations
@@ -16,12 +21,15 @@ from pathlib import Path
 
 import torch
 
-from server.artifact import BackboneShape, PrefixArtifact, ProblemType
+from server.artifact import BackboneShape, HeadKind, PrefixArtifact, ProblemType
 from server.importers.common import (
     CheckpointError,
     build_artifact,
+    check_family,
     check_flat_prefix,
     check_head,
+    check_pooler,
+    family_of_config,
     load_state_dict,
     parse_json,
     resolve_labels,
@@ -35,8 +43,9 @@ WANTED_FILES = (ADAPTER_CONFIG, *WEIGHT_FILES, MODEL_CONFIG)
 PROMPT = "prompt_embeddings"
 _HEAD_KEY = re.compile(
     r"^(?:base_model\.)?(?:model\.)?(?P<module>classifier|score)\.(?:modules_to_save\.(?P<adapter>[^.]+)\.)?"
-    r"(?P<param>weight|bias)$"
+    r"(?:(?P<part>dense|out_proj)\.)?(?P<param>weight|bias)$"
 )
+HEAD_KINDS = {None: HeadKind.SEQUENCE, "SEQ_CLS": HeadKind.SEQUENCE, "TOKEN_CLS": HeadKind.TOKEN}
 
 
 def read_peft_folder(folder: Path) -> dict[str, bytes]:
@@ -63,9 +72,17 @@ def convert_peft_files(
         raise CheckpointError(f"{weights_name}: expected the tensor {PROMPT!r}, got {sorted(state)[:10]}")
     flat = state.pop(PROMPT)  # [P, L * 2 * hidden]
     _check_prompt(flat, config, backbone, weights_name)
-    head = _find_head(state, weights_name)
+    head_kind = HEAD_KINDS[config.get("task_type")]
+    head, pooler = _find_head(state, weights_name, head_kind)
     check_head(*head, backbone, f"{weights_name}: classifier")
+    if pooler is not None:
+        check_pooler(*pooler, backbone, f"{weights_name}: classifier.dense")
     model_config = parse_json(files[MODEL_CONFIG], MODEL_CONFIG) if MODEL_CONFIG in files else {}
+    family = family_of_config(model_config, MODEL_CONFIG)
+    if family is not None:
+        check_family(family, backbone, source)
+    if head_kind is HeadKind.TOKEN:
+        problem_type = problem_type or ProblemType.SINGLE_LABEL  # token classification: cross-entropy
     num_labels = head[0].shape[0]
     metadata = {
         "source_format": "peft-prefix-tuning",
@@ -82,6 +99,9 @@ def convert_peft_files(
         resolve_labels(num_labels, labels, model_config),
         resolve_problem_type(problem_type, model_config, num_labels),
         metadata,
+        head_kind=head_kind,
+        pooler=pooler,
+        family=family if (family == "roberta" or head_kind is HeadKind.TOKEN) else None,  # bert SEQ_CLS stays v1
     )
 
 
@@ -93,8 +113,8 @@ def _check_config(config: dict, backbone: BackboneShape) -> None:
             "(only prefix tuning adapters can share the frozen backbone here)"
         )
     task_type = config.get("task_type")
-    if task_type not in (None, "SEQ_CLS"):
-        raise CheckpointError(f"{ADAPTER_CONFIG}: task_type expected SEQ_CLS, got {task_type!r}")
+    if task_type not in HEAD_KINDS:
+        raise CheckpointError(f"{ADAPTER_CONFIG}: task_type expected SEQ_CLS or TOKEN_CLS, got {task_type!r}")
     if config.get("num_transformer_submodules") not in (None, 1):
         raise CheckpointError(
             f"{ADAPTER_CONFIG}: num_transformer_submodules expected 1 (an encoder), "
@@ -125,7 +145,8 @@ def _check_prompt(flat: torch.Tensor, config: dict, backbone: BackboneShape, nam
         raise CheckpointError(f"{name}: {PROMPT} expected {virtual} rows (num_virtual_tokens), got {flat.shape[0]}")
 
 
-def _find_head(state: dict[str, torch.Tensor], name: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _find_head(state: dict[str, torch.Tensor], name: str, head_kind: HeadKind):
+    """(classifier weight, bias) and, for RobertaClassificationHead, its dense layer as the pooler."""
     found: dict[str, dict[str, torch.Tensor]] = {}
     others = []
     for key, tensor in state.items():
@@ -134,7 +155,8 @@ def _find_head(state: dict[str, torch.Tensor], name: str) -> tuple[torch.Tensor,
             if ".original_module." not in key:  # the untouched copy PEFT keeps beside the trained one
                 others.append(key)
             continue
-        found.setdefault(f"{match['module']}/{match['adapter']}", {})[match["param"]] = tensor
+        part = f"{match['part']}." if match["part"] else ""
+        found.setdefault(f"{match['module']}/{match['adapter']}", {})[part + match["param"]] = tensor
     if others:
         raise CheckpointError(
             f"{name}: expected only {PROMPT} and the classifier head, got also {sorted(others)[:8]} "
@@ -143,11 +165,15 @@ def _find_head(state: dict[str, torch.Tensor], name: str) -> tuple[torch.Tensor,
     if not found:
         raise CheckpointError(
             f"{name}: no classifier head: expected base_model.classifier.weight and .bias "
-            "(train with task_type SEQ_CLS, which saves the head through modules_to_save)"
+            "(train with task_type SEQ_CLS or TOKEN_CLS, which save the head through modules_to_save)"
         )
     if len(found) > 1:
         raise CheckpointError(f"{name}: expected one classifier head, got several: {sorted(found)}")
     (head,) = found.values()
-    if set(head) != {"weight", "bias"}:
-        raise CheckpointError(f"{name}: classifier head expected weight and bias, got {sorted(head)}")
-    return head["weight"], head["bias"]
+    if set(head) == {"weight", "bias"}:
+        return (head["weight"], head["bias"]), None
+    two_layer = {"dense.weight", "dense.bias", "out_proj.weight", "out_proj.bias"}
+    if set(head) == two_layer and head_kind is HeadKind.SEQUENCE:
+        return (head["out_proj.weight"], head["out_proj.bias"]), (head["dense.weight"], head["dense.bias"])
+    expected = "weight and bias" if head_kind is HeadKind.TOKEN else f"weight and bias, or {sorted(two_layer)}"
+    raise CheckpointError(f"{name}: classifier head expected {expected}, got {sorted(head)}")

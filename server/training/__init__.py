@@ -1,7 +1,7 @@
 """Training P-tuning v2 prefixes on the server's own model code (`prefix-server train`).
 
-Owns data loading, the prefix encoder, the training loop, the export into an artifact, the metrics
-and the upload client. Never imports the API or batching layers.
+Owns data loading (sentence rows, and word-level rows for token heads: words.py), the prefix
+encoder, the training loop, the export into an artifact, the metrics and the upload client. Never imports the API or batching layers.
 """
 
 from server.training.data import DataError, Dataset, load_dataset

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from server.artifact import ProblemType
+from server.engine.scoring import score_logits
 from server.engine.model import PrefixBert
 from server.training.prefix_encoder import PrefixEncoder, flat_to_key_values
 
@@ -62,14 +63,6 @@ class PrefixClassifier(nn.Module):
         """What the server returns for these rows: probabilities, or raw values for regression."""
         logits = self.forward(input_ids, token_type_ids, token_mask)
         return score_logits(logits, problem_type)
-
-
-def score_logits(logits: torch.Tensor, problem_type: ProblemType) -> torch.Tensor:
-    if problem_type is ProblemType.SINGLE_LABEL:
-        return logits.softmax(dim=-1)
-    if problem_type is ProblemType.MULTI_LABEL:
-        return logits.sigmoid()
-    return logits
 
 
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor, problem_type: ProblemType) -> torch.Tensor:

@@ -21,13 +21,14 @@ from tqdm import tqdm
 
 from server.artifact import PrefixArtifact, ProblemType, artifact_to_bytes, read_artifact
 from server.engine import Engine, Row
+from server.engine.backbone import DTYPES, default_backbone_dir
+from server.engine.scoring import MULTI_LABEL_THRESHOLD
 from server.training import metrics as metric_fns
 from server.training.batches import EncodedSet, epoch_batches, eval_batches
 from server.training.data import Dataset, load_dataset
 from server.training.model import PrefixClassifier, loss_fn
 from server.training.prefix_encoder import PrefixEncoder
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DEFAULT_EPOCHS = 3.0
 EVAL_BATCH_SIZE = 64
 
@@ -121,11 +122,12 @@ def evaluate(engine: Engine, artifact: PrefixArtifact, dataset: Dataset) -> dict
     if dataset.problem_type is ProblemType.SINGLE_LABEL:
         return metric_fns.single_label_metrics(targets, scores.argmax(axis=1), dataset.labels)
     if dataset.problem_type is ProblemType.MULTI_LABEL:
-        return metric_fns.multi_label_metrics(targets > 0.5, scores >= 0.5, dataset.labels)
+        return metric_fns.multi_label_metrics(targets > 0.5, scores >= MULTI_LABEL_THRESHOLD, dataset.labels)
     return metric_fns.regression_metrics(targets[:, 0], scores[:, 0])
 
 
-def _run_steps(model, encoded: EncodedSet, problem_type, config: TrainConfig, steps: int, progress: bool) -> None:
+def _run_steps(model, encoded, problem_type, config: TrainConfig, steps: int, progress: bool, loss=None) -> None:
+    """`loss(logits, targets)`: the token trainer's; None is the sentence heads' loss_fn for problem_type."""
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay)
     warmup = int(steps * config.warmup_ratio)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup, steps))
@@ -140,15 +142,16 @@ def _run_steps(model, encoded: EncodedSet, problem_type, config: TrainConfig, st
             if step == steps:
                 break
             batch = encoded.batch(indices)
-            loss = loss_fn(model(batch.input_ids, batch.token_type_ids, batch.token_mask), batch.targets, problem_type)
+            logits = model(batch.input_ids, batch.token_type_ids, batch.token_mask)
+            value = loss(logits, batch.targets) if loss else loss_fn(logits, batch.targets, problem_type)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            value.backward()
             torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), config.max_grad_norm)
             optimizer.step()
             schedule.step()
             step += 1
             rows_done += batch.size
-            value = loss.item()
+            value = value.item()
             if not math.isfinite(value):
                 raise ValueError(f"training diverged at step {step}: loss is {value} (try a lower --lr)")
             running_loss = value if running_loss is None else 0.95 * running_loss + 0.05 * value
@@ -228,7 +231,5 @@ def _backbone_dropout(engine: Engine) -> float:
 
 
 def _default_backbone() -> Path:
-    from server.engine.random_backbone import default_backbone_dir
-
     return default_backbone_dir()
 

@@ -89,3 +89,48 @@ def test_too_many_inputs_and_oversized_body(client, artifact_bytes):
     huge = client.post("/v1/classify", json={"task": "t", "inputs": ["a" * (5 * 1024 * 1024)]})
     assert huge.status_code == 413 and huge.json()["error"]["code"] == "payload_too_large"
     assert client.get("/healthz").status_code == 200
+
+
+IOB = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
+
+
+def test_token_task_answers_entity_spans(client, tiny_engine):
+    from server.artifact import HeadKind, artifact_to_bytes
+    from server.engine.scoring import top_label
+    from tests.helpers import make_artifact
+
+    seqeval = pytest.importorskip("seqeval.metrics.sequence_labeling")
+    artifact = make_artifact(tiny_engine.shape, 6, len(IOB), seed=5, head=HeadKind.TOKEN, labels=IOB)
+    assert upload(client, "ner", artifact_to_bytes(artifact)).status_code == 201
+    text = "John Smithson went to New York with Mary Ann Lee yesterday"
+    answer = client.post("/v1/classify", json={"task": "ner", "inputs": [text]})
+    assert answer.status_code == 200, answer.text
+    found = answer.json()["results"][0]["entities"]
+    # Independently: word tags from the first sub-token (the tokenizer's word ids), grouped by seqeval.
+    enc = tiny_engine.encoder.tokenizer(text, return_offsets_mapping=True)
+    prefix = tiny_engine.load_prefix(artifact)
+    token_scores = tiny_engine.score([Row(tiny_engine.encode([text], 6)[0], prefix)])[0]
+    words = [(m.start(), m.end()) for m in __import__("re").finditer(r"\S+", text)]
+    tags, probs = [], []
+    for start, end in words:
+        first = next(i for i, (a, b) in enumerate(enc["offset_mapping"]) if a < b and start <= a < end)
+        best = top_label(token_scores[first])
+        tags.append(IOB[best])
+        probs.append(token_scores[first][best])
+    expected = []
+    for kind, first, last in seqeval.get_entities(tags):
+        start, end = words[first][0], words[last][1]
+        score = sum(probs[first : last + 1]) / (last - first + 1)
+        expected.append({"label": kind, "start": start, "end": end, "text": text[start:end], "score": pytest.approx(score, abs=1e-6)})
+    assert expected and found == expected
+
+
+def test_token_task_refuses_text_pairs_and_other_protocols(client, tiny_engine):
+    from server.artifact import HeadKind, artifact_to_bytes
+    from tests.helpers import make_artifact
+
+    artifact = make_artifact(tiny_engine.shape, 3, len(IOB), seed=6, head=HeadKind.TOKEN, labels=IOB)
+    upload(client, "ner2", artifact_to_bytes(artifact))
+    pair = client.post("/v1/classify", json={"task": "ner2", "inputs": ["ok", {"text": "a", "text_pair": "b"}]})
+    assert pair.status_code == 422
+    assert "inputs[1]: expected a text for a token-classification task, got a text pair" in pair.json()["error"]["message"]

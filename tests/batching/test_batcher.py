@@ -52,7 +52,7 @@ class SpyEngine:
 def make_batcher(engine, store, **limits):
     spy = SpyEngine(engine)
     cache = PrefixCache(engine, store.read, 1 << 30)
-    batcher = Batcher(spy, cache, BatchLimits(**{"max_wait_ms": 5.0, **limits}))
+    batcher = Batcher(spy, cache, BatchLimits(**{"max_wait_ms": 5.0, **limits}), engine.encoder)
     return batcher, spy, cache
 
 

@@ -157,10 +157,10 @@ def test_config_not_a_json_object(folder, text, fragment):
         read_backbone_folder(folder)
 
 
-@pytest.mark.parametrize("model_type", ["roberta", "gpt2", "distilbert"])
-def test_not_bert(folder, model_type):
+@pytest.mark.parametrize("model_type", ["gpt2", "distilbert", "deberta-v2"])
+def test_not_a_supported_family(folder, model_type):
     edit_config(folder, model_type=model_type)
-    expected = re.escape(f"expected a BERT model folder (model_type 'bert'), got '{model_type}'")
+    expected = re.escape("config.json model_type: expected one of ['bert', 'camembert', 'roberta', 'xlm-roberta'], ") + f"got '{model_type}'"
     with pytest.raises(BackboneError, match=expected):
         read_backbone_folder(folder)
 

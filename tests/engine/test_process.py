@@ -44,7 +44,7 @@ def test_scores_equal_the_engine_in_this_process(engine_process, tiny_engine):
     tasks = _tasks(tiny_engine.shape)
     remote = [engine_process.load_prefix(t) for t in tasks]
     local = [tiny_engine.load_prefix(t) for t in tasks]
-    remote_rows = [Row(engine_process.encode([x], t.prefix_len)[0], p) for x, t, p in zip(TEXTS, tasks, remote)]
+    remote_rows = [Row(tiny_engine.encode([x], t.prefix_len)[0], p) for x, t, p in zip(TEXTS, tasks, remote)]
     local_rows = [Row(tiny_engine.encode([x], t.prefix_len)[0], p) for x, t, p in zip(TEXTS, tasks, local)]
     assert engine_process.score(remote_rows) == tiny_engine.score(local_rows)  # float32 on both sides: bit for bit
     bare = [Row(row.encoded, None) for row in remote_rows]
@@ -78,7 +78,7 @@ def test_a_killed_engine_process_is_replaced(engine_process, tiny_engine):
     blobs = {"sha": artifact_to_bytes(artifact)}
     cache = PrefixCache(engine_process, blobs.__getitem__, max_bytes=1 << 30)
     prefix = cache.get("sha")
-    row = Row(engine_process.encode(["before the crash"], 6)[0], prefix)
+    row = Row(tiny_engine.encode(["before the crash"], 6)[0], prefix)
     expected = engine_process.score([row])
     old_pid, generation = engine_process.pid, engine_process.generation
 
@@ -142,6 +142,6 @@ def test_score_functions_cross_the_pipe(engine_process, tiny_engine):
     remote = [engine_process.load_prefix(t) for t in tasks]
     local = [tiny_engine.load_prefix(t) for t in tasks]
     functions = [ScoreFunction.NONE, None, ScoreFunction.SOFTMAX, ScoreFunction.SIGMOID]
-    remote_rows = [Row(engine_process.encode([x], t.prefix_len)[0], p, f) for x, t, p, f in zip(TEXTS, tasks, remote, functions)]
+    remote_rows = [Row(tiny_engine.encode([x], t.prefix_len)[0], p, f) for x, t, p, f in zip(TEXTS, tasks, remote, functions)]
     local_rows = [Row(tiny_engine.encode([x], t.prefix_len)[0], p, f) for x, t, p, f in zip(TEXTS, tasks, local, functions)]
     assert engine_process.score(remote_rows) == tiny_engine.score(local_rows)

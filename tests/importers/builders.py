@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from dataclasses import replace
 
 import torch
 from safetensors.torch import save as save_safetensors
@@ -128,10 +129,48 @@ def zip_bytes(files: dict, root: str = "adapter/") -> bytes:
     return buffer.getvalue()
 
 
-def ptuning_v2_state_dict(encoder: SeedPrefixEncoder, head, backbone_weights=None) -> dict:
-    """The seed model's state_dict: prefix_encoder.*, classifier.*, and the frozen bert.*."""
+def ptuning_v2_state_dict(encoder: SeedPrefixEncoder, head, backbone_weights=None, family: str = "bert") -> dict:
+    """A P-tuning v2 model's state_dict: prefix_encoder.*, classifier.*, and the frozen backbone under
+    `bert.*` or `roberta.*` (with `pooler.dense.*` when the model keeps a pooler)."""
     state = {f"prefix_encoder.{k}": v.detach().clone() for k, v in encoder.state_dict().items()}
     state["classifier.weight"], state["classifier.bias"] = head
     for name, tensor in (backbone_weights or {}).items():
-        state[f"bert.{name}"] = tensor.clone()
+        state[f"{family}.{name}"] = tensor.clone()
     return state
+
+
+def roberta_shape(shape: BackboneShape) -> BackboneShape:
+    """The same geometry as a RoBERTa-family server sees it (positions after padding_idx 1)."""
+    return replace(shape, family="roberta", position_offset=2)
+
+
+def roberta_backbone_weights(shape: BackboneShape, pooler: bool, seed: int = 0) -> dict:
+    """A tiny RobertaModel's state_dict: what P-tuning v2's RoBERTa models hold under `roberta.`
+    (`add_pooling_layer=False` in the token model, so no `pooler.*` there)."""
+    from transformers import RobertaConfig, RobertaModel
+
+    torch.manual_seed(seed)
+    config = RobertaConfig(
+        vocab_size=64, hidden_size=shape.hidden_size, num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_heads, intermediate_size=2 * shape.hidden_size,
+        max_position_embeddings=shape.max_position_embeddings, pad_token_id=1,
+    )
+    return RobertaModel(config, add_pooling_layer=pooler).state_dict()
+
+
+def peft_roberta_seq_files(prompt_embeddings, dense, out_proj, config, *, raw=False, model_type="roberta") -> dict:
+    """A PEFT SEQ_CLS adapter of a RobertaForSequenceClassification: its RobertaClassificationHead
+    (`classifier.dense`, `classifier.out_proj`) saved through modules_to_save."""
+    root = "base_model.classifier.modules_to_save.default." if raw else "base_model.classifier."
+    tensors = {"prompt_embeddings": prompt_embeddings.detach().contiguous()}
+    for part, (weight, bias) in (("dense", dense), ("out_proj", out_proj)):
+        tensors[f"{root}{part}.weight"], tensors[f"{root}{part}.bias"] = weight, bias
+        if raw:
+            tensors[f"base_model.classifier.original_module.{part}.weight"] = torch.zeros_like(weight)
+            tensors[f"base_model.classifier.original_module.{part}.bias"] = torch.zeros_like(bias)
+    return {
+        "adapter_config.json": json.dumps(config).encode(),
+        "adapter_model.safetensors": save_safetensors(tensors),
+        "config.json": json.dumps({"model_type": model_type, "architectures": ["RobertaForSequenceClassification"]})
+        .encode(),
+    }

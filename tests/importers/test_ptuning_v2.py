@@ -69,7 +69,8 @@ def test_one_output_is_regression_by_default(tiny_engine):
         (lambda s: s.pop("prefix_encoder.embedding.weight"), "not a P-tuning v2 checkpoint"),
         (lambda s: s.pop("classifier.bias"), "no classifier head"),
         (lambda s: s.update({"prefix_encoder.embedding.weight": torch.zeros(P, 256)}), "got \\[7, 256\\]"),
-        (lambda s: s.update({"roberta.pooler.dense.weight": torch.zeros(1)}), "expected a BERT checkpoint"),
+        (lambda s: s.update({"roberta.pooler.dense.weight": torch.zeros(1)}), "'bert' backbone family, got 'roberta'"),
+        (lambda s: s.update({"deberta.embeddings.x": torch.zeros(1)}), "expected a BERT or RoBERTa checkpoint"),
         (lambda s: s.pop("prefix_encoder.trans.2.bias"), "missing \\['prefix_encoder.trans.2.bias'\\]"),
     ],
 )

@@ -1,5 +1,5 @@
 """POST /v1/classify: parse the body, run the shared classify path (server/api/inference.py), format
-the answer (SPEC section 2)."""
+the answer (SPEC section 2; token tasks' entities as SPEC 2b, grouped by server/api/entities.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from server.api.deps import authenticate, ready_services
 from server.api.inference import classify_inputs
 from server.api.responses import FastJSONResponse
 from server.api.schemas import ClassifyRequest
-from server.batching import ScoreFunction
+from server.api.entities import entities
+from server.batching import ScoreFunction, TokenScores
+from server.engine.scoring import chosen_labels, top_label
 from server.registry.base import VersionRecord
 
 router = APIRouter(prefix="/v1")
@@ -24,18 +26,21 @@ async def classify(body: ClassifyRequest, request: Request):
     inputs = [i if isinstance(i, str) else (i.text if i.text_pair is None else (i.text, i.text_pair)) for i in body.inputs]
     version, scores = await classify_inputs(
         request, services, caller, body.task, inputs, version=body.version, truncate=body.truncate,
-        score_function=ScoreFunction.NONE if body.raw_scores else None,
+        score_function=ScoreFunction.NONE if body.raw_scores else None, token_tasks=True,
     )
-    results = [format_result(version, values, body.raw_scores) for values in scores]
+    results = [
+        {"entities": entities(text, values.offsets, values.scores, version.labels)} if isinstance(values, TokenScores)
+        else format_result(version, values, body.raw_scores)
+        for text, values in zip(inputs, scores)
+    ]
     return FastJSONResponse({"task": body.task, "version": version.version, "results": results})
 
 
 def format_result(version: VersionRecord, scores: list[float], raw: bool = False) -> dict:
     result: dict = {"scores": dict(zip(version.labels, scores))}
     if version.problem_type == "single_label_classification":
-        top = max(range(len(scores)), key=scores.__getitem__)
+        top = top_label(scores)
         result["label"], result["score"] = version.labels[top], scores[top]
     elif version.problem_type == "multi_label_classification":
-        threshold = 0.0 if raw else 0.5  # sigmoid(logit) >= 0.5 exactly when logit >= 0
-        result["labels"] = [label for label, score in zip(version.labels, scores) if score >= threshold]
+        result["labels"] = chosen_labels(version.labels, scores, raw)
     return result

@@ -25,6 +25,7 @@ from server.api.kserve_codec import (
 from server.api.lookups import version_of
 from server.api.responses import FastJSONResponse
 from server.batching import ScoreFunction
+from server.engine.scoring import top_label
 from server.registry.base import TaskRecord, VersionRecord
 
 router = APIRouter(prefix="/v2", route_class=protocol_route(lambda code, message: {"error": message}))
@@ -164,7 +165,7 @@ def _outputs(record: VersionRecord, scores: list[list[float]], parsed: InferRequ
             flat = [value for row in scores for value in row]
             tensor = OutputTensor("scores", "FP32", [len(scores), len(record.labels)], flat)
         else:
-            top = [record.labels[max(range(len(row)), key=row.__getitem__)] for row in scores]
+            top = [record.labels[top_label(row)] for row in scores]
             tensor = OutputTensor("label", "BYTES", [len(scores)], top)
         binary = parsed.outputs.get(name) if parsed.outputs is not None else None
         tensors.append((tensor, binary_default if binary is None else binary))

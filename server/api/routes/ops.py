@@ -55,7 +55,7 @@ async def info(_: CallerDep, services: ReadyServices) -> dict:
     return {
         "backbone": backbone,
         "limits": {
-            "max_prefix_len": backbone["max_position_embeddings"] - 2,
+            "max_prefix_len": runtime.shape.max_prefix_len,
             "max_batch_size": s.max_batch_size,
             "max_batch_tokens": s.max_batch_tokens,
             "max_wait_ms": s.max_wait_ms,

@@ -1,0 +1,70 @@
+"""PrefixCache on its own, with a byte bound a few prefixes wide: LRU eviction by bytes, the newest
+entry kept even when it alone is over the bound, and a request in flight keeping the prefix the
+cache has since evicted (its scores unchanged)."""
+
+from __future__ import annotations
+
+from server.artifact import artifact_to_bytes
+from server.batching import PrefixCache
+from server.engine import Row
+from tests.helpers import make_artifact
+
+
+def _cache(engine, prefix_lens, max_bytes):
+    blobs = {f"sha{i}": artifact_to_bytes(make_artifact(engine.shape, p, 2, seed=i)) for i, p in enumerate(prefix_lens)}
+    reads = []
+
+    def read(sha):
+        reads.append(sha)
+        return blobs[sha]
+
+    return PrefixCache(engine, read, max_bytes), reads
+
+
+def _size(engine, prefix_len):
+    return engine.load_prefix(make_artifact(engine.shape, prefix_len, 2)).nbytes
+
+
+def test_eviction_is_by_bytes_least_recently_used_first(tiny_engine):
+    size = _size(tiny_engine, 8)
+    cache, reads = _cache(tiny_engine, [8, 8, 8], max_bytes=2 * size)  # room for two
+    cache.get("sha0"), cache.get("sha1")
+    assert cache.resident_bytes == 2 * size
+    cache.get("sha0")  # now sha1 is the least recently used
+    cache.get("sha2")
+    assert "sha0" in cache and "sha2" in cache and "sha1" not in cache
+    assert cache.resident_bytes == 2 * size
+    cache.get("sha1")  # evicted: read from the registry again
+    assert reads == ["sha0", "sha1", "sha2", "sha1"]
+
+
+def test_a_big_prefix_evicts_several_small_ones(tiny_engine):
+    small, big = _size(tiny_engine, 2), _size(tiny_engine, 40)
+    cache, _ = _cache(tiny_engine, [2, 2, 2, 40], max_bytes=big + small)
+    for sha in ("sha0", "sha1", "sha2"):
+        cache.get(sha)
+    cache.get("sha3")
+    assert [s for s in ("sha0", "sha1", "sha2", "sha3") if s in cache] == ["sha2", "sha3"]
+    assert cache.resident_bytes == big + small <= cache.max_bytes
+
+
+def test_the_newest_entry_stays_even_over_the_bound(tiny_engine):
+    cache, _ = _cache(tiny_engine, [8, 16], max_bytes=1)
+    cache.get("sha0")
+    assert "sha0" in cache
+    cache.get("sha1")
+    assert "sha1" in cache and "sha0" not in cache and cache.resident_bytes == _size(tiny_engine, 16)
+
+
+def test_a_request_in_flight_keeps_its_evicted_prefix(tiny_engine):
+    size = _size(tiny_engine, 8)
+    cache, _ = _cache(tiny_engine, [8, 8], max_bytes=size)
+    held = cache.get("sha0")  # what a request takes at admission
+    row = Row(tiny_engine.encode(["the request in flight"], held.prefix_len)[0], held)
+    before = tiny_engine.score([row])
+    other = cache.get("sha1")  # evicts sha0 from the cache
+    assert "sha0" not in cache
+    # The evicted prefix's pool slots are still its own: loading another prefix did not reuse them.
+    tiny_engine.score([Row(row.encoded, other)])
+    assert tiny_engine.score([row]) == before
+    assert cache.get("sha0") is not held  # a later request loads it afresh

@@ -185,13 +185,13 @@ def measure_forward(engine: Engine, batches: list[list[Row]], peak: float) -> di
 
 
 def measure_engine(engine: Engine, batches: list[list[Row]], peak: float) -> dict:
-    """score_matrix end to end, on the host's clock: packing, the copy in, forward, heads, the copy back."""
+    """score_matrices end to end, on the host's clock: packing, the copy in, forward, heads, the copy back."""
     for rows in batches[:2]:
-        engine.score_matrix(rows)
+        engine.score_matrices(rows)
     times = []
     for rows in batches[2:]:
         started = time.perf_counter()
-        engine.score_matrix(rows)
+        engine.score_matrices(rows)
         times.append((time.perf_counter() - started) * 1000)
     return summarize(times, batches[2:], engine.files.geometry, peak)
 

@@ -1,10 +1,12 @@
-"""The inference engine: backbone loading, the prefix-aware BERT, tokenization and scoring.
+"""The inference engine: backbone loading (BERT and RoBERTa families), the prefix-aware encoder,
+tokenization, task heads and scoring; `EngineSurface` (surface.py) is what the serving side may call.
 
 Never imports the API or batching layers."""
 
 from server.engine.backbone import BackboneError, BackboneFiles, BertGeometry, read_backbone_folder
 from server.engine.engine import Engine, LoadedPrefix, Row, ScoreFunction
 from server.engine.process import EngineProcess, EngineUnavailable, RemotePrefix
+from server.engine.surface import EngineSurface
 from server.engine.tokenize import EncodedInput, InputRefused, InputTooLong, TextEncoder, TextInput
 
 __all__ = [
@@ -14,6 +16,7 @@ __all__ = [
     "EncodedInput",
     "Engine",
     "EngineProcess",
+    "EngineSurface",
     "EngineUnavailable",
     "InputRefused",
     "InputTooLong",

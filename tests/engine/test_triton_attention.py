@@ -157,3 +157,24 @@ def test_engine_triton_path_matches_sdpa(tiny_engine):
     pooled = triton_engine.pooled(ragged_rows)
     assert torch.allclose(pooled[-1], tiny_engine.pooled([Row(rows[0].encoded, None)])[0], atol=1e-5)
     assert torch.allclose(pooled[:-1], tiny_engine.pooled(rows), atol=1e-5)
+
+
+@interpreted
+def test_engine_ragged_path_runs_every_task_kind_as_sdpa(tmp_path):
+    """The head-pool / ragged path (CUDA's) on mixed batches of sentence, own-pooler and token tasks,
+    both families: equal to the sdpa path."""
+    from server.engine import Engine, Row
+    from server.engine.random_backbone import write_random_backbone, write_random_roberta_backbone
+    from tests.engine.test_families import TEXTS, _all_kinds
+
+    for writer in (write_random_backbone, write_random_roberta_backbone):
+        folder = writer(tmp_path / writer.__name__)
+        scores = []
+        for engine in (Engine.from_folder(folder), Engine.from_folder(folder, attention="triton")):
+            tasks = _all_kinds(engine)
+            loaded = [engine.load_prefix(t) for t in tasks]
+            texts = [t if isinstance(t, str) else t[0] for t in TEXTS]
+            scores.append(engine.score([Row(engine.encode([x], t.prefix_len)[0], p) for x, t, p in zip(texts, tasks, loaded)]))
+        for sdpa_row, triton_row in zip(*scores):
+            got, expected = torch.tensor(triton_row), torch.tensor(sdpa_row)
+            assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5, rtol=0)

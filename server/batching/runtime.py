@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from server import metrics
 from server.artifact import BackboneShape
 from server.batching.batcher import BatchLimits, Batcher
 from server.batching.prefix_cache import PrefixCache
@@ -76,7 +77,8 @@ def build_runtime(
     """`attention`: auto | triton | varlen | sdpa (attention.py); auto is sdpa on the CPU."""
     started = time.perf_counter()
     if engine_process:
-        engine = EngineProcess(backbone_dir, device, dtype, torch_threads=torch_threads, attention=attention)
+        engine = EngineProcess(backbone_dir, device, dtype, torch_threads=torch_threads, attention=attention,
+                               on_restart=metrics.ENGINE_RESTARTS.inc)
     else:
         if torch_threads:
             torch.set_num_threads(torch_threads)

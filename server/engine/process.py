@@ -26,13 +26,13 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
 import torch
 
-from server import metrics
 from server.artifact import BackboneShape, HeadKind, PrefixArtifact, ProblemType, artifact_to_bytes
 from server.engine import wire
 from server.engine.engine import Row, split_scores
@@ -74,7 +74,10 @@ class RemotePrefix:
 class EngineProcess:
     def __init__(self, backbone: str, device: str = "cpu", dtype: str = "float32", merge_pairs: int | None = None,
                  torch_threads: int = 0, start_timeout_s: float = 600.0, max_restarts: int = 5,
-                 attention: str = "auto"):
+                 attention: str = "auto", on_restart: Callable[[], None] | None = None):
+        """`on_restart` is called after each successful restart (the serving side counts them; the engine
+        imports no metrics library, so it runs where only torch is installed)."""
+        self._on_restart = on_restart
         self._config = {"backbone": str(backbone), "device": device, "dtype": dtype, "merge_pairs": merge_pairs,
                         "attention": attention, "torch_threads": torch_threads,
                         "log_level": logging.getLevelName(log.getEffectiveLevel()), "log_json": _logging_json()}
@@ -225,7 +228,8 @@ class EngineProcess:
             try:
                 self._start()
                 self.restarts += 1
-                metrics.ENGINE_RESTARTS.inc()
+                if self._on_restart is not None:
+                    self._on_restart()
                 log.warning("engine process restarted (pid %s); stale prefixes reload on their next request", self.pid)
                 return
             except Exception:

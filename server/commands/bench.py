@@ -27,7 +27,8 @@ def register(subparsers) -> None:
     precision = levels.add_parser("precision", help="bfloat16/float16 engines against float32 on the demo tasks")
     external = levels.add_parser("external", help="the HTTP closed loop cross-checked with wrk (apt install wrk)")
     soak = levels.add_parser("soak", help="mixed traffic for --minutes: statuses and RSS over time, no 5xx, RSS flat")
-    for level in (engine, http, memory, precision, external, soak):
+    protocols = levels.add_parser("protocols", help="each protocol adapter (KServe v2, TEI, HF) against /v1/classify")
+    for level in (engine, http, memory, precision, external, soak, protocols):
         _common(level)
     for level in (engine, http):
         level.add_argument("--tasks", type=_ints, default=[1, 8, 64, 512], help="task counts (default 1,8,64,512)")
@@ -72,6 +73,9 @@ def register(subparsers) -> None:
     soak.add_argument("--tasks", type=int, default=8, help="tasks, spread over --tenants (default 8)")
     soak.add_argument("--tenants", type=int, default=2, help="default 2")
     soak.add_argument("--samples", type=int, default=30, help="rows of the table over time (default 30)")
+    protocols.add_argument("--requests", type=int, default=400, help="per protocol and round (default 400)")
+    protocols.add_argument("--concurrency", type=int, default=16, help="default 16")
+    protocols.add_argument("--rounds", type=int, default=3, help="default 3")
     parser.set_defaults(func=run)
 
 
@@ -128,6 +132,8 @@ def _run_level(args: argparse.Namespace) -> int:
         result = _precision(args, backbone)
     elif args.level == "soak":
         result = _soak(args, backbone)
+    elif args.level == "protocols":
+        result = _protocols(args, backbone)
     else:
         pools = synthetic_pools(args.seed) if args.synthetic_texts else load_text_pools(args.data)
         result = {"engine": _engine, "http": _http, "external": _external}[args.level](args, backbone, pools)
@@ -234,3 +240,14 @@ def _soak(args, backbone: str) -> dict:
     if not result["passed"]:
         result.setdefault("notes", []).append("the soak FAILED: see the verdict")
     return result
+
+
+def _protocols(args, backbone: str) -> dict:
+    from server.bench.protocols import ProtocolBenchConfig, run_protocol_bench
+    from server.bench.workload import load_text_pools, synthetic_pools
+
+    pools = synthetic_pools(args.seed) if args.synthetic_texts else load_text_pools(args.data)
+    config = ProtocolBenchConfig(backbone, requests=args.requests, concurrency=args.concurrency, rounds=args.rounds, seed=args.seed)
+    if args.quick:
+        config.requests, config.rounds = 60, 1
+    return run_protocol_bench(config, pools)

@@ -222,6 +222,7 @@ def _sample(traffic: _Traffic, server, at_s: float) -> dict:
     for (_, status), count in window.statuses.items():
         statuses[status] += count
     return {
+        **_cache_gauges(server),
         "t_s": round(at_s, 1),
         "requests": sum(statuses.values()),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
@@ -231,6 +232,22 @@ def _sample(traffic: _Traffic, server, at_s: float) -> dict:
         "engine_rss_mb": round(sum(engines), 1),
         "rss_mb": round(server_rss + sum(engines), 1),
     }
+
+
+def _cache_gauges(server) -> dict:
+    """The prefix cache's entries, bytes and misses so far (/metrics): whether memory follows the cache."""
+    names = {"prefix_server_prefix_cache_entries": "cache_entries", "prefix_server_prefix_cache_bytes": "cache_mb",
+             "prefix_server_prefix_cache_misses_total": "cache_misses"}
+    try:
+        text = httpx.get(f"{server.base}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return {}
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in names:
+            values[names[name]] = round(float(value) / (2**20 if name.endswith("bytes") else 1), 1)
+    return values
 
 
 def _progress_line(sample: dict) -> str:
@@ -281,13 +298,14 @@ def render_sections(result: dict) -> list[str]:
         f"<= +{config['rss_tolerance']:.0%}): {'flat' if rss['flat'] else 'NOT flat'}",
         f"- passed: **{'yes' if result['passed'] else 'no'}**", "",
         "## Over time", "",
-        "| t (min) | requests | statuses | classify p50 ms | classify p99 ms | server RSS MiB | engine RSS MiB | total RSS MiB |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| t (min) | requests | statuses | classify p50 ms | classify p99 ms | server RSS MiB | engine RSS MiB | total RSS MiB | prefix cache: entries, MiB, misses so far |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for s in result["samples"]:
         statuses = " ".join(f"{k}:{v}" for k, v in s["statuses"].items())
         lines.append(f"| {s['t_s'] / 60:.2f} | {s['requests']} | {statuses} | {_cell(s['classify_p50_ms'])} | "
-                     f"{_cell(s['classify_p99_ms'])} | {s['server_rss_mb']} | {s['engine_rss_mb']} | {s['rss_mb']} |")
+                     f"{_cell(s['classify_p99_ms'])} | {s['server_rss_mb']} | {s['engine_rss_mb']} | {s['rss_mb']} | "
+                     f"{_cell(s.get('cache_entries'))}, {_cell(s.get('cache_mb'))}, {_cell(s.get('cache_misses'))} |")
     lines += ["", "## Totals per kind of request", "", "| request | statuses | expected |", "|---|---|---|"]
     for kind, statuses in result["by_kind"].items():
         shown = " ".join(f"{k}:{v}" for k, v in statuses.items())

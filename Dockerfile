@@ -1,10 +1,12 @@
-# CPU image of prefix-server: `prefix-server serve` on the embedded MiniLM backbone.
-# For a CUDA build of torch:  docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124 .
-FROM python:3.11-slim
+# prefix-server's image: `prefix-server serve` on the embedded MiniLM backbone. Two variants:
+#   CPU (default):  docker build -t prefix-server .
+#   GPU:            docker build -t prefix-server:gpu --build-arg VARIANT=gpu .
+# The GPU variant installs torch's CUDA 12.8 wheel (torch==2.13.0+cu128 from download.pytorch.org/whl/cu128;
+# another CUDA build with --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 or .../cu130).
+# The wheel bundles the CUDA runtime; the host needs only the NVIDIA driver and the container toolkit.
+ARG VARIANT=cpu
 
-ARG TORCH_VERSION=2.13.0
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-
+FROM python:3.11-slim AS base
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PREFIX_SERVER_HOST=0.0.0.0 \
@@ -12,9 +14,24 @@ ENV PYTHONUNBUFFERED=1 \
     PREFIX_SERVER_DATA_DIR=/data \
     PREFIX_SERVER_PREFIXES_DIR=/app/prefixes
 
+FROM base AS cpu
+ENV TORCH_INDEX_URL_DEFAULT=https://download.pytorch.org/whl/cpu
+
+FROM base AS gpu
+# Triton (the attention kernel, PREFIX_SERVER_ATTENTION=auto) compiles its kernel launchers with a C compiler at first use.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
+ENV TORCH_INDEX_URL_DEFAULT=https://download.pytorch.org/whl/cu128 \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    PREFIX_SERVER_DEVICE=cuda \
+    PREFIX_SERVER_DTYPE=float16
+
+FROM ${VARIANT}
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX_URL=
 WORKDIR /app
-# torch first, from the chosen index, so the project's loose `torch>=` requirement is already met.
-RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
+# torch first, from the variant's index, so the project's loose `torch>=` requirement is already met.
+RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL:-$TORCH_INDEX_URL_DEFAULT}"
 COPY pyproject.toml README.md ./
 COPY server ./server
 COPY prefixes ./prefixes

@@ -45,6 +45,33 @@ def test_compose_file_parses_and_keeps_the_registry_on_a_volume():
     assert "8000:8000" in service["ports"]
 
 
+def test_compose_gpu_profile_reserves_a_gpu_and_does_not_clash_with_the_cpu_server():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    cpu, gpu = compose["services"]["prefix-server"], compose["services"]["prefix-server-gpu"]
+    assert gpu["profiles"] == ["gpu"] and "profiles" not in cpu  # a plain `docker compose up` stays CPU only
+    assert gpu["build"]["args"]["VARIANT"] == "gpu" and "/whl/cu" in gpu["build"]["args"]["TORCH_INDEX_URL"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert gpu["environment"]["PREFIX_SERVER_DEVICE"] == "cuda"
+    assert set(gpu["ports"]).isdisjoint(cpu["ports"]) and set(gpu["volumes"]).isdisjoint(cpu["volumes"])
+    assert gpu["image"] != cpu["image"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM \S+ AS gpu$", dockerfile, flags=re.M) and "ARG VARIANT=cpu" in dockerfile
+    assert "TORCH_INDEX_URL_DEFAULT=https://download.pytorch.org/whl/cpu" in dockerfile
+
+
+def test_compose_says_loudly_when_it_runs_without_an_admin_token():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for name, service in compose["services"].items():
+        script = service["command"][-1]
+        assert '[ -z "$$PREFIX_SERVER_ADMIN_TOKEN" ]' in script and "runs OPEN" in script, name
+        assert script.rstrip().endswith("exec prefix-server serve"), name  # exec: SIGTERM reaches the server
+    shell = subprocess.run(["sh", "-c", compose["services"]["prefix-server"]["command"][-1].replace("$$", "$")
+                            .replace("exec prefix-server serve", "true")], capture_output=True, text=True,
+                           env={"PATH": "/usr/bin:/bin"})
+    assert "WARNING" in shell.stderr and "runs OPEN" in shell.stderr
+
+
 def test_console_command_is_declared_and_runs():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["name"] == "prefix-server"

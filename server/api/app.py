@@ -21,6 +21,7 @@ from server.api.deps import DEFAULT_TENANT
 from server.api.errors import install_error_handlers
 from server.api.lookups import RegistryLookups
 from server.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from server.api.openapi import install_openapi
 from server.api.responses import FastJSONResponse
 from server.api.routes import admin, classify, hf_inference, kserve, ops, tasks, tei
 from server.api.state import Services
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         classify.router, ops.router, admin.router, tasks.router, tei.router, kserve.router, hf_inference.router,
     ):
         app.include_router(router)
+    install_openapi(app, settings.multi_tenant)
     app.add_middleware(BodyLimitMiddleware, upload_limit=settings.max_upload_bytes, request_limit=settings.max_request_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -4,6 +4,7 @@ exceptions of the layers below onto HTTP statuses in one place."""
 from __future__ import annotations
 
 import logging
+import re
 from typing import Callable
 
 import orjson
@@ -36,9 +37,12 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-class PayloadTooLarge(ApiError):
-    def __init__(self, limit: int, what: str):
-        super().__init__(413, f"{what}: expected at most {limit} bytes, got more")
+class PayloadTooLarge(StarletteHTTPException):
+    """Raised while a body is read (server/api/middleware.py). An HTTPException, because FastAPI turns any
+    other exception raised while it parses a body into 400 "There was an error parsing the body"."""
+
+    def __init__(self, limit: int, what: str, got: int | None = None):
+        super().__init__(413, f"{what}: expected at most {limit} bytes, got {'more' if got is None else got}")
 
 
 class ClientDisconnected(Exception):
@@ -50,6 +54,8 @@ class ClientDisconnected(Exception):
 
 def error_response(status: int, message: str, code: str | None = None, headers: dict | None = None):
     body = {"error": {"code": code or _STATUS_CODES.get(status, "error"), "message": message}}
+    if status == 503 and "Retry-After" not in (headers or {}):  # every 503 is worth retrying (SPEC 2): say when
+        headers = {**(headers or {}), "Retry-After": "1"}
     return FastJSONResponse(body, status_code=status, headers=headers)
 
 
@@ -84,8 +90,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(422, _describe_validation(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException):
-        return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+    async def _http(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400:  # FastAPI's: a body that is not UTF-8, or multipart that does not parse
+            kind = request.headers.get("content-type", "no content type").split(";")[0]
+            return error_response(422, f"body: expected {kind} that parses, got {exc.detail.lower()}")
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # Starlette's Allow names the first route with the path only
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+        return error_response(exc.status_code, str(exc.detail), headers=headers)
 
     @app.exception_handler(Overloaded)
     async def _overloaded(_: Request, exc: Overloaded):
@@ -107,6 +119,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(_: Request, exc: Exception):
         log.exception("unhandled error")
         return error_response(500, "internal error; the request id in the logs has the details")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods the OpenAPI document lists for the request's path (built once, then cached)."""
+    path = request.url.path
+    return sorted({method.upper() for template, operations in request.app.openapi()["paths"].items()
+                   if re.fullmatch(re.sub(r"\{[^}/]+\}", "[^/]+", template), path) for method in operations})
 
 
 def _make_handler(status: int):

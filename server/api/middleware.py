@@ -9,7 +9,7 @@ import re
 import time
 import uuid
 
-from server.api.errors import PayloadTooLarge, error_response
+from server.api.errors import PayloadTooLarge
 
 log = logging.getLogger("server.access")
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -63,13 +63,15 @@ class BodyLimitMiddleware:
         limit = self.upload_limit if is_upload else self.request_limit
         what = "artifact upload" if is_upload else "request body"
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            response = error_response(413, f"{what}: expected at most {limit} bytes, got {int(declared)}")
-            return await response(scope, receive, send)
+        too_large = declared is not None and declared.isdigit() and int(declared) > limit
         received = 0
 
+        # Raised from inside the route, on its first read: the route's error handling gives the 413 the
+        # body its protocol uses (server/api/errors.py protocol_route). Nothing of the body is read.
         async def counting_receive():
             nonlocal received
+            if too_large:
+                raise PayloadTooLarge(limit, what, int(declared))
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))

@@ -90,6 +90,7 @@ class Call:
     body: bytes
     headers: str
     inputs: int
+    path: str = "/v1/classify"  # another protocol's endpoint (server/bench/protocols.py)
 
 
 @dataclass
@@ -123,7 +124,7 @@ async def _send(pool: HttpPool, call: Call, start: float, result: LoadResult, ti
     """One request; its outcome (status, and latency and inputs when answered 200) goes to `result`."""
     result.requests += 1
     try:
-        status, _ = await asyncio.wait_for(pool.post("/v1/classify", call.body, call.headers), timeout_s)
+        status, _ = await asyncio.wait_for(pool.post(call.path, call.body, call.headers), timeout_s)
     except TimeoutError:
         result.count("timeout")
         return

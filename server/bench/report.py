@@ -224,6 +224,10 @@ def render(result: dict) -> str:
         parts += _precision_sections(result)
     if level == "external":
         parts += _external_sections(result)
+    if level in ("soak", "protocols"):
+        from server.bench import protocols, soak
+
+        parts += (soak if level == "soak" else protocols).render_sections(result)
     if result.get("targets"):
         parts += ["## Targets (issue 5)", "", _targets_table(result["targets"]), ""]
     if result.get("notes"):

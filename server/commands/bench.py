@@ -1,5 +1,5 @@
-"""`prefix-server bench {engine,http,memory}`: runs one benchmark level and writes
-<out>/<level>.json and <out>/<level>.md (see server/bench/)."""
+"""`prefix-server bench {engine,http,memory,precision,external,soak}`: runs one benchmark level and
+writes <out>/<level>.json and <out>/<level>.md (see server/bench/)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ def register(subparsers) -> None:
     memory = levels.add_parser("memory", help="RSS with 1/100/1000 tasks resident vs one backbone copy per task")
     precision = levels.add_parser("precision", help="bfloat16/float16 engines against float32 on the demo tasks")
     external = levels.add_parser("external", help="the HTTP closed loop cross-checked with wrk (apt install wrk)")
-    for level in (engine, http, memory, precision, external):
+    soak = levels.add_parser("soak", help="mixed traffic for --minutes: statuses and RSS over time, no 5xx, RSS flat")
+    protocols = levels.add_parser("protocols", help="each protocol adapter (KServe v2, TEI, HF) against /v1/classify")
+    for level in (engine, http, memory, precision, external, soak, protocols):
         _common(level)
     for level in (engine, http):
         level.add_argument("--tasks", type=_ints, default=[1, 8, 64, 512], help="task counts (default 1,8,64,512)")
@@ -65,6 +67,15 @@ def register(subparsers) -> None:
     precision.add_argument("--dtypes", default="float32,bfloat16,float16", help="float32 first (default float32,bfloat16,float16)")
     precision.add_argument("--prefixes", default=None, help="the demo prefixes folder (default: the project's prefixes/)")
     precision.add_argument("--repeats", type=int, default=3, help="throughput rounds (default 3)")
+    soak.add_argument("--minutes", type=float, default=30.0, help="how long the traffic runs (default 30)")
+    soak.add_argument("--rate", type=float, default=20.0, help="requests started per second (default 20)")
+    soak.add_argument("--concurrency", type=int, default=8, help="requests in flight at most (default 8)")
+    soak.add_argument("--tasks", type=int, default=8, help="tasks, spread over --tenants (default 8)")
+    soak.add_argument("--tenants", type=int, default=2, help="default 2")
+    soak.add_argument("--samples", type=int, default=30, help="rows of the table over time (default 30)")
+    protocols.add_argument("--requests", type=int, default=400, help="per protocol and round (default 400)")
+    protocols.add_argument("--concurrency", type=int, default=16, help="default 16")
+    protocols.add_argument("--rounds", type=int, default=3, help="default 3")
     parser.set_defaults(func=run)
 
 
@@ -119,6 +130,10 @@ def _run_level(args: argparse.Namespace) -> int:
         result = _memory(args, backbone)
     elif args.level == "precision":
         result = _precision(args, backbone)
+    elif args.level == "soak":
+        result = _soak(args, backbone)
+    elif args.level == "protocols":
+        result = _protocols(args, backbone)
     else:
         pools = synthetic_pools(args.seed) if args.synthetic_texts else load_text_pools(args.data)
         result = {"engine": _engine, "http": _http, "external": _external}[args.level](args, backbone, pools)
@@ -210,3 +225,29 @@ def _memory(args, backbone: str) -> dict:
     if args.quick:
         config.resident, config.copies = [1, 100], [1, 2]
     return run_memory_bench(config)
+
+
+def _soak(args, backbone: str) -> dict:
+    from server.bench.soak import SoakConfig, run_soak
+    from server.bench.workload import load_text_pools, synthetic_pools
+
+    pools = synthetic_pools(args.seed) if args.synthetic_texts else load_text_pools(args.data)
+    config = SoakConfig(backbone, args.minutes, args.rate, args.concurrency, args.tasks, args.tenants, args.samples,
+                        seed=args.seed)
+    if args.quick:
+        config.minutes, config.samples = min(config.minutes, 0.5), 5
+    result = run_soak(config, pools)
+    if not result["passed"]:
+        result.setdefault("notes", []).append("the soak FAILED: see the verdict")
+    return result
+
+
+def _protocols(args, backbone: str) -> dict:
+    from server.bench.protocols import ProtocolBenchConfig, run_protocol_bench
+    from server.bench.workload import load_text_pools, synthetic_pools
+
+    pools = synthetic_pools(args.seed) if args.synthetic_texts else load_text_pools(args.data)
+    config = ProtocolBenchConfig(backbone, requests=args.requests, concurrency=args.concurrency, rounds=args.rounds, seed=args.seed)
+    if args.quick:
+        config.requests, config.rounds = 60, 1
+    return run_protocol_bench(config, pools)

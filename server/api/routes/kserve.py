@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from server import __version__
 from server.api.deps import authenticate, ready_services
-from server.api.errors import ApiError, protocol_route
+from server.api.errors import ApiError, allowed_methods, protocol_route
 from server.api.inference import classify_inputs
 from server.api.kserve_codec import (
     HEADER_LENGTH, InferRequest, OutputTensor, decompress, parse_infer_request, render_infer_response,
@@ -107,6 +107,10 @@ async def infer(task: str, request: Request, version: str | None = None):
 
 @router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE"], include_in_schema=False)
 async def unknown_endpoint(path: str, request: Request):
+    # Starlette picks this full match over a KServe route that has the path but not the method: 405 it.
+    allowed = allowed_methods(request)
+    if allowed:
+        raise ApiError(405, f"/v2/{path}: expected {' or '.join(allowed)}, got {request.method}", headers={"Allow": ", ".join(allowed)})
     raise ApiError(404, f"expected a KServe v2 endpoint (/v2/health/*, /v2/models/...), got {request.method} /v2/{path}")
 
 

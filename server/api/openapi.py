@@ -36,7 +36,7 @@ _ADMIN_ERRORS = (404, 409, 422, 503)  # 404: a tenant key asking; 409: single-te
 OPERATIONS: dict[tuple[str, str], tuple[str, int, object, tuple[int, ...], bool]] = {
     ("GET", "/healthz"): (V1, 200, rs.Health, (), False),
     ("GET", "/readyz"): (V1, 200, rs.Ready, (503,), False),
-    ("GET", "/metrics"): (V1, 200, None, (), False),
+    ("GET", "/metrics"): (V1, 200, None, (404,), True),  # multi-tenant: the admin token; 404 on METRICS_PORT
     ("GET", "/v1/info"): (V1, 200, rs.Info, (503,), True),
     ("POST", "/v1/classify"): (V1, 200, rs.ClassifyResponse, _CLASSIFY_ERRORS, True),
     ("POST", "/v1/admin/tenants"): (V1, 201, rs.TenantCreated, (*_ADMIN_ERRORS, 413), True),
@@ -86,8 +86,8 @@ def install_openapi(app: FastAPI, multi_tenant: bool) -> None:
 
 
 def _description(multi_tenant: bool) -> str:
-    mode = ("Multi-tenant: every call but health, readiness and metrics carries `Authorization: Bearer <key>` "
-            "(a tenant key, or the admin token)." if multi_tenant else
+    mode = ("Multi-tenant: every call but health and readiness carries `Authorization: Bearer <key>` "
+            "(a tenant key, or the admin token; /metrics takes the admin token only)." if multi_tenant else
             "Single-tenant (no admin token configured): no key is needed; every caller is tenant `default`.")
     return ("P-tuning v2 prefix classifiers over one shared backbone (SPEC sections 2 and 5). " + mode +
             " Errors of the v1 API are `{\"error\": {\"code\", \"message\"}}`; KServe v2 and the Hugging Face API answer "

@@ -47,15 +47,7 @@ class EncodedSet:
         return len(self.encoded)
 
     def batch(self, indices: list[int]) -> Batch:
-        rows = [self.encoded[i] for i in indices]
-        longest = max(len(row) for row in rows)
-        ids = torch.full((len(rows), longest), self.pad_token_id, dtype=torch.long)  # [B, S]
-        types = torch.zeros(len(rows), longest, dtype=torch.long)  # [B, S]
-        mask = torch.zeros(len(rows), longest, dtype=torch.bool)  # [B, S]
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row.input_ids)
-            types[i, : len(row)] = torch.tensor(row.token_type_ids)
-            mask[i, : len(row)] = True
+        ids, types, mask = pad_rows([self.encoded[i] for i in indices], self.pad_token_id)
         return Batch(ids, types, mask, self.targets[indices])
 
 
@@ -75,3 +67,18 @@ def eval_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Evaluation batches: rows sorted by length (results are put back in row order by the caller)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def pad_rows(rows, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Encoded rows (each with `input_ids` and `token_type_ids`) padded to the longest: ids, token
+    types and the mask of real tokens, each `[B, S]`."""
+    longest = max(len(row.input_ids) for row in rows)
+    ids = torch.full((len(rows), longest), pad_token_id, dtype=torch.long)  # [B, S]
+    types = torch.zeros(len(rows), longest, dtype=torch.long)  # [B, S]
+    mask = torch.zeros(len(rows), longest, dtype=torch.bool)  # [B, S]
+    for i, row in enumerate(rows):
+        n = len(row.input_ids)
+        ids[i, :n] = torch.tensor(row.input_ids)
+        types[i, :n] = torch.tensor(row.token_type_ids)
+        mask[i, :n] = True
+    return ids, types, mask

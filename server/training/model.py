@@ -43,16 +43,21 @@ class PrefixClassifier(nn.Module):
         g = self.backbone.geometry
         return flat_to_key_values(self.prefix_encoder(), g.num_layers, g.num_heads, g.head_dim)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-        """Logits, `[B, num_labels]`."""
-        B = input_ids.shape[0]
+    def batch_prefix(self, batch_size: int) -> torch.Tensor:
+        """The prefix broadcast over the batch, `[L, 2, B, H, P, D]`, with the prefix dropout in training."""
         kv = self.key_values()  # [L, 2, H, P, D]
         L, _, H, P, D = kv.shape
-        prefix_kv = kv[:, :, None].expand(L, 2, B, H, P, D)  # [L, 2, B, H, P, D], a view
+        prefix_kv = kv[:, :, None].expand(L, 2, batch_size, H, P, D)  # [L, 2, B, H, P, D], a view
         if self.training and self.dropout.p > 0:
             # Dropout of the expanded view draws a separate mask for every row, as the seed's does.
             prefix_kv = self.dropout(prefix_kv)  # [L, 2, B, H, P, D]
-        prefix_lens = torch.full((B,), P, dtype=torch.long, device=input_ids.device)  # [B]
+        return prefix_kv
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        """Logits, `[B, num_labels]`."""
+        B = input_ids.shape[0]
+        prefix_kv = self.batch_prefix(B)  # [L, 2, B, H, P, D]
+        prefix_lens = torch.full((B,), prefix_kv.shape[4], dtype=torch.long, device=input_ids.device)  # [B]
         # Autograd records nothing until the first op that touches the prefix (layer 0's key/value
         # concat): the embeddings and the frozen projections of the tokens need no graph.
         pooled = self.backbone(input_ids, token_type_ids, token_mask, prefix_kv, prefix_lens)  # [B, C]

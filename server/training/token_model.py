@@ -16,7 +16,7 @@ from torch import nn
 
 from server.engine.model import PrefixBert
 from server.engine.packing import pack_padded
-from server.training.prefix_encoder import PrefixEncoder, flat_to_key_values
+from server.training.model import PrefixClassifier
 from server.training.words import IGNORE
 
 
@@ -52,38 +52,12 @@ def token_logits(
     return unpack_tokens(classifier(hidden), token_mask, batch.restore_order)  # [B, S, num_labels]
 
 
-class PrefixTokenClassifier(nn.Module):
-    def __init__(self, backbone: PrefixBert, prefix_encoder: PrefixEncoder, num_labels: int, dropout: float):
-        super().__init__()
-        g = backbone.geometry
-        self.backbone = backbone.requires_grad_(False)
-        self.prefix_encoder = prefix_encoder
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(g.hidden_size, num_labels)
-        nn.init.normal_(self.classifier.weight, std=0.02)  # as BertPreTrainedModel._init_weights
-        nn.init.zeros_(self.classifier.bias)
-
-    def train(self, mode: bool = True) -> "PrefixTokenClassifier":
-        super().train(mode)
-        self.backbone.eval()  # frozen: it never leaves eval mode
-        return self
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
-
-    def key_values(self) -> torch.Tensor:
-        """The prefix as the artifact stores it, `[L, 2, H, P, D]`."""
-        g = self.backbone.geometry
-        return flat_to_key_values(self.prefix_encoder(), g.num_layers, g.num_heads, g.head_dim)
+class PrefixTokenClassifier(PrefixClassifier):
+    """The sentence model's prefix, head and frozen backbone; only the forward pass differs."""
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
         """Logits, `[B, S, num_labels]`."""
-        B = input_ids.shape[0]
-        kv = self.key_values()  # [L, 2, H, P, D]
-        L, _, H, P, D = kv.shape
-        prefix_kv = kv[:, :, None].expand(L, 2, B, H, P, D)  # [L, 2, B, H, P, D], a view
-        if self.training and self.dropout.p > 0:
-            prefix_kv = self.dropout(prefix_kv)  # a separate mask per row, as the seed's get_prompt
+        prefix_kv = self.batch_prefix(input_ids.shape[0])  # [L, 2, B, H, P, D]
         dropout = self.dropout if self.training else None
         return token_logits(self.backbone, prefix_kv, self.classifier, input_ids, token_type_ids, token_mask, dropout)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import torch
 from tqdm import tqdm
@@ -28,6 +28,7 @@ from server.training.trainer import (
     DTYPES,
     EVAL_BATCH_SIZE,
     TrainConfig,
+    TrainResult,
     _backbone_dropout,
     _check_config,
     _default_backbone,
@@ -37,16 +38,7 @@ from server.training.trainer import (
 )
 from server.training.words import OUTSIDE, EncodedWordSet, WordDataset, first_subtokens, is_iob2, load_word_dataset
 
-@dataclass
-class TokenTrainResult:
-    artifact: PrefixArtifact
-    model: PrefixTokenClassifier
-    metrics: dict = field(default_factory=dict)
-    steps: int = 0
-    seconds: float = 0.0
-
-
-def train_token(config: TrainConfig, engine: Engine | None = None, progress: bool = True) -> TokenTrainResult:
+def train_token(config: TrainConfig, engine: Engine | None = None, progress: bool = True) -> TrainResult:
     """Trains, exports and evaluates a token head; raises DataError or ValueError on bad input."""
     _check_config(config)
     if config.problem_type not in (None, ProblemType.SINGLE_LABEL):
@@ -72,7 +64,7 @@ def train_token(config: TrainConfig, engine: Engine | None = None, progress: boo
     metadata.update(train_words=str(sum(len(w) for w in train_set.words)))
     artifact = replace(artifact, extra_metadata=metadata)
     read_artifact(artifact_to_bytes(artifact), engine.shape)  # what we write must load; raises if not
-    return TokenTrainResult(artifact, model, metrics, steps, seconds)
+    return TrainResult(artifact, model, metrics, steps, seconds)
 
 
 def build_token_model(engine: Engine, config: TrainConfig, num_labels: int) -> PrefixTokenClassifier:

@@ -59,7 +59,7 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     artifact: PrefixArtifact
-    model: PrefixClassifier
+    model: PrefixClassifier  # a PrefixTokenClassifier for a token head
     metrics: dict = field(default_factory=dict)
     steps: int = 0
     seconds: float = 0.0

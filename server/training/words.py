@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from server.training.batches import Batch
+from server.training.batches import Batch, pad_rows
 from server.training.data import DataError
 
 IGNORE = -100  # cross-entropy's ignore_index: tokens that are not a word's first sub-token
@@ -162,15 +162,8 @@ class EncodedWordSet:
 
     def batch(self, indices: list[int]) -> Batch:
         rows = [self.encoded[i] for i in indices]
-        longest = max(len(row) for row in rows)
-        ids = torch.full((len(rows), longest), self.pad_token_id, dtype=torch.long)  # [B, S]
-        types = torch.zeros(len(rows), longest, dtype=torch.long)  # [B, S]
-        mask = torch.zeros(len(rows), longest, dtype=torch.bool)  # [B, S]
-        targets = torch.full((len(rows), longest), IGNORE, dtype=torch.long)  # [B, S]
+        ids, types, mask = pad_rows(rows, self.pad_token_id)  # each [B, S]
+        targets = torch.full(ids.shape, IGNORE, dtype=torch.long)  # [B, S]
         for i, row in enumerate(rows):
-            n = len(row)
-            ids[i, :n] = torch.tensor(row.input_ids)
-            types[i, :n] = torch.tensor(row.token_type_ids)
-            mask[i, :n] = True
-            targets[i, :n] = torch.tensor(row.targets)
+            targets[i, : len(row.targets)] = torch.tensor(row.targets)
         return Batch(ids, types, mask, targets)

@@ -20,6 +20,7 @@ from server.artifact import (
     artifact_to_bytes,
     read_artifact,
 )
+from server.engine.family import MODEL_TYPES
 from server.training.prefix_encoder import flat_to_key_values
 
 
@@ -86,10 +87,6 @@ def resolve_problem_type(given: ProblemType | None, model_config: dict, num_labe
     return ProblemType.REGRESSION if num_labels == 1 else ProblemType.SINGLE_LABEL
 
 
-# HF `model_type`s of the SPEC 1b families; anything else is refused rather than guessed.
-FAMILY_OF_MODEL_TYPE = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta", "camembert": "roberta"}
-
-
 def check_family(family: str, backbone: BackboneShape, what: str) -> None:
     if family != backbone.family:
         raise CheckpointError(
@@ -102,9 +99,10 @@ def family_of_config(model_config: dict, what: str) -> str | None:
     model_type = model_config.get("model_type")
     if model_type is None:
         return None
-    if model_type not in FAMILY_OF_MODEL_TYPE:
-        raise CheckpointError(f"{what}: model_type expected one of {sorted(FAMILY_OF_MODEL_TYPE)}, got {model_type!r}")
-    return FAMILY_OF_MODEL_TYPE[model_type]
+    known = sorted(name for name in MODEL_TYPES if name is not None)  # the backbone's own rule (SPEC 1b)
+    if model_type not in known:  # anything else is refused rather than guessed
+        raise CheckpointError(f"{what}: model_type expected one of {known}, got {model_type!r}")
+    return MODEL_TYPES[model_type].name
 
 
 def check_token_problem_type(head: HeadKind, problem_type: ProblemType) -> None:

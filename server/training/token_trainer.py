@@ -22,14 +22,13 @@ from tqdm import tqdm
 from server.artifact import HeadKind, PrefixArtifact, ProblemType, artifact_to_bytes, read_artifact
 from server.engine import Engine, Row
 from server.training.batches import eval_batches
-from server.training.prefix_encoder import PrefixEncoder
 from server.training.token_model import PrefixTokenClassifier, token_loss
 from server.training.trainer import (
     DTYPES,
     EVAL_BATCH_SIZE,
     TrainConfig,
     TrainResult,
-    _backbone_dropout,
+    build_model,
     _check_config,
     _default_backbone,
     _metadata,
@@ -37,6 +36,7 @@ from server.training.trainer import (
     _total_steps,
 )
 from server.training.words import OUTSIDE, EncodedWordSet, WordDataset, first_subtokens, is_iob2, load_word_dataset
+
 
 def train_token(config: TrainConfig, engine: Engine | None = None, progress: bool = True) -> TrainResult:
     """Trains, exports and evaluates a token head; raises DataError or ValueError on bad input."""
@@ -68,10 +68,7 @@ def train_token(config: TrainConfig, engine: Engine | None = None, progress: boo
 
 
 def build_token_model(engine: Engine, config: TrainConfig, num_labels: int) -> PrefixTokenClassifier:
-    g = engine.files.geometry
-    encoder = PrefixEncoder(config.prefix_len, g.num_layers, g.hidden_size, config.projection, config.projection_hidden)
-    dropout = config.dropout if config.dropout is not None else _backbone_dropout(engine)
-    return PrefixTokenClassifier(engine.model, encoder, num_labels, dropout)
+    return build_model(engine, config, num_labels, PrefixTokenClassifier)
 
 
 def export_token_artifact(

@@ -89,11 +89,12 @@ def train(config: TrainConfig, engine: Engine | None = None, progress: bool = Tr
     return TrainResult(artifact, model, metrics, steps, seconds)
 
 
-def build_model(engine: Engine, config: TrainConfig, num_labels: int) -> PrefixClassifier:
+def build_model(engine: Engine, config: TrainConfig, num_labels: int, kind: type = PrefixClassifier) -> PrefixClassifier:
+    """A fresh prefix and head on the engine's frozen backbone; `kind` PrefixTokenClassifier for a token head."""
     g = engine.files.geometry
     encoder = PrefixEncoder(config.prefix_len, g.num_layers, g.hidden_size, config.projection, config.projection_hidden)
     dropout = config.dropout if config.dropout is not None else _backbone_dropout(engine)
-    return PrefixClassifier(engine.model, encoder, num_labels, dropout)
+    return kind(engine.model, encoder, num_labels, dropout)
 
 
 def export_artifact(model: PrefixClassifier, train_set: Dataset, config: TrainConfig, engine: Engine) -> PrefixArtifact:

@@ -76,7 +76,8 @@ def main() -> None:
     if len(configs) == 2:
         ratios = [b / a for a, b in zip(per_round[configs[0]], per_round[configs[1]])]
         print(f"{configs[1]} / {configs[0]}: median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, Python {platform.python_version()}, {platform.processor() or platform.machine()}")
+    machine = platform.processor() or platform.machine()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, Python {platform.python_version()}, {machine}")
 
 
 if __name__ == "__main__":

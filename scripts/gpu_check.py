@@ -152,10 +152,10 @@ def resident_tasks(engine: Engine, count: int, seed: int = 0) -> list[LoadedPref
 
 def batch_flops(g, rows: list[Row]) -> float:
     """Dense layers, attention over prefix + tokens (QK and PV), the pooler."""
-    C, I, L = g.hidden_size, g.intermediate_size, g.num_layers
+    C, inner, L = g.hidden_size, g.intermediate_size, g.num_layers
     tokens = sum(len(r.encoded) for r in rows)
     attention = sum(4 * len(r.encoded) * (len(r.encoded) + (r.prefix.prefix_len if r.prefix else 0)) * C for r in rows)
-    return L * (2 * tokens * (4 * C * C + 2 * C * I) + attention) + 2 * len(rows) * C * C
+    return L * (2 * tokens * (4 * C * C + 2 * C * inner) + attention) + 2 * len(rows) * C * C
 
 
 def summarize(times_ms: list[float], rows_batches: list[list[Row]], g, peak_tflops: float) -> dict:
@@ -211,7 +211,7 @@ class Run:
         else:
             try:
                 entry.update(fn())
-            except Exception as exc:  # recorded, and the run goes on to the next section
+            except Exception as exc:  # noqa: BLE001 — recorded, and the run goes on to the next section
                 entry["error"] = f"{type(exc).__name__}: {exc}"
                 entry["traceback"] = traceback.format_exc(limit=4)
         entry["at_s"] = round(time.perf_counter() - self.started, 1)
@@ -247,11 +247,11 @@ def bench_dtype(run: Run, folder: Path, cfg: dict, device: str, dtype_name: str,
         mixed = [[Row(e, tasks[rng.randrange(count)]) for e in b] for b in batches]
         for path in paths:
             engine.attention = path
-            run.section("forward", lambda: measure_forward(engine, mixed, peak), dtype=dtype_name, path=path,
+            run.section("forward", lambda mixed=mixed: measure_forward(engine, mixed, peak), dtype=dtype_name, path=path,
                         tasks=count)
         if count in cfg["engine_tasks"]:
             engine.attention = default_path
-            run.section("engine", lambda: measure_engine(engine, mixed, peak), dtype=dtype_name, path=default_path,
+            run.section("engine", lambda mixed=mixed: measure_engine(engine, mixed, peak), dtype=dtype_name, path=default_path,
                         tasks=count)
         del tasks, mixed
         engine.prefix_pool = None
@@ -264,7 +264,7 @@ def sweep_budget(run: Run, folder: Path, cfg: dict, device: str, peak: float) ->
     engine = Engine(read_backbone_folder(folder), None, device, getattr(torch, cfg["dtypes"][0]))
     for budget in cfg["budget_sweep"]:
         bare = [[Row(e, None) for e in b] for b in text_batches({**cfg, "budget_tokens": budget})]
-        run.section("budget", lambda: {"budget_tokens": budget, **measure_forward(engine, bare, peak)},
+        run.section("budget", lambda budget=budget, bare=bare: {"budget_tokens": budget, **measure_forward(engine, bare, peak)},
                     dtype=cfg["dtypes"][0], path=engine.attention, tasks=0)
 
 

@@ -23,9 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from server.artifact import ProblemType  # noqa: E402
-from server.training.data import load_dataset  # noqa: E402
-from server.training.metrics import single_label_metrics  # noqa: E402
+from server.artifact import ProblemType
+from server.training.data import load_dataset
+from server.training.metrics import single_label_metrics
 
 try:
     from sklearn.linear_model import LogisticRegressionCV

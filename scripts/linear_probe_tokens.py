@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from server.training.token_trainer import token_metrics  # noqa: E402
-from server.training.words import OUTSIDE, EncodedWordSet, WordDataset, load_word_dataset  # noqa: E402
+from server.training.token_trainer import token_metrics
+from server.training.words import OUTSIDE, EncodedWordSet, WordDataset, load_word_dataset
 
 try:
     from sklearn.linear_model import LogisticRegression

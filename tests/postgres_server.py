@@ -8,6 +8,7 @@ its own (`fresh_database`), so tests neither see nor wait for each other's rows.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -96,10 +97,8 @@ def postgres_server():
     try:
         yield server
     finally:
-        try:
+        with contextlib.suppress(RuntimeError):  # a test left it stopped
             server.stop()
-        except RuntimeError:
-            pass  # a test left it stopped
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from server.artifact import ProblemType, artifact_to_bytes
+from server.artifact import artifact_to_bytes
 from server.client import AsyncClient, Client, PrefixServerError, RetryPolicy, retry_wait
 from tests.api.test_server_process import ADMIN, start_server
 from tests.helpers import make_artifact

@@ -25,10 +25,10 @@ from server.api.openapi import install_openapi
 from server.api.responses import FastJSONResponse
 from server.api.routes import admin, classify, hf_inference, kserve, ops, tasks, tei
 from server.api.state import Services
+from server.api.upkeep import collect_garbage_periodically, monitor_registry
 from server.batching import BatchLimits
 from server.batching.runtime import build_runtime
 from server.heap import freeze_heap
-from server.api.upkeep import collect_garbage_periodically, monitor_registry
 from server.registry import RegistryUnavailable, open_registry
 from server.registry.demo import register_demo_prefixes
 from server.settings import Settings

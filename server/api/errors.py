@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from server.api.responses import FastJSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server.api.responses import FastJSONResponse
 from server.artifact import ArtifactError
 from server.batching import DeadlineExceeded, EngineUnavailable, Overloaded, ShuttingDown
 from server.engine import InputRefused
@@ -147,7 +147,7 @@ def protocol_route(shape: Callable[[str, str], dict]) -> type[APIRoute]:
             async def reshaped(request: Request):
                 try:
                     return await handler(request)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 — every failure leaves as the documented error body
                     response = await _handle(request, exc)
                     error = orjson.loads(response.body)["error"]
                     kept = {k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")}

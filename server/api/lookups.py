@@ -23,12 +23,13 @@ unknown keys are (401 again, and its cost stays bounded).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from server.registry import Change, NotFound, Registry, TaskRecord, Tenant, VersionRecord
 from server.registry.base import RegistryUnavailable
@@ -110,10 +111,8 @@ class RegistryLookups:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing left to invalidate
             loop.call_soon_threadsafe(function, *args)
-        except RuntimeError:  # the loop closed meanwhile: nothing left to invalidate
-            pass
 
     # Reads
 

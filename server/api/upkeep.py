@@ -41,5 +41,5 @@ async def collect_garbage_periodically(services: Services) -> None:
         await asyncio.sleep(COLLECT_EVERY_S)
         try:
             await run_in_threadpool(services.registry.collect_garbage)
-        except Exception as error:  # an outage: the next round tries again
+        except Exception as error:  # noqa: BLE001 — an outage: the next round tries again
             log.warning("garbage collection skipped: %s", error)

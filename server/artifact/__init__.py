@@ -14,8 +14,8 @@ from server.artifact.prefix import (
 from server.artifact.safetensors_header import ArtifactError
 
 __all__ = [
-    "ArtifactError",
     "FAMILIES",
+    "ArtifactError",
     "BackboneShape",
     "HeadKind",
     "PrefixArtifact",

@@ -127,7 +127,7 @@ def read_artifact(data: bytes, backbone: BackboneShape) -> PrefixArtifact:
     has_pooler = _check_tensor_entries(header, backbone, facts)
     try:
         tensors = load_safetensors_bytes(data)
-    except Exception as exc:  # the header passed our checks, so this is a corrupt body
+    except Exception as exc:  # noqa: BLE001 — the header passed our checks, so this is a corrupt body
         raise ArtifactError(f"could not read the tensors: {exc}") from None
     for name in tensors:
         if not torch.isfinite(tensors[name]).all():

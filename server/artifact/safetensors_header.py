@@ -8,6 +8,7 @@ unpickled and nothing larger than the file is allocated.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import struct
@@ -110,6 +111,6 @@ def _is_int(value: object) -> bool:
 
 def _check_no_overlap(entries) -> None:
     ordered = sorted(entries, key=lambda e: (e.start, e.end))
-    for before, after in zip(ordered, ordered[1:]):
+    for before, after in itertools.pairwise(ordered):
         if after.start < before.end:
             raise ArtifactError(f"tensors {before.name!r} and {after.name!r} overlap in the data buffer")

@@ -3,8 +3,8 @@
 Imports the engine; never the API layer or the registry (the registry's byte reader is injected)."""
 
 from server.batching.batcher import (
-    BatchLimits,
     Batcher,
+    BatchLimits,
     ClassifyJob,
     DeadlineExceeded,
     Overloaded,
@@ -12,8 +12,10 @@ from server.batching.batcher import (
     TokenScores,
 )
 from server.batching.prefix_cache import PrefixCache
-from server.engine import EngineUnavailable  # raised through the batcher's calls; the API maps it to 503
-from server.engine import ScoreFunction  # a job's choice of scores; the API passes it along
+from server.engine import (
+    EngineUnavailable,  # raised through the batcher's calls; the API maps it to 503
+    ScoreFunction,  # a job's choice of scores; the API passes it along
+)
 
 __all__ = [
     "BatchLimits",

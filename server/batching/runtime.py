@@ -6,19 +6,19 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from server import metrics
 from server.artifact import BackboneShape
-from server.batching.batcher import BatchLimits, Batcher
+from server.batching.batcher import Batcher, BatchLimits
 from server.batching.prefix_cache import PrefixCache
 from server.engine import Engine, Row, TextEncoder
-from server.engine.surface import EngineSurface
 from server.engine.backbone import DTYPES
 from server.engine.process import EngineProcess
+from server.engine.surface import EngineSurface
 
 log = logging.getLogger(__name__)
 

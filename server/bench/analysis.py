@@ -7,6 +7,7 @@ several rounds, a throughput ratio is the median of the per-round ratios (see th
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 
@@ -95,7 +96,7 @@ def _interpolate_log(points: list[tuple[float, float]], x: float) -> float | Non
         return None
     if x <= points[0][0]:
         return points[0][1]
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
         if x0 <= x <= x1:
             t = (x - x0) / (x1 - x0) if x1 > x0 else 0.0
             return math.exp(math.log(y0) + t * (math.log(y1) - math.log(y0)))
@@ -147,8 +148,8 @@ def engine_targets(runs: list[dict], level: str = "engine") -> list[dict]:
     goal = 0.9 if level == "engine" else 0.8
     for row in ratios(runs):
         if level == "engine" or row["inputs_per_request"] == 1:
-            out.append(_target("prefix-server vs backbone-alone limit", f"{level}, {row['tasks']} tasks, {row['inputs_per_request']} input(s)/request",
-                               row["vs_limit"], goal))
+            where = f"{level}, {row['tasks']} tasks, {row['inputs_per_request']} input(s)/request"
+            out.append(_target("prefix-server vs backbone-alone limit", where, row["vs_limit"], goal))
     return out
 
 

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from server.batching import BatchLimits, Batcher, ClassifyJob, PrefixCache
+from server.batching import Batcher, BatchLimits, ClassifyJob, PrefixCache
 from server.bench.seed_model import SeedModel
 from server.bench.stats import ForwardRecorder, RecordingEngine, SteadyWindow, latency_summary, proc_memory
 from server.bench.workload import BenchRequest, BuiltTask, TextPools, build_tasks, flat_inputs, generate_requests, make_tasks
@@ -82,7 +82,7 @@ class Measured:
     forwards: ForwardRecorder = field(default_factory=ForwardRecorder)
     rounds: list[float] = field(default_factory=list)
 
-    def add(self, other: "Measured") -> None:
+    def add(self, other: Measured) -> None:
         self.rounds.append(round(other.inputs / other.wall_s, 2) if other.wall_s > 0 else 0.0)
         self.requests += other.requests
         self.inputs += other.inputs

@@ -105,13 +105,13 @@ class LoadResult:
     def count(self, status: str, times: int = 1) -> None:
         self.statuses[status] = self.statuses.get(status, 0) + times
 
-    def merge(self, other: "LoadResult") -> None:
+    def merge(self, other: LoadResult) -> None:
         """Adds another round's result (and notes that round's inputs/s)."""
         self.rounds.append(round(other.inputs_ok / other.wall_s, 2) if other.wall_s else 0.0)
         self.absorb(other)
         self.wall_s += other.wall_s
 
-    def absorb(self, other: "LoadResult") -> None:
+    def absorb(self, other: LoadResult) -> None:
         """Adds another result's requests, inputs, latencies and statuses (not its time)."""
         self.latencies += other.latencies
         self.inputs_ok += other.inputs_ok

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from server.bench import analysis
 
-
 PADDING_NOTE = (
     "Padding describes each batch as formed: the *padded layout* columns are what a [B, max S] forward "
     "would waste (the seed's layout; a measure of how mixed the batch is); *attention padding (packed)* "
@@ -45,7 +44,7 @@ def environment(command: list[str] | None = None) -> dict:
     import transformers
 
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "git": _git_revision(),
         "command": shlex.join(command if command is not None else sys.argv),
         "cpu_model": _cpu_model(),

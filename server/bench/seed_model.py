@@ -14,8 +14,8 @@ import torch
 from transformers import AutoTokenizer, BertModel, DynamicCache
 
 from server.artifact import PrefixArtifact
-from server.engine.scoring import score_logits
 from server.engine import TextInput
+from server.engine.scoring import score_logits
 
 
 class SeedModel:

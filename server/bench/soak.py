@@ -298,7 +298,8 @@ def render_sections(result: dict) -> list[str]:
         f"<= +{config['rss_tolerance']:.0%}): {'flat' if rss['flat'] else 'NOT flat'}",
         f"- passed: **{'yes' if result['passed'] else 'no'}**", "",
         "## Over time", "",
-        "| t (min) | requests | statuses | classify p50 ms | classify p99 ms | server RSS MiB | engine RSS MiB | total RSS MiB | prefix cache: entries, MiB, misses so far |",
+        "| t (min) | requests | statuses | classify p50 ms | classify p99 ms | server RSS MiB | engine RSS MiB | total RSS MiB"
+        " | prefix cache: entries, MiB, misses so far |",
         "|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for s in result["samples"]:

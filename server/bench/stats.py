@@ -75,7 +75,7 @@ class ForwardRecorder:
         self.distinct_prefixes.append(len({id(row.prefix) for row in rows}))
         self.seconds.append(seconds)
 
-    def extend(self, other: "ForwardRecorder") -> None:
+    def extend(self, other: ForwardRecorder) -> None:
         self.sizes += other.sizes
         self.query_slots += other.query_slots
         self.query_real += other.query_real
@@ -86,7 +86,7 @@ class ForwardRecorder:
         self.distinct_prefixes += other.distinct_prefixes
         self.seconds += other.seconds
 
-    def copy(self) -> "ForwardRecorder":
+    def copy(self) -> ForwardRecorder:
         clone = ForwardRecorder(self.merge_pairs)
         clone.extend(self)
         return clone

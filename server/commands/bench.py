@@ -139,7 +139,8 @@ def _run_level(args: argparse.Namespace) -> int:
         result = {"engine": _engine, "http": _http, "external": _external}[args.level](args, backbone, pools)
     result["environment"] = env
     result["backbone"] = backbone
-    result["notes"] = result.get("notes", []) + args.notes + (["synthetic texts (--synthetic-texts)"] if getattr(args, "synthetic_texts", False) else [])
+    synthetic = ["synthetic texts (--synthetic-texts)"] if getattr(args, "synthetic_texts", False) else []
+    result["notes"] = result.get("notes", []) + args.notes + synthetic
     report.analyse(result)
     name = args.level + ("-quick" if args.quick else "")
     json_path, md_path = report.write(result, args.out, name)

@@ -76,7 +76,7 @@ def _default(info) -> str:
     if info.default_factory is not None:
         try:
             value = info.default_factory()
-        except Exception:  # e.g. the default backbone's package is not installed: help must still work
+        except Exception:  # noqa: BLE001 — e.g. the default backbone's package is not installed: help must still work
             return "computed at start"
     else:
         value = info.default

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import torch
 
-
 ATTENTION_CHOICES = ("auto", "triton", "varlen", "sdpa")
 
 

@@ -70,7 +70,7 @@ class BertGeometry:
         return self.hidden_size // self.num_heads
 
     @classmethod
-    def from_config(cls, config: dict) -> "BertGeometry":
+    def from_config(cls, config: dict) -> BertGeometry:
         family = MODEL_TYPES.get(config.get("model_type"))
         if family is None:
             known = sorted(k for k in MODEL_TYPES if k)
@@ -147,7 +147,7 @@ def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
     for name in sorted(state_dict):
         tensor = state_dict[name].detach().cpu().contiguous()
-        digest.update(f"{name}\0{str(tensor.dtype)}\0{list(tensor.shape)}\0".encode())
+        digest.update(f"{name}\0{tensor.dtype!s}\0{list(tensor.shape)}\0".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return "sha256:" + digest.hexdigest()
 

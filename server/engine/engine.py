@@ -113,7 +113,7 @@ class Engine:
     def from_folder(
         cls, folder: str | Path, device: str = "cpu", dtype=torch.float32, merge_pairs: int | None = None,
         attention: str = "auto",
-    ) -> "Engine":
+    ) -> Engine:
         return cls(read_backbone_folder(folder), TextEncoder.from_folder(folder), device, dtype, merge_pairs, attention)
 
     @property

@@ -19,7 +19,7 @@ import torch
 @dataclass(frozen=True, eq=False)
 class HeadEntry:
     slots: tuple[int, ...]  # one per label, in label order
-    pool: "HeadPool"
+    pool: HeadPool
 
 
 class HeadPool:

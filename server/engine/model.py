@@ -117,7 +117,7 @@ class PrefixBert(nn.Module):
         return torch.tanh(self.pooler(first.to(self.pooler.weight.dtype)))  # [B, C]
 
     @classmethod
-    def from_backbone_weights(cls, g: BertGeometry, weights: dict[str, torch.Tensor]) -> "PrefixBert":
+    def from_backbone_weights(cls, g: BertGeometry, weights: dict[str, torch.Tensor]) -> PrefixBert:
         # Built on the meta device and given the loaded tensors themselves (assign=True): the weights
         # are held once, not once read and once more in the module (only the fused qkv is new).
         engine_weights = _to_engine_names(weights, g)

@@ -26,7 +26,7 @@ class PoolEntry:
     """The slots of one loaded prefix. Dropping the last reference frees them."""
 
     slots: torch.Tensor  # [P] long, on the CPU: built into each batch's gather index
-    pool: "PrefixPool"
+    pool: PrefixPool
 
     @property
     def prefix_len(self) -> int:

@@ -15,6 +15,7 @@ started with backoff; prefixes of the dead one are stale (`stale`), and the cach
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -55,7 +56,7 @@ class RemotePrefix:
     problem_type: ProblemType
     labels: tuple[str, ...]
     nbytes: int
-    owner: "EngineProcess" = field(repr=False)
+    owner: EngineProcess = field(repr=False)
     head_kind: HeadKind = HeadKind.SEQUENCE
 
     @property
@@ -135,10 +136,8 @@ class EngineProcess:
         """Stop the engine process: ask it, then hang up on it, then kill it, each with `timeout_s`."""
         self._closing = True
         if self._up.is_set():
-            try:
+            with contextlib.suppress(EngineUnavailable, TimeoutError):
                 self._call({"op": "stop"}, timeout_s=timeout_s)
-            except (EngineUnavailable, TimeoutError):
-                pass
         self._hang_up()
         try:
             self._process.wait(timeout=timeout_s)

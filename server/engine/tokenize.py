@@ -60,7 +60,7 @@ class TextEncoder:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_folder(cls, folder: str | Path) -> "TextEncoder":
+    def from_folder(cls, folder: str | Path) -> TextEncoder:
         transformers.logging.set_verbosity_error()  # silences "sequence longer than model_max_length"
         return cls(AutoTokenizer.from_pretrained(str(folder), use_fast=True), _family_of(Path(folder)).single_token_type)
 

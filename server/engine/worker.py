@@ -53,7 +53,7 @@ def run_worker(conn, config: dict) -> None:
             "torch_threads": torch.get_num_threads(),
             "shape": dataclasses.asdict(shape),
         }))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 — a start-up failure goes back to the parent, which reports it
         conn.send_bytes(wire.encode_header({"op": "failed", "error": f"{type(exc).__name__}: {exc}"}))
         return
     prefixes: dict[int, object] = {}  # handle -> LoadedPrefix
@@ -91,7 +91,7 @@ def run_worker(conn, config: dict) -> None:
                 return
             else:
                 raise ValueError(f"unknown engine op {op!r}")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 — the op's failure goes back to its caller; the process serves on
             log.error("engine op %s failed: %s", op, traceback.format_exc())
             reply = {"id": header.get("id"), "ok": False, "error": f"{type(exc).__name__}: {exc}"}
             out = None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import torch
 from safetensors.torch import load as load_safetensors_bytes
@@ -33,11 +33,11 @@ def load_state_dict(data: bytes, name: str) -> dict[str, torch.Tensor]:
     if name.endswith(".safetensors"):
         try:
             return load_safetensors_bytes(data)
-        except Exception as exc:  # safetensors raises its own error types
+        except Exception as exc:  # noqa: BLE001 — safetensors raises its own error types
             raise CheckpointError(f"{name}: expected a safetensors file, could not read it ({exc})") from None
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # UnpicklingError for refused objects, RuntimeError for corrupt files
+    except Exception as exc:  # noqa: BLE001 — UnpicklingError for refused objects, RuntimeError for corrupt files
         raise CheckpointError(
             f"{name}: expected a torch state dict of plain tensors, could not read it safely ({str(exc)[:300]})"
         ) from None
@@ -168,7 +168,7 @@ def build_artifact(
         classifier_bias=head[1].float().contiguous(),
         problem_type=problem_type,
         labels=labels,
-        extra_metadata={**metadata, "imported_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")},
+        extra_metadata={**metadata, "imported_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")},
         backbone_fingerprint=fingerprint,
         head=head_kind,
         pooler_weight=pooler[0].float().contiguous() if pooler is not None else None,

@@ -17,9 +17,9 @@ from server.registry.base import (
     TenantLimits,
     VersionRecord,
 )
-from server.registry.names import NAME_PATTERN, InvalidName, validate_name
 from server.registry.factory import open_registry
-from server.registry.sql import SqlRegistry, SqliteRegistry
+from server.registry.names import NAME_PATTERN, InvalidName, validate_name
+from server.registry.sql import SqliteRegistry, SqlRegistry
 
 __all__ = [
     "NAME_PATTERN",
@@ -35,10 +35,10 @@ __all__ = [
     "Route",
     "SqlRegistry",
     "SqliteRegistry",
-    "open_registry",
     "TaskRecord",
     "Tenant",
     "TenantLimits",
     "VersionRecord",
+    "open_registry",
     "validate_name",
 ]

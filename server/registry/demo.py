@@ -27,7 +27,7 @@ def register_demo_prefixes(registry: Registry, folder: str | Path) -> list[str]:
         task = path.stem
         try:
             record = registry.add_demo_version(DEMO_TENANT, task, path.read_bytes(), path.name)
-        except Exception as exc:  # a bad demo file must not keep the server from starting
+        except Exception as exc:  # noqa: BLE001 — a bad demo file must not keep the server from starting
             log.error("demo prefix %s refused: %s", path.name, exc)
             continue
         if record is not None:

@@ -48,7 +48,7 @@ from server.registry.blobs.local import FileBlobStore
 from server.registry.database import Database, sqlite_url
 from server.registry.gc import collect_garbage, remove_if_unreferenced
 from server.registry.names import validate_name
-from server.registry.records import tenant_from_row, utc_now, version_from_row
+from server.registry.records import tenant_from_row, version_from_row
 from server.registry.routing import route_from_json, routed_versions, validate_route, version_for
 
 log = logging.getLogger(__name__)

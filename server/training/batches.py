@@ -39,7 +39,7 @@ class EncodedSet:
     pad_token_id: int
 
     @classmethod
-    def build(cls, dataset: Dataset, encoder: TextEncoder, max_tokens: int) -> "EncodedSet":
+    def build(cls, dataset: Dataset, encoder: TextEncoder, max_tokens: int) -> EncodedSet:
         encoded = encoder.encode(dataset.inputs, max_tokens, truncate=True)
         return cls(encoded, dataset.targets, encoder.tokenizer.pad_token_id or 0)
 

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from server.artifact import ProblemType
-from server.engine.scoring import score_logits
 from server.engine.model import PrefixBert
+from server.engine.scoring import score_logits
 from server.training.prefix_encoder import PrefixEncoder, flat_to_key_values
 
 
@@ -30,7 +30,7 @@ class PrefixClassifier(nn.Module):
         nn.init.normal_(self.classifier.weight, std=0.02)  # as BertPreTrainedModel._init_weights
         nn.init.zeros_(self.classifier.bias)
 
-    def train(self, mode: bool = True) -> "PrefixClassifier":
+    def train(self, mode: bool = True) -> PrefixClassifier:
         super().train(mode)
         self.backbone.eval()  # frozen: it never leaves eval mode
         return self

@@ -28,12 +28,12 @@ from server.training.trainer import (
     EVAL_BATCH_SIZE,
     TrainConfig,
     TrainResult,
-    build_model,
     _check_config,
     _default_backbone,
     _metadata,
     _run_steps,
     _total_steps,
+    build_model,
 )
 from server.training.words import OUTSIDE, EncodedWordSet, WordDataset, first_subtokens, is_iob2, load_word_dataset
 

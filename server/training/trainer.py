@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -196,7 +196,7 @@ def _check_config(config: TrainConfig) -> None:
 def _metadata(config, train_set, eval_set, steps, seconds, engine, metrics) -> dict[str, str]:
     meta = {
         "trainer": "prefix-server train",
-        "trained_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "trained_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "backbone_name": engine.files.name,
         "train_data": train_set.source.name,
         "train_data_sha256": _sha256(train_set.source),

@@ -141,7 +141,7 @@ class EncodedWordSet:
     pad_token_id: int
 
     @classmethod
-    def build(cls, dataset: WordDataset, tokenizer, max_tokens: int) -> "EncodedWordSet":
+    def build(cls, dataset: WordDataset, tokenizer, max_tokens: int) -> EncodedWordSet:
         index = {label: i for i, label in enumerate(dataset.labels)}
         texts = dataset.texts()
         enc = tokenizer(texts, truncation=True, max_length=max_tokens, return_offsets_mapping=True)

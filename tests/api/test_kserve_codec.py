@@ -11,7 +11,12 @@ import pytest
 
 from server.api.errors import ApiError
 from server.api.kserve_codec import (
-    OutputTensor, decode_bytes_elements, decompress, encode_bytes_elements, parse_infer_request, render_infer_response,
+    OutputTensor,
+    decode_bytes_elements,
+    decompress,
+    encode_bytes_elements,
+    parse_infer_request,
+    render_infer_response,
 )
 
 
@@ -48,7 +53,8 @@ def test_binary_outputs_follow_the_json_header():
         (b'{"inputs": []}', None, "expected a non-empty list of tensors"),
         (b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [3]}]}', None, "expected strings, got 3"),
         (b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1], "data": ["a"]}]}', None, "shape of non-negative"),
-        (b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}xx', "80", "expected 0 bytes after the JSON header, got 2"),
+        (b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}xx', "80",
+         "expected 0 bytes after the JSON header, got 2"),
         (b"{}", "99", "expected the JSON header's size, at most 2"),
         (b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a"]}], "outputs": [{"name": "label", '
          b'"parameters": {"classification": 2}}]}', None, "classification extension is not supported"),

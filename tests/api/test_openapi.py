@@ -35,7 +35,8 @@ def test_single_tenant_document_asks_for_no_key(client):
 
 def test_a_body_too_large_while_streaming_is_413_in_each_protocol(tmp_path, tiny_backbone_dir):
     with running_client(make_settings(tmp_path / "data", tiny_backbone_dir, max_request_bytes=1000)) as client:
-        chunks = lambda: iter([b'{"task": "t", "inputs": ["', b"a" * 2000, b'"]}'])  # chunked: no Content-Length
+        def chunks():
+            return iter([b'{"task": "t", "inputs": ["', b"a" * 2000, b'"]}'])  # chunked: no Content-Length
         v1 = client.post("/v1/classify", content=chunks(), headers={"content-type": "application/json"})
         assert v1.status_code == 413 and v1.json()["error"]["code"] == "payload_too_large"
         tei = client.post("/v1/tasks/t/predict", content=b" " * 2000, headers={"content-type": "application/json"})

@@ -3,8 +3,8 @@ OpenAPI document, positive and negative examples, each sent with no key, a tenan
 token. No answer may be a 5xx, and every answer must be in the document: a documented status, content
 type, headers (Retry-After, WWW-Authenticate) and body schema.
 
-Without a key every secured operation must answer 401. `positive_data_acceptance` is left out: schema-valid data may still be refused for what only the
-server knows (an unknown task: 404; a random upload that is no artifact: 422), as documented."""
+Without a key every secured operation must answer 401. `positive_data_acceptance` is left out: schema-valid data may still be
+refused for what only the server knows (an unknown task: 404; a random upload that is no artifact: 422), as documented."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ def start_server(backbone, data_dir: Path, log_path: Path, **env_overrides):
         PREFIX_SERVER_MAX_WAIT_MS="20",
     )
     env.update(env_overrides)
-    log = open(log_path, "ab")
+    log = open(log_path, "ab")  # noqa: SIM115 — the server process writes it for as long as it lives
     proc = subprocess.Popen(
         [sys.executable, "-m", "server", "serve", "--port", str(port)], env=env, stdout=log, stderr=log
     )
@@ -77,7 +77,7 @@ def test_concurrent_mixed_traffic_matches_single_requests(server, artifact_bytes
     kinds = [ProblemType.SINGLE_LABEL, ProblemType.MULTI_LABEL, ProblemType.REGRESSION]
     tenants = {name: _tenant(base, name) for name in ("t1", "t2", "t3")}
     calls = []
-    for i, (name, key) in enumerate(tenants.items()):
+    for i, key in enumerate(tenants.values()):
         for j in range(3):
             data = artifact_bytes(prefix_len=1 + 7 * (i + j), num_labels=1 + (i + j) % 4, problem_type=kinds[j], seed=10 * i + j)
             headers = {"Authorization": f"Bearer {key}"}

@@ -81,9 +81,8 @@ def test_bad_artifacts_are_refused_and_store_nothing(tmp_path, tiny_backbone_dir
         "wrong layers": None,
     }
     with running_client(make_settings(data_dir, tiny_backbone_dir)) as client:
-        from server.artifact import artifact_to_bytes
+        from server.artifact import BackboneShape, artifact_to_bytes
         from tests.helpers import make_artifact
-        from server.artifact import BackboneShape
 
         shape = BackboneShape(3, 4, 8, 128, "x")  # one layer too many for the tiny backbone
         bad_files["wrong layers"] = artifact_to_bytes(make_artifact(shape))

@@ -180,7 +180,7 @@ def test_round_trip_of_version_2_fields(changes):
 
 
 def test_writing_half_a_pooler_is_refused():
-    with pytest.raises(ArtifactError, match="both pooler.weight and pooler.bias"):
+    with pytest.raises(ArtifactError, match=r"both pooler\.weight and pooler\.bias"):
         artifact_to_bytes(artifact(pooler_weight=torch.ones(HIDDEN, HIDDEN)))
 
 

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from server.artifact import ProblemType, artifact_to_bytes
-from server.batching import BatchLimits, Batcher, ClassifyJob, DeadlineExceeded, Overloaded, PrefixCache
+from server.batching import Batcher, BatchLimits, ClassifyJob, DeadlineExceeded, Overloaded, PrefixCache
 from server.engine import Row
 from tests.helpers import make_artifact
 

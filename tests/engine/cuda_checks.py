@@ -153,7 +153,7 @@ def run_all(folder: Path, device: str) -> list[dict]:
     for check, args, path in checks:
         try:
             results.append(check(*args))
-        except Exception as exc:  # the others still run: one report names every failure
+        except Exception as exc:  # noqa: BLE001 — the others still run: one report names every failure
             results.append({"check": check.__name__, "dtype": str(args[2]), "attention": path,
                             "error": f"{type(exc).__name__}: {exc}"})
     return results

@@ -174,7 +174,7 @@ def test_relative_position_embeddings(folder, kind):
 
 def test_unsupported_activation(folder):
     edit_config(folder, hidden_act="swish")
-    with pytest.raises(BackboneError, match="hidden_act: expected one of .*, got 'swish'"):
+    with pytest.raises(BackboneError, match=r"hidden_act: expected one of .*, got 'swish'"):
         read_backbone_folder(folder)
 
 
@@ -192,7 +192,7 @@ def test_heads_must_divide_hidden_size(folder):
 
 def test_missing_weights(folder):
     (folder / "model.safetensors").unlink()
-    with pytest.raises(BackboneError, match="no weights in .*: expected model.safetensors"):
+    with pytest.raises(BackboneError, match=r"no weights in .*: expected model\.safetensors"):
         read_backbone_folder(folder)
 
 
@@ -211,7 +211,7 @@ def test_missing_pooler(folder):
 
 def test_missing_attention_projection(folder):
     replace_weights(folder, {n: t for n, t in weights(folder).items() if "layer.1.attention.self.key" not in n})
-    with pytest.raises(BackboneError, match="layer 1: missing attention.self query/key/value"):
+    with pytest.raises(BackboneError, match=r"layer 1: missing attention\.self query/key/value"):
         Engine.from_folder(folder)
 
 

@@ -246,4 +246,4 @@ def test_a_rows_score_function_overrides_its_tasks_in_a_mixed_batch(tiny_engine)
         }[task.problem_type]
         assert torch.allclose(expected, torch.tensor(scores), atol=1e-6)
     sigmoid = tiny_engine.score([Row(r.encoded, r.prefix, ScoreFunction.SIGMOID) for r in rows])
-    assert all(torch.allclose(torch.tensor(s), torch.tensor(l).sigmoid(), atol=1e-6) for s, l in zip(sigmoid, raw))
+    assert all(torch.allclose(torch.tensor(s), torch.tensor(r).sigmoid(), atol=1e-6) for s, r in zip(sigmoid, raw))

@@ -54,7 +54,7 @@ def close(got, expected) -> bool:
 def check(engine, folder, artifact, texts=TEXTS):
     prefix = engine.load_prefix(artifact)
     rows = [Row(engine.encode([t], artifact.prefix_len)[0], prefix) for t in texts]
-    for row, text, got in zip(rows, texts, engine.score(rows)):
+    for text, got in zip(texts, engine.score(rows)):
         assert close(got, reference_scores(folder, artifact, text)), text
 
 
@@ -103,7 +103,7 @@ def test_sentence_tasks_on_the_artifacts_own_pooler(engine_name, request):
 
 
 def test_a_backbone_without_pooler_refuses_a_task_without_its_own(roberta_no_pooler_engine):
-    with pytest.raises(ArtifactError, match="expected .pooler.weight. and .pooler.bias."):
+    with pytest.raises(ArtifactError, match=r"expected .pooler\.weight. and .pooler\.bias."):
         roberta_no_pooler_engine.load_prefix(make_artifact(roberta_no_pooler_engine.shape, 4, 2))
 
 
@@ -114,9 +114,9 @@ def test_an_artifact_for_another_family_is_refused(roberta_engine, tiny_engine):
 
 
 def test_checkpoint_names_with_the_roberta_prefix_load_to_the_same_weights(roberta_dir, tmp_path):
-    from safetensors.torch import load_file, save_file
-
     import shutil
+
+    from safetensors.torch import load_file, save_file
 
     for name in roberta_dir.iterdir():
         shutil.copy(name, tmp_path / name.name)

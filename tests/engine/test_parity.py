@@ -40,7 +40,7 @@ def _mixed_tasks(engine, count=10):
 
 def _rows(engine, tasks):
     rows, cases = [], []
-    for i, (task, text) in enumerate(zip(tasks, TEXTS)):
+    for task, text in zip(tasks, TEXTS):
         prefix = engine.load_prefix(task)
         encoded = engine.encode([text], task.prefix_len, truncate=True)[0]
         rows.append(Row(encoded, prefix))

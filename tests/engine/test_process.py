@@ -13,9 +13,9 @@ import time
 
 import pytest
 
+from server.artifact import ProblemType, artifact_to_bytes
 from server.batching import PrefixCache
 from server.engine import EngineProcess, EngineUnavailable, Row, ScoreFunction
-from server.artifact import ProblemType, artifact_to_bytes
 from tests.helpers import make_artifact, process_gone
 
 TEXTS = ["a fine film", ("is it good?", "yes it is"), "the plot is a mess and the actors look bored", "ok"]

@@ -131,7 +131,7 @@ def test_per_prefix_limit_is_max_positions_minus_p(tiny_engine, prefix_len):
 @pytest.mark.parametrize("max_tokens", [24, 512])
 def test_real_texts_encode_as_the_transformers_tokenizer_does(minilm_engine, max_tokens):
     """Every SST-2 dev sentence and MRPC dev pair, cut to 24 tokens (most are cut) or not at all."""
-    rows = [json.loads(line) for name in ("sst2.dev.jsonl", "mrpc.dev.jsonl") for line in open(SHARED_DATA / name)]
+    rows = [json.loads(line) for name in ("sst2.dev.jsonl", "mrpc.dev.jsonl") for line in (SHARED_DATA / name).read_text().splitlines()]
     items = [row["text"] if "text_pair" not in row else (row["text"], row["text_pair"]) for row in rows]
     tokenizer = minilm_engine.encoder.tokenizer
     singles, pairs = [i for i in items if isinstance(i, str)], [i for i in items if not isinstance(i, str)]

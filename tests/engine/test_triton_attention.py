@@ -18,14 +18,14 @@ import torch
 
 pytest.importorskip("triton")
 
-from server.engine import Engine, Row  # noqa: E402
-from server.engine.attention import RowIndex, pick_block_m, query_blocks, resolve_attention  # noqa: E402
-from tests.engine.test_parity import _mixed_tasks, _rows  # noqa: E402
+from server.engine import Engine, Row
+from server.engine.attention import RowIndex, pick_block_m, query_blocks, resolve_attention
+from tests.engine.test_parity import _mixed_tasks, _rows
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs in the interpreter subprocess of test_under_the_interpreter")
 if INTERPRETED:
-    from server.engine.triton_attention import prefix_attention  # noqa: E402
+    from server.engine.triton_attention import prefix_attention
 
 
 @pytest.mark.skipif(INTERPRETED, reason="this is the driver")

@@ -18,7 +18,7 @@ SHAPE = BackboneShape(
 LIMITS = TenantLimits(max_tasks=5, max_artifact_bytes=1_000_000, max_queued_inputs=64)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def artifact_bytes(
     seed: int = 0,
     prefix_len: int = 4,

@@ -35,7 +35,7 @@ def test_concurrent_uploads_get_distinct_consecutive_versions(open_registry):
             for i in range(uploads_each):
                 data = artifact_bytes(seed=100 + thread_index * uploads_each + i)
                 results.append(registry.add_version("acme", "t", data).version)
-        except BaseException as exc:  # reported below: an exception in a thread would otherwise vanish
+        except BaseException as exc:  # noqa: BLE001 — reported below: an exception in a thread would otherwise vanish
             errors.append(exc)
 
     threads = [threading.Thread(target=upload, args=(i,)) for i in range(threads_count)]

@@ -128,7 +128,7 @@ def test_quotas_hold_under_concurrent_uploads_through_two_registries(open_regist
         try:
             registries[index % 2].add_version("small", f"task-{index}", artifact_bytes(seed=index))
             outcomes.append("stored")
-        except Exception as exc:  # LimitExceeded expected; anything else fails the assertion below
+        except Exception as exc:  # noqa: BLE001 — LimitExceeded expected; anything else fails the assertion below
             outcomes.append(type(exc).__name__)
 
     threads = [threading.Thread(target=upload, args=(i,)) for i in range(10)]

@@ -67,7 +67,7 @@ def test_replicas_starting_together_on_an_empty_database_migrate_once(database_u
         start.wait()
         try:
             results.append(schema.migrate(database))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 — collected from the thread, asserted below
             errors.append(exc)
 
     threads = [threading.Thread(target=migrate, args=(db,)) for db in databases]

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from server.artifact import ArtifactError, BackboneShape, ProblemType, artifact_to_bytes
-from server.registry import InvalidName, LimitExceeded, NotFound, RegistryError, Route, TenantLimits
-from server.registry import queries
+from server.registry import InvalidName, LimitExceeded, NotFound, RegistryError, Route, TenantLimits, queries
 from server.registry.blobs.local import FileBlobStore
 from tests.helpers import make_artifact
 from tests.registry.support import SHAPE, artifact_bytes, blob_files, sha256_hex, temp_files

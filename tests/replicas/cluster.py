@@ -7,6 +7,7 @@ own process, as served; the backbone is the tiny random one, so a replica is rea
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -63,10 +64,8 @@ class Replica:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
             for child in children:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(child, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

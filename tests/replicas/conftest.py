@@ -23,9 +23,9 @@ def make_artifact_bytes(tiny_engine):
     return build
 
 
-def new_bucket(s3_server) -> str:
+def new_bucket(server) -> str:
     """A fresh bucket on the (running) S3 server; returns its s3:// URL with a key prefix."""
-    s3_server.start()
+    server.start()
     bucket = f"replicas-{secrets.token_hex(5)}"
-    client_for(s3_server.endpoint).create_bucket(Bucket=bucket)
+    client_for(server.endpoint).create_bucket(Bucket=bucket)
     return f"s3://{bucket}/prefixes"

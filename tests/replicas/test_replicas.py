@@ -56,7 +56,7 @@ def test_an_upload_on_a_is_classified_on_b_within_a_second(cluster, make_artifac
     assert version and took < SEEN_WITHIN_S, f"a new task reached B after {took:.2f} s"
     for expected in (2, 3):  # B has the task cached now: only the NOTIFY can tell it, the TTL is 5 s
         assert upload(a, key, "fresh", make_artifact_bytes(expected)).status_code == 201
-        version, took = wait_until(lambda: answered_version(b, key, "fresh") == expected, SEEN_WITHIN_S * 3)
+        version, took = wait_until(lambda expected=expected: answered_version(b, key, "fresh") == expected, SEEN_WITHIN_S * 3)
         assert version and took < SEEN_WITHIN_S, f"version {expected} reached B after {took:.2f} s"
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from server.api.deps import authenticate, ready_services
+from server.api.entities import entities
 from server.api.inference import classify_inputs
 from server.api.responses import FastJSONResponse
 from server.api.schemas import ClassifyRequest
-from server.api.entities import entities
 from server.batching import ScoreFunction, TokenScores
 from server.engine.scoring import chosen_labels, top_label
 from server.registry.base import VersionRecord

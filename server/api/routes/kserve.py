@@ -20,7 +20,12 @@ from server.api.deps import authenticate, ready_services
 from server.api.errors import ApiError, allowed_methods, protocol_route
 from server.api.inference import classify_inputs
 from server.api.kserve_codec import (
-    HEADER_LENGTH, InferRequest, OutputTensor, decompress, parse_infer_request, render_infer_response,
+    HEADER_LENGTH,
+    InferRequest,
+    OutputTensor,
+    decompress,
+    parse_infer_request,
+    render_infer_response,
 )
 from server.api.lookups import version_of
 from server.api.responses import FastJSONResponse

@@ -19,6 +19,7 @@ file first. No fsync: a copy torn by a power cut fails its hash check and is fet
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import threading
@@ -185,7 +186,5 @@ def _touch(path: Path) -> None:
     # An explicit time: the kernel stamps files from a coarse clock (a few ms), too coarse to order
     # reads that follow each other closely.
     now = time.time_ns()
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.utime(path, ns=(now, now))
-    except FileNotFoundError:
-        pass

@@ -203,7 +203,7 @@ def _probe_copies(backbone: str, copies: int) -> dict:
 def _probe_main(spec: dict) -> dict:
     import torch  # noqa: F401  (the idle figure includes the libraries every probe loads)
 
-    import server.batching
+    import server.batching  # loaded for the same reason; `server` is bound by the next line too
     import server.engine  # noqa: F401
 
     if spec["kind"] == "idle":

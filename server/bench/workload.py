@@ -84,7 +84,7 @@ def load_text_pools(data_dir: str | Path | None = None) -> TextPools:
 def synthetic_pools(seed: int = 0, size: int = 200) -> TextPools:
     """Random word sentences and pairs, for tests and for machines without the shared data."""
     rng = random.Random(seed)
-    words = ["the", "a", "movie", "film", "plot", "actor", "good", "bad", "great", "boring", "what", "who", "where", "when", "is", "was", "it", "how"]
+    words = "the a movie film plot actor good bad great boring what who where when is was it how".split()
 
     def sentence() -> str:
         return " ".join(rng.choice(words) for _ in range(rng.randint(3, 30)))

@@ -27,6 +27,23 @@ SECRET_ENV = {"PREFIX_SERVER_DATABASE_URL", "PREFIX_SERVER_ADMIN_TOKEN", "AWS_AC
 REQUEST_TIMEOUT_S = 30  # Settings.request_timeout_s's default: graceful stops must outlast it
 
 
+def _shutdown_budget_s(env: dict[str, str]) -> float:
+    """How long a SIGTERM'd server may take: the unready delay plus the grace for requests in
+    flight, as `env` sets them or by `Settings`' defaults."""
+    from server.settings import Settings
+
+    fields = Settings.model_fields
+    delay = float(env.get("PREFIX_SERVER_SHUTDOWN_DELAY_S", fields["shutdown_delay_s"].default))
+    grace = float(env.get("PREFIX_SERVER_SHUTDOWN_GRACE_S", fields["shutdown_grace_s"].default))
+    return delay + grace
+
+
+def _seconds(duration: str) -> int:
+    match = re.fullmatch(r"(\d+)s", duration)
+    assert match, f"expected a duration like '40s', got {duration!r}"
+    return int(match.group(1))
+
+
 def _kubectl() -> str | None:
     beside = Path(sys.executable).with_name("kubectl")
     return str(beside) if beside.is_file() else shutil.which("kubectl")
@@ -253,7 +270,12 @@ def test_replicas_spread_over_nodes_and_stop_gracefully(rendered, name):
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     by_node = [c for c in pod["topologySpreadConstraints"] if c["topologyKey"] == "kubernetes.io/hostname"]
     assert by_node and by_node[0]["labelSelector"]["matchLabels"].items() <= pod_labels.items()
-    assert pod["terminationGracePeriodSeconds"] > REQUEST_TIMEOUT_S + _container(deployment)["lifecycle"]["preStop"]["sleep"]["seconds"]
+    container = _container(deployment)
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    env = _config(rendered[name]) | {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    # The kubelet runs preStop, then sends SIGTERM, then SIGKILLs at the grace period's end.
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + _shutdown_budget_s(env)
+    assert _shutdown_budget_s(env) >= REQUEST_TIMEOUT_S, "the drain should let the longest request finish"
     resources = _container(deployment)["resources"]
     assert {"cpu", "memory"} <= resources["requests"].keys() and {"cpu", "memory"} <= resources["limits"].keys()
     assert _config(rendered[name])["PREFIX_SERVER_HOST"] == "0.0.0.0"
@@ -289,6 +311,7 @@ ROOT_COMPOSE_DEFAULT = {  # the default service: the CPU image on 8000, the regi
         "PREFIX_SERVER_MAX_WAIT_MS": "2",
     },
     "volumes": ["registry:/data"],
+    "stop_grace_period": "15s",
     "restart": "unless-stopped",
 }
 
@@ -307,6 +330,8 @@ def test_the_single_server_compose_file_is_unchanged_and_needs_no_variable():
     compose = yaml.safe_load(text)
     default = {k: v for k, v in compose["services"]["prefix-server"].items() if k != "command"}
     assert default == ROOT_COMPOSE_DEFAULT and "profiles" not in default
+    for name, service in compose["services"].items():  # Docker's SIGKILL comes after the drain
+        assert _seconds(service["stop_grace_period"]) > _shutdown_budget_s(service["environment"]), name
     # Compose interpolates every service before it applies profiles: one `:?` anywhere in this file
     # would make a plain `docker compose up` fail without the variable (the GPU profile's included).
     assert ":?" not in text
@@ -358,8 +383,8 @@ def test_every_long_running_service_has_a_healthcheck(stack):
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     for name in ("replica-a", "replica-b"):
         assert "/readyz" in " ".join(services[name]["healthcheck"]["test"])
-        grace = re.fullmatch(r"(\d+)s", services[name]["stop_grace_period"])
-        assert grace and int(grace.group(1)) > REQUEST_TIMEOUT_S
+        budget = _shutdown_budget_s(services[name]["environment"])
+        assert _seconds(services[name]["stop_grace_period"]) > budget >= REQUEST_TIMEOUT_S
 
 
 def test_postgres_and_minio_keep_their_data_and_need_their_passwords(stack):

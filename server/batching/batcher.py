@@ -7,7 +7,8 @@ item per input in the tenant's own FIFO. A single loop forms batches by taking
 items from the tenants in turn (a tenant that floods 10,000 inputs waits its turn like one that sends
 one), closes a batch on max_batch_size, max_batch_tokens (inputs' tokens plus their prefixes: the
 engine packs rows, so no padding is counted) or max_wait_ms, drops items of cancelled
-or expired requests before compute, and runs the forward pass on the compute thread.
+or expired requests before compute, and runs the forward pass on the compute thread; where the
+engine pipelines (`batches_in_flight` 2, CUDA), the next batch forms and is sent while one runs.
 """
 
 from __future__ import annotations
@@ -108,8 +109,11 @@ class Batcher:
         self._reserved_by_tenant: Counter[str] = Counter()
         self._arrival = asyncio.Event()
         self._prep_pool = ThreadPoolExecutor(2, thread_name_prefix="prep")  # tokenizer, prefix loads
-        self._compute_pool = ThreadPoolExecutor(1, thread_name_prefix="compute")  # one forward at a time
+        # One forward at a time, or two where the engine launches the next batch while one runs (CUDA).
+        self._depth = max(1, engine.batches_in_flight)
+        self._compute_pool = ThreadPoolExecutor(self._depth, thread_name_prefix="compute")
         self._loop_task: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()  # batches sent to the engine, not yet answered
 
     @property
     def queued_inputs(self) -> int:
@@ -122,6 +126,9 @@ class Batcher:
         if self._loop_task:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
+        for task in list(self._running):  # as the loop's own batch when one runs at a time
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
         for queue in self._queues.values():
             for item in queue:
                 if not item.request.future.done():
@@ -203,16 +210,31 @@ class Batcher:
         metrics.QUEUED_INPUTS.set(self._reserved)
 
     async def _batch_loop(self) -> None:
+        engine_free = asyncio.Semaphore(self._depth)  # batches the engine may have outstanding
         while True:
+            await engine_free.acquire()
             try:
                 await self._wait_for_batch()
                 batch = self._take_batch()
-                if batch:
-                    await self._run_batch(batch)
-            except asyncio.CancelledError:
-                raise
             except Exception:  # a bug here must not stop serving: log it and keep the loop alive
                 log.exception("batch loop error")
+                batch = []
+            if not batch:
+                engine_free.release()
+            elif self._depth == 1:
+                await self._run_released(batch, engine_free)
+            else:  # the next batch forms while this one runs
+                task = asyncio.get_running_loop().create_task(self._run_released(batch, engine_free))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+
+    async def _run_released(self, batch: list[_Item], engine_free: asyncio.Semaphore) -> None:
+        try:
+            await self._run_batch(batch)
+        except Exception:  # as in _batch_loop
+            log.exception("batch error")
+        finally:
+            engine_free.release()
 
     async def _wait_for_batch(self) -> None:
         """Returns when a batch is due: enough inputs for a full batch, or the oldest waited max_wait_ms."""

@@ -177,10 +177,25 @@ class Engine:
         scores, tokens = self.score_matrices(rows)
         return split_scores(rows, scores.tolist(), tokens.tolist() if tokens is not None else None)
 
-    @torch.inference_mode()
     def score_matrices(self, rows: list[Row]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Scores as [B, labels_max] float32 on the CPU (row i's are its first num_labels columns; a
         token row's are unused), and the token rows' tokens' scores [sum S, labels_max] (or None)."""
+        return self.launch(rows).wait()
+
+    @property
+    def batches_in_flight(self) -> int:
+        return 1  # in one process, a second forward pass would only contend with the first for the cores
+
+    @property
+    def launches_async(self) -> bool:
+        """Whether `launch` returns before the device has finished (CUDA): then the host may pack and
+        launch the next batch while this one runs."""
+        return self.device.type == "cuda"
+
+    @torch.inference_mode()
+    def launch(self, rows: list[Row]) -> PendingScores:
+        """Packs the rows, queues the forward pass and the heads, and starts the scores' copy to the
+        host; on the CPU all of it is done on return."""
         own = [i for i, row in enumerate(rows) if row.prefix.pooler_weight is not None]
         token_rows = [i for i, row in enumerate(rows) if row.prefix.token_head]
         if self.head_pool is None:  # the CPU path, as measured
@@ -189,8 +204,8 @@ class Engine:
             hidden = self.model.hidden_states(batch)  # [T, C]
             pooled = self._pooled(hidden, batch, rows, own)  # [B, C]
             functions = torch.tensor([row.resolved_score_function() for row in rows], device=self.device)  # [B]
-            scores = _apply_heads(pooled, prefixes, row_to_prefix.to(self.device), functions).cpu()  # [B, labels_max]
-            return scores, self._token_scores(hidden, rows, token_rows, order)
+            scores = _apply_heads(pooled, prefixes, row_to_prefix.to(self.device), functions)  # [B, labels_max]
+            return PendingScores.copy_to_host(scores, self._token_scores(hidden, rows, token_rows, order))
         heads = HostIndex()
         slots, labels_max = head_index([row.prefix.head for row in rows])
         heads.add("head_slots", slots)
@@ -202,8 +217,8 @@ class Engine:
         hidden = self.model.hidden_states(batch)  # [T, C]
         pooled = self._pooled(hidden, batch, rows, own)  # [B, C]
         logits = apply_heads(self.head_pool.storage, pooled, index["head_slots"], labels_max)  # [B, labels_max]
-        scores = _to_host(score_rows(logits, index["num_labels"], index["functions"]))
-        return scores, self._token_scores(hidden, rows, token_rows, order)
+        scores = score_rows(logits, index["num_labels"], index["functions"])  # [B, labels_max]
+        return PendingScores.copy_to_host(scores, self._token_scores(hidden, rows, token_rows, order))
 
     def _pooled(self, hidden: torch.Tensor, batch, rows: list[Row], own: list[int]) -> torch.Tensor:
         """Each row's pooled output [B, C] float32, caller order: the backbone's pooler, or its task's own."""
@@ -304,13 +319,32 @@ def _apply_heads(
     return score_rows(logits, num_labels[row_to_prefix], functions)
 
 
-def _to_host(scores: torch.Tensor) -> torch.Tensor:
-    """Scores onto the CPU; from CUDA through pinned memory, waiting on an event, not the whole device."""
-    if scores.device.type != "cuda":
-        return scores.cpu()
-    host = torch.empty(scores.shape, dtype=scores.dtype, pin_memory=True)  # [B, labels_max]
-    host.copy_(scores, non_blocking=True)
-    done = torch.cuda.Event()
-    done.record()
-    done.synchronize()
+@dataclass(frozen=True)
+class PendingScores:
+    """A batch's scores on their way to the host. From CUDA they land in pinned memory behind an
+    event, so waiting blocks on this batch alone, not on the whole device (nor on a batch launched
+    after it)."""
+
+    scores: torch.Tensor  # [B, labels_max] float32, on the host
+    tokens: torch.Tensor | None  # [sum S, labels_max] float32, on the host
+    done: torch.cuda.Event | None = None
+
+    @classmethod
+    def copy_to_host(cls, scores: torch.Tensor, tokens: torch.Tensor | None) -> PendingScores:
+        if scores.device.type != "cuda":
+            return cls(scores.cpu(), tokens.cpu() if tokens is not None else None)
+        host = [_pinned_copy(t) if t is not None else None for t in (scores, tokens)]
+        done = torch.cuda.Event()
+        done.record()
+        return cls(host[0], host[1], done)
+
+    def wait(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.done is not None:
+            self.done.synchronize()
+        return self.scores, self.tokens
+
+
+def _pinned_copy(values: torch.Tensor) -> torch.Tensor:
+    host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+    host.copy_(values, non_blocking=True)
     return host

@@ -41,6 +41,15 @@ from server.engine.engine import Row, split_scores
 log = logging.getLogger(__name__)
 _handles = itertools.count(1)  # never reused, across restarts too
 
+# Read once by the child's libraries as they load, so they go through its environment.
+CHILD_ENV_DEFAULTS = {
+    # oneDNN keeps a compiled primitive per distinct shape (1,024 of them by default). A packed batch's
+    # token count is new almost every time, so on the CPU that cache grew the engine's heap by about
+    # 19 KB a batch and fragmented it (RSS +100 MiB in 5 minutes of varied batches); off, the heap stays
+    # flat, at about 3% of throughput (BENCHMARKS.md, "Soak"). CUDA matmuls do not go through it.
+    "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0",
+}
+
 
 class EngineUnavailable(RuntimeError):
     """The engine process is down or restarting; the call may be retried."""
@@ -75,12 +84,15 @@ class RemotePrefix:
 class EngineProcess:
     def __init__(self, backbone: str, device: str = "cpu", dtype: str = "float32", merge_pairs: int | None = None,
                  torch_threads: int = 0, start_timeout_s: float = 600.0, max_restarts: int = 5,
-                 attention: str = "auto", on_restart: Callable[[], None] | None = None):
+                 attention: str = "auto", on_restart: Callable[[], None] | None = None, pipeline: bool | None = None):
         """`on_restart` is called after each successful restart (the serving side counts them; the engine
-        imports no metrics library, so it runs where only torch is installed)."""
+        imports no metrics library, so it runs where only torch is installed). `pipeline`: whether the
+        child launches the next batch before it collects the one running (None: where the device runs
+        asynchronously, i.e. CUDA; tests force it on the CPU)."""
         self._on_restart = on_restart
         self._config = {"backbone": str(backbone), "device": device, "dtype": dtype, "merge_pairs": merge_pairs,
                         "attention": attention, "torch_threads": torch_threads,
+                        **({"pipeline": pipeline} if pipeline is not None else {}),
                         "log_level": logging.getLevelName(log.getEffectiveLevel()), "log_json": _logging_json()}
         self._start_timeout_s, self._max_restarts = start_timeout_s, max_restarts
         self._send_lock = threading.Lock()
@@ -109,6 +121,12 @@ class EngineProcess:
     @property
     def alive(self) -> bool:
         return self._up.is_set()
+
+    @property
+    def batches_in_flight(self) -> int:
+        """2 when the child pipelines (the batcher may send the next batch before this one's scores
+        are back), else 1."""
+        return self._batches_in_flight
 
     def load_prefix(self, artifact: PrefixArtifact, data: bytes | None = None) -> RemotePrefix:
         """`data`: the bytes `artifact` was read from, sent as they are (else written again)."""
@@ -240,7 +258,8 @@ class EngineProcess:
         # server's threads, locks or __main__ module is copied or re-imported into the engine.
         ours, theirs = socket.socketpair()
         command = [sys.executable, "-m", "server.engine.worker", str(theirs.fileno()), json.dumps(self._config)]
-        process = subprocess.Popen(command, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        env = {**CHILD_ENV_DEFAULTS, **os.environ}  # what the server's environment sets wins
+        process = subprocess.Popen(command, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
         theirs.close()
         conn = Connection(ours.detach())
         if not conn.poll(self._start_timeout_s):
@@ -254,6 +273,7 @@ class EngineProcess:
             process.wait()
             raise RuntimeError(f"the engine process failed to start: {ready.get('error')}")
         self._info, self._shape, self._merge_pairs = ready["info"], BackboneShape(**ready["shape"]), ready["merge_pairs"]
+        self._batches_in_flight = ready.get("batches_in_flight", 1)
         self._process, self._conn = process, conn
         self.generation += 1
         log.info("engine process %s up (%s threads)", ready["pid"], ready["torch_threads"])
@@ -266,8 +286,3 @@ def _logging_json() -> bool:
     from server.logs import JsonFormatter
 
     return any(isinstance(handler.formatter, JsonFormatter) for handler in logging.getLogger().handlers)
-
-
-def default_engine_env() -> None:
-    """OpenMP reads its wait policy when torch loads, so the child gets it from the environment."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

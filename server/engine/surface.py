@@ -42,6 +42,12 @@ class EngineSurface(Protocol):
     @property
     def alive(self) -> bool: ...
 
+    @property
+    def batches_in_flight(self) -> int:
+        """How many `score` calls the batcher may have outstanding at once: 1, or 2 where the engine
+        packs and launches the next batch while one runs on the device."""
+        ...
+
     def info(self) -> dict: ...
 
     def load_prefix(self, artifact: PrefixArtifact, data: bytes | None = None) -> LoadedTask:

@@ -27,7 +27,7 @@ def apply_own_poolers(pooled: torch.Tensor, first: torch.Tensor, rows: list, own
 
 def token_scores(hidden: torch.Tensor, rows: list, token_rows: list[int], starts: list[int]) -> torch.Tensor:
     """Scores of every token of the token rows, rows after row in caller order: [sum S, labels_max]
-    float32 on the CPU, each token's first num_labels columns its task's.
+    float32 on hidden's device, each token's first num_labels columns its task's.
 
     hidden: [T, C] packed final states; starts: where each caller row's tokens begin in it.
     All token tasks' classifiers are stacked into one matrix, so the tokens take one matmul and one
@@ -57,7 +57,7 @@ def token_scores(hidden: torch.Tensor, rows: list, token_rows: list[int], starts
     every_task = states @ weight.T + bias  # [N, sum C_task]
     own = (first_column[:, None] + torch.arange(labels_max, device=device)[None, :]).clamp(max=columns - 1)  # [N, labels_max]
     logits = every_task.gather(1, own)  # [N, labels_max]; columns past a task's labels are masked or cut
-    return score_rows(logits, num_labels, functions).cpu()  # [N, labels_max]
+    return score_rows(logits, num_labels, functions)  # [N, labels_max], on the device: the caller copies it back
 
 
 def _by_prefix(rows: list, indices: list[int]) -> dict:

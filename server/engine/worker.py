@@ -1,5 +1,7 @@
 """The engine process's main loop: owns the Engine (model, prefix pool, loaded prefixes) and serves
-the server's requests one at a time over a pipe (wire.py), for EngineProcess (process.py).
+the server's requests one at a time over a pipe (wire.py), for EngineProcess (process.py). On CUDA
+it keeps one batch in flight: the next batch, when the server has sent it already, is packed and
+launched before the scores of the one running are collected (_Ops).
 
 Started as `python -m server.engine.worker FD CONFIG` with one end of a socket pair as FD.
 The loop is single-threaded on purpose: a forward pass is the only Python running here, so it never
@@ -9,28 +11,28 @@ killed server never leaves an engine behind holding memory or a GPU.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
 import traceback
 
+import numpy as np
+import torch
+
+from server.artifact import read_artifact
+from server.engine import wire
+from server.engine.backbone import DTYPES
+from server.engine.engine import Engine, PendingScores, Row
+from server.engine.scoring import ScoreFunction
+from server.heap import freeze_heap
+
 log = logging.getLogger("server.engine.worker")
 
 
 def run_worker(conn, config: dict) -> None:
-    """Entry point of the child process. `config`: backbone, device, dtype, merge_pairs, attention, torch_threads."""
-    import dataclasses
-
-    import numpy as np
-    import torch
-
-    from server.artifact import read_artifact
-    from server.engine import wire
-    from server.engine.backbone import DTYPES
-    from server.engine.engine import Engine, Row
-    from server.engine.scoring import ScoreFunction
-    from server.heap import freeze_heap
-
+    """Entry point of the child process. `config`: backbone, device, dtype, merge_pairs, attention,
+    torch_threads, and `pipeline` (default: on where the engine launches asynchronously, i.e. CUDA)."""
     logging.basicConfig(level=config.get("log_level", "WARNING"), format="%(asctime)s %(levelname)s engine: %(message)s")
     if config.get("log_json"):
         from server.logs import JsonFormatter
@@ -46,62 +48,117 @@ def run_worker(conn, config: dict) -> None:
         dtype = DTYPES[config.get("dtype", "float32")]
         engine = Engine.from_folder(config["backbone"], config.get("device", "cpu"), dtype, config.get("merge_pairs"),
                                     attention=config.get("attention", "auto"))
-        shape = engine.shape
         freeze_heap()  # what is alive now lives as long as the process
-        conn.send_bytes(wire.encode_header({
-            "op": "ready", "pid": os.getpid(), "info": engine.info(), "merge_pairs": engine.merge_pairs,
-            "torch_threads": torch.get_num_threads(),
-            "shape": dataclasses.asdict(shape),
-        }))
     except Exception as exc:  # noqa: BLE001 — a start-up failure goes back to the parent, which reports it
         conn.send_bytes(wire.encode_header({"op": "failed", "error": f"{type(exc).__name__}: {exc}"}))
         return
-    prefixes: dict[int, object] = {}  # handle -> LoadedPrefix
+    ops = _Ops(conn, engine, pipeline=config.get("pipeline", engine.launches_async))
+    conn.send_bytes(wire.encode_header({
+        "op": "ready", "pid": os.getpid(), "info": engine.info(), "merge_pairs": engine.merge_pairs,
+        "torch_threads": torch.get_num_threads(), "shape": dataclasses.asdict(engine.shape),
+        "batches_in_flight": 2 if ops.pipeline else 1,
+    }))
+    ops.serve()
 
-    def rows_of(payload: bytes) -> list[Row]:
-        return [
-            Row(encoded, prefixes[handle] if handle != wire.NO_PREFIX else None, ScoreFunction(function))
-            for encoded, handle, function in wire.decode_batch(payload)
-        ]
 
-    while True:
+class _Ops:
+    """Serves the server's ops one at a time, in order of arrival, with one exception when
+    `pipeline` is on (CUDA): a batch's scores are collected only once the next batch that was
+    already waiting has been launched, so the device runs batch n while the host packs batch n+1."""
+
+    def __init__(self, conn, engine: Engine, pipeline: bool):
+        self.conn, self.engine, self.pipeline = conn, engine, pipeline
+        self.prefixes: dict[int, object] = {}  # handle -> LoadedPrefix
+        self.in_flight: tuple[dict, PendingScores] | None = None  # (reply, PendingScores) of the launched batch
+
+    def serve(self) -> None:
+        while True:
+            if self.in_flight is not None and not self.conn.poll():
+                self.finish()  # nothing waits behind the batch in flight: its caller should not either
+            try:
+                header = wire.decode_header(self.conn.recv_bytes())
+                payload = self.conn.recv_bytes() if header.get("payload") else None
+            except (EOFError, OSError):
+                return  # the server is gone
+            for handle in header.get("release", ()):
+                self.prefixes.pop(handle, None)  # its pool slots go back once no batch holds it
+            reply = {"id": header.get("id"), "ok": True}
+            if header["op"] == "score" and self.pipeline:
+                self.launch(reply, payload)
+                continue
+            if self.in_flight is not None:
+                self.finish()
+            if not self.run(header, payload, reply):
+                return
+
+    def launch(self, reply: dict, payload: bytes) -> None:
         try:
-            header = wire.decode_header(conn.recv_bytes())
-            payload = conn.recv_bytes() if header.get("payload") else None
-        except (EOFError, OSError):
-            return  # the server is gone
-        for handle in header.get("release", ()):
-            prefixes.pop(handle, None)  # its pool slots go back once no batch holds it
-        op, reply, out = header["op"], {"id": header.get("id"), "ok": True}, None
+            pending = self.engine.launch(self.rows_of(payload))
+        except Exception as exc:  # the batch's failure goes back to its caller
+            log.exception("engine op score failed")
+            self.send(_failed(reply, exc))
+            return  # the batch in flight stays in flight
+        if self.in_flight is not None:
+            self.finish()
+        self.in_flight = (reply, pending)
+
+    def finish(self) -> None:
+        (reply, pending), self.in_flight = self.in_flight, None
+        try:
+            out = wire.encode_matrices(*_host_matrices(*pending.wait()))
+        except Exception as exc:  # as in launch
+            log.exception("engine op score failed")
+            self.send(_failed(reply, exc))
+            return
+        self.send(reply, out)
+
+    def run(self, header: dict, payload: bytes | None, reply: dict) -> bool:
+        """One op, answered; False when the loop should end."""
+        op, engine, out = header["op"], self.engine, None
         try:
             if op == "load":
-                prefixes[header["handle"]] = engine.load_prefix(read_artifact(payload, shape))
-                reply["nbytes"] = prefixes[header["handle"]].nbytes
+                self.prefixes[header["handle"]] = engine.load_prefix(read_artifact(payload, engine.shape))
+                reply["nbytes"] = self.prefixes[header["handle"]].nbytes
             elif op == "score":
-                scores, tokens = engine.score_matrices(rows_of(payload))
-                tokens = tokens.numpy() if tokens is not None else np.zeros((0, 1), dtype=np.float32)
-                out = wire.encode_matrices(scores.numpy(), tokens)
+                out = wire.encode_matrices(*_host_matrices(*engine.score_matrices(self.rows_of(payload))))
             elif op == "pooled":
-                out = wire.encode_matrix(engine.pooled(rows_of(payload)).float().cpu().numpy())
+                out = wire.encode_matrix(engine.pooled(self.rows_of(payload)).float().cpu().numpy())
             elif op == "stats":
-                reply["resident_prefixes"] = len(prefixes)
+                reply["resident_prefixes"] = len(self.prefixes)
                 reply["pool_slots"] = [engine.prefix_pool.used_slots, engine.prefix_pool.capacity]
             elif op == "stop":
-                conn.send_bytes(wire.encode_header(reply))
-                return
+                self.send(reply)
+                return False
             else:
                 raise ValueError(f"unknown engine op {op!r}")
         except Exception as exc:  # noqa: BLE001 — the op's failure goes back to its caller; the process serves on
             log.error("engine op %s failed: %s", op, traceback.format_exc())
-            reply = {"id": header.get("id"), "ok": False, "error": f"{type(exc).__name__}: {exc}"}
-            out = None
+            reply, out = _failed(reply, exc), None
+        return self.send(reply, out)
+
+    def rows_of(self, payload: bytes) -> list[Row]:
+        return [
+            Row(encoded, self.prefixes[handle] if handle != wire.NO_PREFIX else None, ScoreFunction(function))
+            for encoded, handle, function in wire.decode_batch(payload)
+        ]
+
+    def send(self, reply: dict, out: bytes | None = None) -> bool:
         reply["payload"] = out is not None
         try:
-            conn.send_bytes(wire.encode_header(reply))
+            self.conn.send_bytes(wire.encode_header(reply))
             if out is not None:
-                conn.send_bytes(out)
+                self.conn.send_bytes(out)
         except OSError:
-            return  # the server went away during this op
+            return False  # the server went away during this op
+        return True
+
+
+def _failed(reply: dict, exc: Exception) -> dict:
+    return {"id": reply.get("id"), "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _host_matrices(scores, tokens) -> tuple:
+    return scores.numpy(), tokens.numpy() if tokens is not None else np.zeros((0, 1), dtype=np.float32)
 
 
 if __name__ == "__main__":  # python -m server.engine.worker FD CONFIG_JSON (started by EngineProcess)

@@ -243,3 +243,71 @@ def test_per_task_baseline_puts_one_task_in_each_forward_pass(tiny_engine):
     batches = run(main())
     assert sum(len(rows) for rows in batches) == 18
     assert all(len({id(row.prefix) for row in rows}) == 1 for rows in batches)
+
+
+class PipelinedSpy(SpyEngine):
+    """An engine that takes two batches at once (as the engine process does on CUDA): counts how
+    many `score` calls are outstanding together."""
+
+    batches_in_flight = 2
+
+    def __init__(self, engine):
+        super().__init__(engine)
+        self.outstanding = self.most_outstanding = 0
+        self.lock = threading.Lock()
+
+    def score(self, rows):
+        with self.lock:
+            self.outstanding += 1
+            self.most_outstanding = max(self.most_outstanding, self.outstanding)
+        try:
+            return super().score(rows)
+        finally:
+            with self.lock:
+                self.outstanding -= 1
+
+
+def test_a_pipelining_engine_gets_the_next_batch_while_one_runs_and_never_a_third(tiny_engine):
+    store = Store(tiny_engine.shape)
+    tasks = [store.add(p, seed=p) for p in (3, 12)]
+    texts = [f"review number {i} was {'good' if i % 2 else 'bad'}" for i in range(12)]
+
+    async def main():
+        spy = PipelinedSpy(tiny_engine)
+        cache = PrefixCache(tiny_engine, store.read, 1 << 30)
+        batcher = Batcher(spy, cache, BatchLimits(max_batch_size=2, max_wait_ms=1.0), tiny_engine.encoder)
+        batcher.start()
+        spy.gate.clear()  # the first batches hold: what does the batcher send meanwhile?
+        calls = [batcher.classify(job(f"t{i % 3}", tasks[i % 2], [text])) for i, text in enumerate(texts)]
+        gathered = asyncio.gather(*calls)
+        await asyncio.sleep(0.3)
+        held = spy.outstanding
+        spy.gate.set()
+        results = await gathered
+        await batcher.stop()
+        return held, spy, cache, results
+
+    held, spy, cache, results = run(main())
+    assert held == 2, f"expected the next batch sent while the first runs, {held} outstanding"
+    assert spy.most_outstanding == 2 and len(spy.batches) == 6
+    for i, (text, (scores,)) in enumerate(zip(texts, results)):
+        sha, prefix_len = tasks[i % 2]
+        alone = tiny_engine.score([Row(tiny_engine.encode([text], prefix_len)[0], cache.get(sha))])[0]
+        assert max(abs(a - b) for a, b in zip(scores, alone)) <= TOL
+
+
+def test_an_engine_of_one_batch_at_a_time_never_gets_two(tiny_engine):
+    store = Store(tiny_engine.shape)
+    task = store.add(5)
+
+    async def main():
+        spy = PipelinedSpy(tiny_engine)
+        spy.batches_in_flight = 1
+        batcher = Batcher(spy, PrefixCache(tiny_engine, store.read, 1 << 30), BatchLimits(max_batch_size=2), tiny_engine.encoder)
+        batcher.start()
+        await asyncio.gather(*[batcher.classify(job("a", task, [f"text {i}"])) for i in range(10)])
+        await batcher.stop()
+        return spy
+
+    spy = run(main())
+    assert spy.most_outstanding == 1 and len(spy.batches) >= 5

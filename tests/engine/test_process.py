@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -145,3 +146,17 @@ def test_score_functions_cross_the_pipe(engine_process, tiny_engine):
     remote_rows = [Row(tiny_engine.encode([x], t.prefix_len)[0], p, f) for x, t, p, f in zip(TEXTS, tasks, remote, functions)]
     local_rows = [Row(tiny_engine.encode([x], t.prefix_len)[0], p, f) for x, t, p, f in zip(TEXTS, tasks, local, functions)]
     assert engine_process.score(remote_rows) == tiny_engine.score(local_rows)
+
+
+def test_the_child_gets_the_engine_environment_defaults_and_the_server_can_override_them(engine_process, tiny_backbone_dir, monkeypatch):
+    def child_env(process) -> dict[str, str]:
+        raw = Path(f"/proc/{process.pid}/environ").read_bytes().split(b"\0")
+        return dict(entry.decode().split("=", 1) for entry in raw if b"=" in entry)
+
+    assert child_env(engine_process)["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "0"  # see CHILD_ENV_DEFAULTS
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+    own = EngineProcess(str(tiny_backbone_dir))
+    try:
+        assert child_env(own)["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
+    finally:
+        own.close()

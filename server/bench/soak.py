@@ -239,7 +239,10 @@ def _cache_gauges(server) -> dict:
     names = {"prefix_server_prefix_cache_entries": "cache_entries", "prefix_server_prefix_cache_bytes": "cache_mb",
              "prefix_server_prefix_cache_misses_total": "cache_misses"}
     try:
-        text = httpx.get(f"{server.base}/metrics", timeout=10).text
+        # Multi-tenant, /metrics answers the admin token only (every tenant's traffic is on it).
+        response = httpx.get(f"{server.base}/metrics", headers={"Authorization": f"Bearer {http_servers.ADMIN_TOKEN}"}, timeout=10)
+        response.raise_for_status()
+        text = response.text
     except httpx.HTTPError:
         return {}
     values = {}

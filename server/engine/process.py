@@ -46,7 +46,7 @@ CHILD_ENV_DEFAULTS = {
     # oneDNN keeps a compiled primitive per distinct shape (1,024 of them by default). A packed batch's
     # token count is new almost every time, so on the CPU that cache grew the engine's heap by about
     # 19 KB a batch and fragmented it (RSS +100 MiB in 5 minutes of varied batches); off, the heap stays
-    # flat, at about 3% of throughput (BENCHMARKS.md, "Soak"). CUDA matmuls do not go through it.
+    # flat, at about 7% of throughput (BENCHMARKS.md, "Soak"). CUDA matmuls do not go through it.
     "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0",
 }
 

@@ -19,6 +19,8 @@ def test_soak_command_runs_mixed_traffic_and_reports_statuses_and_rss(tmp_path, 
     assert {"classify", "upload", "route"} <= set(result["by_kind"])
     assert len(result["samples"]) >= 3
     assert all(s["server_rss_mb"] > 0 and s["engine_rss_mb"] > 0 for s in result["samples"])
+    # The prefix cache's gauges come from the admin-only /metrics: the soak must be let in.
+    assert all(s["cache_entries"] >= 1 and s["cache_misses"] >= 1 for s in result["samples"])
     assert result["rss"]["growth"] is not None and result["passed"] == result["rss"]["flat"]
     markdown = (tmp_path / "soak.md").read_text()
     assert "## Over time" in markdown and "| classify |" in markdown

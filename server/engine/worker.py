@@ -48,16 +48,17 @@ def run_worker(conn, config: dict) -> None:
         dtype = DTYPES[config.get("dtype", "float32")]
         engine = Engine.from_folder(config["backbone"], config.get("device", "cpu"), dtype, config.get("merge_pairs"),
                                     attention=config.get("attention", "auto"))
+        ops = _Ops(conn, engine, pipeline=config.get("pipeline", engine.launches_async))
+        ready = {
+            "op": "ready", "pid": os.getpid(), "info": engine.info(), "merge_pairs": engine.merge_pairs,
+            "torch_threads": torch.get_num_threads(), "shape": dataclasses.asdict(engine.shape),
+            "batches_in_flight": 2 if ops.pipeline else 1,
+        }
         freeze_heap()  # what is alive now lives as long as the process
     except Exception as exc:  # noqa: BLE001 — a start-up failure goes back to the parent, which reports it
         conn.send_bytes(wire.encode_header({"op": "failed", "error": f"{type(exc).__name__}: {exc}"}))
         return
-    ops = _Ops(conn, engine, pipeline=config.get("pipeline", engine.launches_async))
-    conn.send_bytes(wire.encode_header({
-        "op": "ready", "pid": os.getpid(), "info": engine.info(), "merge_pairs": engine.merge_pairs,
-        "torch_threads": torch.get_num_threads(), "shape": dataclasses.asdict(engine.shape),
-        "batches_in_flight": 2 if ops.pipeline else 1,
-    }))
+    conn.send_bytes(wire.encode_header(ready))
     ops.serve()
 
 

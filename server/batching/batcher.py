@@ -126,7 +126,7 @@ class Batcher:
         if self._loop_task:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
-        for task in list(self._running):  # as the loop's own batch when one runs at a time
+        for task in list(self._running):
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
         for queue in self._queues.values():
@@ -221,18 +221,18 @@ class Batcher:
                 batch = []
             if not batch:
                 engine_free.release()
-            elif self._depth == 1:
-                await self._run_released(batch, engine_free)
-            else:  # the next batch forms while this one runs
-                task = asyncio.get_running_loop().create_task(self._run_released(batch, engine_free))
-                self._running.add(task)
-                task.add_done_callback(self._running.discard)
+                continue
+            # With room for a second batch, the next one forms while this one runs; with one, the
+            # loop waits at acquire until this one is answered.
+            task = asyncio.get_running_loop().create_task(self._run_released(batch, engine_free))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
 
     async def _run_released(self, batch: list[_Item], engine_free: asyncio.Semaphore) -> None:
         try:
             await self._run_batch(batch)
         except Exception:  # as in _batch_loop
-            log.exception("batch error")
+            log.exception("batch loop error")
         finally:
             engine_free.release()
 

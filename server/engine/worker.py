@@ -63,9 +63,10 @@ def run_worker(conn, config: dict) -> None:
 
 
 class _Ops:
-    """Serves the server's ops one at a time, in order of arrival, with one exception when
-    `pipeline` is on (CUDA): a batch's scores are collected only once the next batch that was
-    already waiting has been launched, so the device runs batch n while the host packs batch n+1."""
+    """Serves the server's ops one at a time, in order of arrival. A batch is launched, then its
+    scores collected at once, except when `pipeline` is on (CUDA): then they are collected only once
+    the next batch that was already waiting has been launched, so the device runs batch n while the
+    host packs batch n+1."""
 
     def __init__(self, conn, engine: Engine, pipeline: bool):
         self.conn, self.engine, self.pipeline = conn, engine, pipeline
@@ -84,8 +85,10 @@ class _Ops:
             for handle in header.get("release", ()):
                 self.prefixes.pop(handle, None)  # its pool slots go back once no batch holds it
             reply = {"id": header.get("id"), "ok": True}
-            if header["op"] == "score" and self.pipeline:
+            if header["op"] == "score":
                 self.launch(reply, payload)
+                if not self.pipeline and self.in_flight is not None:
+                    self.finish()
                 continue
             if self.in_flight is not None:
                 self.finish()
@@ -120,8 +123,6 @@ class _Ops:
             if op == "load":
                 self.prefixes[header["handle"]] = engine.load_prefix(read_artifact(payload, engine.shape))
                 reply["nbytes"] = self.prefixes[header["handle"]].nbytes
-            elif op == "score":
-                out = wire.encode_matrices(*_host_matrices(*engine.score_matrices(self.rows_of(payload))))
             elif op == "pooled":
                 out = wire.encode_matrix(engine.pooled(self.rows_of(payload)).float().cpu().numpy())
             elif op == "stats":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +125,35 @@ def test_a_failed_start_up_exits_non_zero_with_the_reason(tmp_path):
     *log_lines, last = result.stderr.strip().splitlines()
     assert last.startswith("prefix-server serve: start-up failed:") and str(bad_backbone) in last
     assert all(isinstance(json.loads(line), dict) for line in log_lines)
+    # One line says why: no traceback, and the reason is not logged a second time.
+    assert "Traceback" not in result.stderr and not any(json.loads(line)["level"] == "ERROR" for line in log_lines)
+
+
+def test_a_bad_backbone_in_the_engine_process_is_one_line_too(tmp_path):
+    (tmp_path / "not-a-model").mkdir()
+    (tmp_path / "not-a-model" / "config.json").write_text("{}")
+    result = _serve(
+        "--port", "0", "--backbone", str(tmp_path / "not-a-model"), "--data-dir", str(tmp_path / "data"),
+        "--prefixes-dir", "", timeout=120,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("prefix-server serve: start-up failed: EngineStartFailed") and "config.json" in last
+    assert str(tmp_path / "not-a-model") in last and "Traceback" not in result.stderr
+
+
+def test_a_port_in_use_fails_at_once_with_one_line(tmp_path, tiny_backbone_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _serve(
+            "--port", str(port), "--backbone", str(tiny_backbone_dir), "--data-dir", str(tmp_path / "data"),
+            "--prefixes-dir", "", timeout=120,
+        )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [f"prefix-server serve: start-up failed: cannot listen on 127.0.0.1:{port}: Address already in use"]
+    assert not (tmp_path / "data").exists()  # nothing was started before the port was checked
 
 
 def test_an_unreadable_embedded_registry_exits_non_zero(tmp_path, tiny_backbone_dir):

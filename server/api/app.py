@@ -26,14 +26,21 @@ from server.api.responses import FastJSONResponse
 from server.api.routes import admin, classify, hf_inference, kserve, ops, tasks, tei
 from server.api.state import Services
 from server.api.upkeep import collect_garbage_periodically, monitor_registry
+from server.artifact import ArtifactError
 from server.batching import BatchLimits
 from server.batching.runtime import build_runtime
+from server.engine import BackboneError, EngineStartFailed
 from server.heap import freeze_heap
 from server.registry import RegistryUnavailable, open_registry
+from server.registry.base import RegistryError
 from server.registry.demo import register_demo_prefixes
-from server.settings import Settings
+from server.registry.schema import SchemaMismatch
+from server.settings import ConfigurationError, Settings
 
 log = logging.getLogger(__name__)
+
+# What a misconfigured deployment raises at start-up: reported in one line, with no traceback.
+STARTUP_FAILURES = (BackboneError, EngineStartFailed, RegistryError, SchemaMismatch, ConfigurationError, ArtifactError, OSError)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -112,7 +119,10 @@ async def _bring_up(services: Services) -> None:
         raise
     except Exception as exc:
         services.startup_error = f"{type(exc).__name__}: {exc}"
-        log.exception("start-up failed")
+        if not isinstance(exc, STARTUP_FAILURES):
+            log.exception("start-up failed")  # a bug: its traceback is the report
+        elif services.on_startup_failure is None:
+            log.error("start-up failed: %s", services.startup_error)  # serve prints it itself, once
         if services.on_startup_failure is not None:
             services.on_startup_failure(services.startup_error)
 

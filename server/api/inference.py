@@ -99,6 +99,7 @@ async def _unless_disconnected(work, request: Request):
         raise ClientDisconnected()
     finally:
         disconnect.cancel()
+        work_task.cancel()  # when this handler is cancelled itself (shutdown): nothing is left unawaited
 
 
 async def _wait_for_disconnect(request: Request) -> None:

@@ -3,6 +3,7 @@ The runtime (engine + batcher) is opaque here: the API calls it, it never reache
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,6 +26,12 @@ class Services:
     draining: bool = False  # SIGTERM heard: unready while requests in flight finish
     registry_up: dict[str, bool] = field(default_factory=dict)  # from the health monitor's last probe
     background: list = field(default_factory=list)  # asyncio tasks cancelled at shutdown
+
+    def begin_drain(self, seconds: float) -> None:
+        """SIGTERM (server.api.shutdown): unready now; the batcher finishes what it can within `seconds`."""
+        self.draining = True
+        if self.runtime is not None:
+            self.runtime.batcher.drain(asyncio.get_running_loop().time() + seconds)
 
     def registry_status(self) -> dict:
         """Where the registry lives and whether each part answered its last probe (/v1/info)."""

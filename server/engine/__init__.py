@@ -5,7 +5,7 @@ Never imports the API or batching layers."""
 
 from server.engine.backbone import BackboneError, BackboneFiles, BertGeometry, read_backbone_folder
 from server.engine.engine import Engine, LoadedPrefix, Row, ScoreFunction
-from server.engine.process import EngineProcess, EngineUnavailable, RemotePrefix
+from server.engine.process import EngineProcess, EngineStartFailed, EngineUnavailable, RemotePrefix
 from server.engine.surface import EngineSurface
 from server.engine.tokenize import EncodedInput, InputRefused, InputTooLong, TextEncoder, TextInput
 
@@ -16,6 +16,7 @@ __all__ = [
     "EncodedInput",
     "Engine",
     "EngineProcess",
+    "EngineStartFailed",
     "EngineSurface",
     "EngineUnavailable",
     "InputRefused",

@@ -55,6 +55,10 @@ class EngineUnavailable(RuntimeError):
     """The engine process is down or restarting; the call may be retried."""
 
 
+class EngineStartFailed(RuntimeError):
+    """The engine process could not start; the message is its reason (a bad backbone folder...)."""
+
+
 @dataclass(frozen=True, eq=False)
 class RemotePrefix:
     """A prefix loaded in the engine process: what the batcher needs to know of it, and its handle."""
@@ -264,14 +268,14 @@ class EngineProcess:
         conn = Connection(ours.detach())
         if not conn.poll(self._start_timeout_s):
             process.kill()
-            raise RuntimeError(f"the engine process did not start within {self._start_timeout_s:.0f} s")
+            raise EngineStartFailed(f"the engine process did not start within {self._start_timeout_s:.0f} s")
         try:
             ready = wire.decode_header(conn.recv_bytes())
         except (EOFError, OSError):
-            raise RuntimeError(f"the engine process exited at start-up (code {process.wait()})") from None
+            raise EngineStartFailed(f"the engine process exited at start-up (code {process.wait()})") from None
         if ready.get("op") != "ready":
             process.wait()
-            raise RuntimeError(f"the engine process failed to start: {ready.get('error')}")
+            raise EngineStartFailed(f"the engine process failed to start on {self._config['backbone']}: {ready.get('error')}")
         self._info, self._shape, self._merge_pairs = ready["info"], BackboneShape(**ready["shape"]), ready["merge_pairs"]
         self._batches_in_flight = ready.get("batches_in_flight", 1)
         self._process, self._conn = process, conn

@@ -29,13 +29,14 @@ REQUEST_TIMEOUT_S = 30  # Settings.request_timeout_s's default: graceful stops m
 
 def _shutdown_budget_s(env: dict[str, str]) -> float:
     """How long a SIGTERM'd server may take: the unready delay plus the grace for requests in
-    flight, as `env` sets them or by `Settings`' defaults."""
+    flight, as `env` sets them or by `Settings`' defaults, plus the slack for the last answers."""
+    from server.api.shutdown import ANSWER_SLACK_S
     from server.settings import Settings
 
     fields = Settings.model_fields
     delay = float(env.get("PREFIX_SERVER_SHUTDOWN_DELAY_S", fields["shutdown_delay_s"].default))
     grace = float(env.get("PREFIX_SERVER_SHUTDOWN_GRACE_S", fields["shutdown_grace_s"].default))
-    return delay + grace
+    return delay + grace + ANSWER_SLACK_S
 
 
 def _seconds(duration: str) -> int:

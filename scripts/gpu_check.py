@@ -26,18 +26,21 @@ import sys
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers import BertConfig, BertModel  # noqa: E402
 
 from server.artifact import ProblemType  # noqa: E402
-from server.engine import EncodedInput, Engine, LoadedPrefix, Row, read_backbone_folder  # noqa: E402
-from server.engine.head_pool import HeadEntry, HeadPool  # noqa: E402
+from server.engine import EncodedInput, Engine, TokenBatch, read_backbone_folder  # noqa: E402
+from server.engine.heads import HeadEntry, HeadPool  # noqa: E402
 from server.engine.prefix_pool import PoolEntry, PrefixPool  # noqa: E402
+from server.engine.tasks import LoadedTask, TaskTable  # noqa: E402
 from tests.engine import cuda_checks  # noqa: E402
 
 KINDS = [ProblemType.SINGLE_LABEL, ProblemType.MULTI_LABEL, ProblemType.REGRESSION]
@@ -117,7 +120,8 @@ def text_batches(cfg: dict, seed: int = 0) -> list[list[EncodedInput]]:
     while len(batches) < cfg["batches"] + 2:  # two to warm up
         n = lengths[i % len(lengths)]
         i += 1
-        batch.append(EncodedInput([101] + [rng.randrange(1000, 30000) for _ in range(n - 2)] + [102], [0] * n))
+        ids = [101] + [rng.randrange(1000, 30000) for _ in range(n - 2)] + [102]
+        batch.append(EncodedInput(np.array(ids, np.int32), np.zeros(n, np.int8)))
         tokens += n
         if tokens >= cfg["budget_tokens"]:
             batches.append(batch)
@@ -125,54 +129,63 @@ def text_batches(cfg: dict, seed: int = 0) -> list[list[EncodedInput]]:
     return batches
 
 
-def resident_tasks(engine: Engine, count: int, seed: int = 0) -> list[LoadedPrefix]:
-    """`count` tasks with P uniform in 4..64 and 2-label heads, the pools sized and filled on the device."""
+def resident_tasks(engine: Engine, count: int, seed: int = 0) -> list[int]:
+    """`count` tasks with P uniform in 4..64 and 2-label heads, the pools sized and filled on the device;
+    returns their handles (0 .. count - 1)."""
     rng = random.Random(seed)
     g, device = engine.files.geometry, engine.device
     lens = [rng.randint(4, 64) for _ in range(count)]
     pool = PrefixPool(g.num_layers, g.num_heads, g.head_dim, device, engine.dtype, initial_slots=sum(lens))
     for layer in range(g.num_layers):
         pool.storage[layer].normal_()
-    engine.prefix_pool = pool
-    heads = None
-    if engine.head_pool is not None:
-        heads = HeadPool(g.hidden_size, device, initial_slots=2 * count)
-        heads.storage.normal_(std=0.05)
-        engine.head_pool = heads
-    weight = torch.randn(2, g.hidden_size, device=device) * 0.05  # the CPU path's per-task head (smoke)
-    bias = torch.zeros(2, device=device)
-    tasks, offset = [], 0
+    heads = HeadPool(g.hidden_size, device, initial_slots=2 * count)
+    heads.storage.normal_(std=0.05)
+    engine.prefix_pool, engine.head_pool = pool, heads
+    engine.tasks = TaskTable(engine.shape, pool, heads, engine.model.pooler is not None)
+    offset = 0
     for i, P in enumerate(lens):
-        head = HeadEntry((2 * i, 2 * i + 1), heads) if heads is not None else None
-        tasks.append(LoadedPrefix(PoolEntry(torch.arange(offset, offset + P), pool), weight, bias, KINDS[i % 3],
-                                  ("a", "b"), head))
+        task = LoadedTask(PoolEntry(np.arange(offset, offset + P), pool), HeadEntry((2 * i, 2 * i + 1), heads), KINDS[i % 3], ("a", "b"))
+        engine.tasks.add(i, task)
         offset += P
-    return tasks
+    return list(range(count))
 
 
-def batch_flops(g, rows: list[Row]) -> float:
+@dataclass(frozen=True)
+class Work:
+    """A batch, and each row's prefix length (for the FLOP count)."""
+
+    batch: TokenBatch
+    prefix_lens: np.ndarray  # [B]
+
+
+def bare_work(batches: list[list[EncodedInput]]) -> list[Work]:
+    return [Work(TokenBatch.of(b), np.zeros(len(b), np.int64)) for b in batches]
+
+
+def batch_flops(g, work: Work) -> float:
     """Dense layers, attention over prefix + tokens (QK and PV), the pooler."""
     C, inner, L = g.hidden_size, g.intermediate_size, g.num_layers
-    tokens = sum(len(r.encoded) for r in rows)
-    attention = sum(4 * len(r.encoded) * (len(r.encoded) + (r.prefix.prefix_len if r.prefix else 0)) * C for r in rows)
-    return L * (2 * tokens * (4 * C * C + 2 * C * inner) + attention) + 2 * len(rows) * C * C
+    lengths = work.batch.lengths.astype(np.int64)  # [B]
+    tokens = int(lengths.sum())
+    attention = int((4 * lengths * (lengths + work.prefix_lens) * C).sum())
+    return L * (2 * tokens * (4 * C * C + 2 * C * inner) + attention) + 2 * len(lengths) * C * C
 
 
-def summarize(times_ms: list[float], rows_batches: list[list[Row]], g, peak_tflops: float) -> dict:
-    tokens = sum(len(r.encoded) for b in rows_batches for r in b)
-    inputs = sum(len(b) for b in rows_batches)
+def summarize(times_ms: list[float], works: list[Work], g, peak_tflops: float) -> dict:
+    tokens = sum(int(w.batch.lengths.sum()) for w in works)
+    inputs = sum(w.batch.rows for w in works)
     seconds = sum(times_ms) / 1000
-    flops = sum(batch_flops(g, b) for b in rows_batches)
+    flops = sum(batch_flops(g, w) for w in works)
     ordered = sorted(times_ms)
     return {"tokens_s": tokens / seconds, "inputs_s": inputs / seconds, "p50_ms": statistics.median(times_ms),
             "p99_ms": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], "tflops": flops / seconds / 1e12,
             "peak_fraction": flops / seconds / 1e12 / peak_tflops, "batches": len(times_ms),
-            "rows_per_batch": inputs / len(rows_batches)}
+            "rows_per_batch": inputs / len(works)}
 
 
-def measure_forward(engine: Engine, batches: list[list[Row]], peak: float) -> dict:
+def measure_forward(engine: Engine, batches: list[Work], peak: float) -> dict:
     """The model alone on pre-packed batches (index arrays already on the device)."""
-    packed = [engine.pack(rows) for rows in batches]
+    packed = [engine.pack(work.batch) for work in batches]
     with torch.inference_mode():
         for batch in packed[:2]:
             engine.model.forward_packed(batch)
@@ -184,28 +197,28 @@ def measure_forward(engine: Engine, batches: list[list[Row]], peak: float) -> di
     return summarize(timer.times_ms(), batches[2:], engine.files.geometry, peak)
 
 
-def measure_engine(engine: Engine, batches: list[list[Row]], peak: float) -> dict:
-    """score_matrices end to end, on the host's clock: packing, the copy in, forward, heads, the copy back."""
-    for rows in batches[:2]:
-        engine.score_matrices(rows)
+def measure_engine(engine: Engine, batches: list[Work], peak: float) -> dict:
+    """score end to end, on the host's clock: packing, the copy in, forward, heads, the copy back."""
+    for work in batches[:2]:
+        engine.score(work.batch)
     times = []
-    for rows in batches[2:]:
+    for work in batches[2:]:
         started = time.perf_counter()
-        engine.score_matrices(rows)
+        engine.score(work.batch)
         times.append((time.perf_counter() - started) * 1000)
     return summarize(times, batches[2:], engine.files.geometry, peak)
 
 
-def measure_engine_pipelined(engine: Engine, batches: list[list[Row]], peak: float) -> dict:
+def measure_engine_pipelined(engine: Engine, batches: list[Work], peak: float) -> dict:
     """As the engine process serves when the next batch is waiting: batch n+1 is packed and launched
     before batch n's scores are collected. Per batch: the host time from its launch to the next
     collection, the throughput over the whole stream."""
-    for rows in batches[:2]:
-        engine.score_matrices(rows)
+    for work in batches[:2]:
+        engine.score(work.batch)
     started = time.perf_counter()
     pending, times, last = None, [], started
-    for rows in batches[2:]:
-        launched = engine.launch(rows)
+    for work in batches[2:]:
+        launched = engine.launch(work.batch)
         if pending is not None:
             pending.wait()
             now = time.perf_counter()
@@ -258,14 +271,17 @@ def bench_dtype(run: Run, folder: Path, cfg: dict, device: str, dtype_name: str,
     default_path = engine.attention
     paths = cuda_checks.available_paths(device, dtype)
     batches = text_batches(cfg)
-    bare = [[Row(e, None) for e in b] for b in batches]
+    bare = bare_work(batches)
     for path in paths:
         engine.attention = path  # the same weights through each path
         run.section("forward", lambda: measure_forward(engine, bare, peak), dtype=dtype_name, path=path, tasks=0)
     for count in cfg["tasks"]:
         tasks = resident_tasks(engine, count)
         rng = random.Random(count)
-        mixed = [[Row(e, tasks[rng.randrange(count)]) for e in b] for b in batches]
+        mixed = []
+        for b in batches:
+            handles = [tasks[rng.randrange(count)] for _ in b]
+            mixed.append(Work(TokenBatch.of(b, handles), np.array([engine.task(h).prefix_len for h in handles])))
         for path in paths:
             engine.attention = path
             run.section("forward", lambda mixed=mixed: measure_forward(engine, mixed, peak), dtype=dtype_name, path=path,
@@ -277,7 +293,7 @@ def bench_dtype(run: Run, folder: Path, cfg: dict, device: str, dtype_name: str,
             run.section("engine", lambda mixed=mixed: measure_engine_pipelined(engine, mixed, peak), dtype=dtype_name,
                         path=f"{default_path}, pipelined", tasks=count)
         del tasks, mixed
-        engine.prefix_pool = None
+        engine.tasks = engine.prefix_pool = engine.head_pool = None
         if device == "cuda":
             torch.cuda.empty_cache()
 
@@ -286,7 +302,7 @@ def sweep_budget(run: Run, folder: Path, cfg: dict, device: str, peak: float) ->
     """The no-prefix limit at other token budgets (the batcher's MAX_BATCH_TOKENS), first dtype, auto path."""
     engine = Engine(read_backbone_folder(folder), None, device, getattr(torch, cfg["dtypes"][0]))
     for budget in cfg["budget_sweep"]:
-        bare = [[Row(e, None) for e in b] for b in text_batches({**cfg, "budget_tokens": budget})]
+        bare = bare_work(text_batches({**cfg, "budget_tokens": budget}))
         run.section("budget", lambda budget=budget, bare=bare: {"budget_tokens": budget, **measure_forward(engine, bare, peak)},
                     dtype=cfg["dtypes"][0], path=engine.attention, tasks=0)
 

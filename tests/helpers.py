@@ -1,15 +1,19 @@
-"""Shared test helpers: random artifacts, the transformers reference P-tuning v2 model, and whether a
-process that is not ours has exited."""
+"""Shared test helpers: random artifacts, the transformers reference P-tuning v2 model, loading and
+scoring through any engine as the batcher does, and whether a process that is not ours has exited."""
 
 from __future__ import annotations
 
 import functools
+import itertools
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoModel, AutoTokenizer, DynamicCache
 
-from server.artifact import BackboneShape, HeadKind, PrefixArtifact, ProblemType
+from server.artifact import BackboneShape, HeadKind, PrefixArtifact, ProblemType, artifact_to_bytes
+from server.engine import TaskFacts, TokenBatch
+from server.engine.scoring import TASK_SCORE_FUNCTION
 
 
 def make_artifact(
@@ -101,3 +105,36 @@ def process_gone(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+# --- an engine's calls as the batcher makes them, for Engine and EngineProcess alike ----------------
+
+_HANDLES = itertools.count(1_000_000)  # apart from the handles the code under test gives out
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A task loaded into an engine by a test: its handle there and what the engine said of it."""
+
+    handle: int
+    facts: TaskFacts
+
+
+def load_task(engine, artifact: PrefixArtifact) -> Loaded:
+    handle = next(_HANDLES)
+    return Loaded(handle, engine.load_task(handle, artifact_to_bytes(artifact)))
+
+
+def token_batch(rows: list, functions: list | None = None) -> TokenBatch:
+    """A batch of (EncodedInput, Loaded) rows, each with its task's own score function unless given."""
+    return TokenBatch.of(
+        [encoded for encoded, _ in rows], [task.handle for _, task in rows], [task.facts.head for _, task in rows],
+        [int(f) if f is not None else TASK_SCORE_FUNCTION[task.facts.problem_type]
+         for f, (_, task) in zip(functions or [None] * len(rows), rows)],
+    )
+
+
+def score_rows(engine, rows: list, functions: list | None = None) -> list:
+    """Each row's scores cut to its task's labels (per token for a token task), via engine.score."""
+    batch = token_batch(rows, functions)
+    return engine.score(batch).split(batch, [task.facts.num_labels for _, task in rows])

@@ -26,9 +26,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from server import metrics, tracing
+from server.artifact import HeadKind
 from server.batching.prefix_cache import PrefixCache
 from server.batching.queues import DeadlineExceeded, InputQueues, PendingRequest, QueuedInput, ShuttingDown
-from server.engine import InputRefused, Row, ScoreFunction, TextEncoder, TextInput
+from server.engine import EngineUnavailable, InputRefused, ScoreFunction, TextEncoder, TextInput, TokenBatch
+from server.engine.scoring import TASK_SCORE_FUNCTION
 from server.engine.surface import EngineSurface
 
 log = logging.getLogger(__name__)
@@ -130,12 +132,13 @@ class Batcher:
             loop = asyncio.get_running_loop()
             # A resident prefix and a short request are handled here: a thread hop costs more CPU than
             # the work, and every CPU cycle spent here is one the forward pass does not get.
-            prefix = self.cache.peek(job.sha256)
-            if prefix is None:
-                prefix = await loop.run_in_executor(self._prep_pool, self.cache.get, job.sha256)
-            token_task = prefix.token_head
+            task = self.cache.peek(job.sha256)
+            if task is None:
+                task = await loop.run_in_executor(self._prep_pool, self.cache.get, job.sha256)
+            token_task = task.facts.head is HeadKind.TOKEN
             if token_task:
                 _check_token_job(job)
+            function = job.score_function if job.score_function is not None else TASK_SCORE_FUNCTION[task.facts.problem_type]
             tokenize_started_ns = tracing.now_ns() if tracing.TRACER is not None else 0
             encoded = await self._encode(job, token_task)
             if self._closed:
@@ -145,7 +148,7 @@ class Batcher:
                 request.enqueued_ns = tracing.now_ns()
                 tracing.record_span("tokenize", tokenize_started_ns, request.enqueued_ns, {"inputs": len(encoded)})
             self._queues.push(job.tenant, job.sha256, [
-                QueuedInput(request, i, Row(e, prefix, job.score_function), job.tenant) for i, e in enumerate(encoded)
+                QueuedInput(request, i, e, task, function, job.tenant) for i, e in enumerate(encoded)
             ])
             metrics.QUEUED_INPUTS.set(self._queues.reserved)
             self._arrival.set()
@@ -259,14 +262,8 @@ class Batcher:
             metrics.QUEUE_SECONDS.observe(started - item.enqueued_at)
             if started_ns and not item.request.batch_started_ns:
                 item.request.batch_started_ns = started_ns  # a request's first batch ends its queue wait
-        loop = asyncio.get_running_loop()
         try:
-            scores = await loop.run_in_executor(self._compute_pool, self.engine.score, [i.row for i in batch])
-        except Exception as exc:
-            log.exception("forward pass failed for a batch of %d", len(batch))
-            scores = None
-            for item in batch:
-                item.request.fail(exc)
+            delivered = await self._forward(batch)
         finally:
             for item in batch:
                 self._release(item.tenant, 1)
@@ -276,27 +273,41 @@ class Batcher:
             ended_ns = tracing.now_ns()
             for item in batch:
                 item.request.batch_ended_ns = ended_ns
-        if scores is not None:
+        if delivered:
             self._throughput.record(sum(item.tokens for item in batch), seconds)
-            self._deliver(batch, scores)
+        for item, values in delivered:
+            item.request.deliver(item.index, values)
 
-    @staticmethod
-    def _deliver(batch: list[QueuedInput], scores: list[list[float]]) -> None:
-        for item, values in zip(batch, scores):
-            if item.row.encoded.offsets is not None:  # a token task's row
-                values = TokenScores(values, item.row.encoded.offsets)
-            request = item.request
-            request.results[item.index] = values
-            request.remaining -= 1
-            if request.remaining == 0 and not request.future.done():
-                request.future.set_result(request.results)
+    async def _forward(self, batch: list[QueuedInput]) -> list[tuple[QueuedInput, object]]:
+        """Each computed row with its result; rows that failed are not among them (their requests are told)."""
+        stale = [item for item in batch if item.task.stale]
+        if stale:  # loaded in an engine process that has since restarted: the new one does not have it
+            for item in stale:
+                item.request.fail(EngineUnavailable("the engine process restarted while this request was queued; retry it"))
+            batch = [item for item in batch if not item.task.stale]
+        if not batch:
+            return []
+        rows = TokenBatch.of(
+            [i.encoded for i in batch], [i.task.handle for i in batch], [i.task.facts.head for i in batch],
+            [int(i.score_function) for i in batch],
+        )
+        try:
+            scores = await asyncio.get_running_loop().run_in_executor(self._compute_pool, self.engine.score, rows)
+        except Exception as exc:
+            log.exception("forward pass failed for a batch of %d", len(batch))
+            for item in batch:
+                item.request.fail(exc)
+            return []
+        results = scores.split(rows, [i.task.facts.num_labels for i in batch])
+        return [(i, TokenScores(values, i.encoded.offsets) if i.encoded.offsets is not None else values)
+                for i, values in zip(batch, results)]
 
     @staticmethod
     def _observe(batch: list[QueuedInput], seconds: float) -> None:
         metrics.INFERENCE_SECONDS.observe(seconds)
         metrics.BATCH_SIZE.observe(len(batch))
         metrics.BATCH_TOKENS.observe(sum(item.tokens for item in batch))
-        metrics.BATCH_TASKS.observe(len({id(i.row.prefix) for i in batch}))
+        metrics.BATCH_TASKS.observe(len({i.task.handle for i in batch}))
 
 
 class _Throughput:

@@ -1,23 +1,58 @@
-"""The device-resident prefix cache: an LRU of loaded prefixes bounded in bytes, keyed by the
-artifact's sha256 (so identical artifacts of different tenants share one copy).
+"""The device-resident prefix cache: an LRU of the tasks loaded in the engine, bounded in bytes, keyed
+by the artifact's sha256 (so identical artifacts of different tenants share one copy).
 
-A request takes a reference to its LoadedTask at admission; eviction only drops the cache's
-reference, so a request in flight keeps the exact version it was routed to. Entries of an engine
-process that has since restarted are stale and load again on their next request.
+The registry's bytes go to the engine as they are; the engine parses them, once, and says what it
+holds (TaskFacts). A request takes a reference to its ResidentTask at admission; eviction only drops
+the cache's reference, and the engine frees the task when the last reference goes, so a request in
+flight keeps the exact version it was routed to. Entries of an engine process that has since
+restarted are stale and load again on their next request.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from server import metrics
-from server.artifact import read_artifact
-from server.engine.surface import EngineSurface, LoadedTask
+from server.engine.surface import EngineSurface, TaskFacts
 
 log = logging.getLogger(__name__)
+_handles = itertools.count(1)  # never reused, across engine restarts too
+
+
+@dataclass(frozen=True, eq=False)
+class ResidentTask:
+    """A task loaded in the engine: its handle there and what the engine said of it. When the last
+    reference goes (the cache evicted it and no request holds it), the engine is told to free it."""
+
+    handle: int
+    facts: TaskFacts
+    generation: int  # the engine's, when loaded
+    engine: EngineSurface = field(repr=False)
+
+    @property
+    def prefix_len(self) -> int:
+        return self.facts.prefix_len
+
+    @property
+    def nbytes(self) -> int:
+        return self.facts.nbytes
+
+    @property
+    def stale(self) -> bool:
+        return self.generation != self.engine.generation  # its engine process has restarted
+
+
+def load_task(engine: EngineSurface, data: bytes) -> ResidentTask:
+    generation, handle = engine.generation, next(_handles)
+    task = ResidentTask(handle, engine.load_task(handle, data), generation, engine)
+    weakref.finalize(task, engine.release_task, handle)
+    return task
 
 
 class PrefixCache:
@@ -25,7 +60,7 @@ class PrefixCache:
         self._engine = engine
         self._read_bytes = read_bytes
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[str, LoadedTask] = OrderedDict()
+        self._entries: OrderedDict[str, ResidentTask] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}  # one loader per sha256: concurrent misses load once
@@ -37,12 +72,12 @@ class PrefixCache:
     def __contains__(self, sha256: str) -> bool:
         return sha256 in self._entries
 
-    def peek(self, sha256: str) -> LoadedTask | None:
+    def peek(self, sha256: str) -> ResidentTask | None:
         """The loaded prefix if resident (counted as a hit), else None; never loads, never blocks long."""
         with self._lock:
             return self._lookup(sha256)
 
-    def get(self, sha256: str) -> LoadedTask:
+    def get(self, sha256: str) -> ResidentTask:
         """The loaded prefix for `sha256`, loading it from the registry on a miss. Blocking."""
         with self._lock:
             hit = self._lookup(sha256)
@@ -56,13 +91,13 @@ class PrefixCache:
                     return hit
             metrics.CACHE_MISSES.inc()
             data = self._read_bytes(sha256)
-            prefix = self._engine.load_prefix(read_artifact(data, self._engine.shape), data)  # parsed once here
+            prefix = load_task(self._engine, data)  # parsed once, by the engine
             with self._lock:
                 self._insert(sha256, prefix)
                 self._loading.pop(sha256, None)
             return prefix
 
-    def _lookup(self, sha256: str) -> LoadedTask | None:
+    def _lookup(self, sha256: str) -> ResidentTask | None:
         prefix = self._entries.get(sha256)
         if prefix is not None and prefix.stale:  # its engine process has restarted
             del self._entries[sha256]
@@ -73,7 +108,7 @@ class PrefixCache:
             metrics.CACHE_HITS.inc()
         return prefix
 
-    def _insert(self, sha256: str, prefix: LoadedTask) -> None:
+    def _insert(self, sha256: str, prefix: ResidentTask) -> None:
         self._entries[sha256] = prefix
         self._bytes += prefix.nbytes
         # The newest entry stays even when it alone exceeds the bound: the request needs it.

@@ -19,7 +19,8 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
-from server.engine import InputRefused, Row
+from server.batching.prefix_cache import ResidentTask
+from server.engine import EncodedInput, InputRefused, ScoreFunction
 
 
 class Overloaded(Exception):
@@ -51,6 +52,12 @@ class PendingRequest:
     batch_started_ns: int = 0
     batch_ended_ns: int = 0
 
+    def deliver(self, index: int, values) -> None:
+        self.results[index] = values
+        self.remaining -= 1
+        if self.remaining == 0 and not self.future.done():
+            self.future.set_result(self.results)
+
     def fail(self, error: Exception) -> None:
         if not self.future.done():
             self.future.set_exception(error)
@@ -59,9 +66,13 @@ class PendingRequest:
 
 @dataclass(eq=False, slots=True)
 class QueuedInput:
+    """One input of a request: a row of a future batch."""
+
     request: PendingRequest
-    index: int
-    row: Row
+    index: int  # its place in the request's inputs
+    encoded: EncodedInput
+    task: ResidentTask
+    score_function: ScoreFunction
     tenant: str
     enqueued_at: float = field(default_factory=time.perf_counter)
 
@@ -69,7 +80,7 @@ class QueuedInput:
     def tokens(self) -> int:
         """What the input costs a batch: its tokens plus its prefix, the keys it attends over (the
         engine packs rows, so no padding is counted)."""
-        return len(self.row.encoded) + self.row.prefix.prefix_len
+        return len(self.encoded) + self.task.prefix_len
 
 
 class InputQueues:

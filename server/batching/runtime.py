@@ -15,7 +15,7 @@ from server import metrics
 from server.artifact import BackboneShape
 from server.batching.batcher import Batcher, BatchLimits
 from server.batching.prefix_cache import PrefixCache
-from server.engine import Engine, Row, TextEncoder
+from server.engine import Engine, TextEncoder, TokenBatch
 from server.engine.backbone import DTYPES
 from server.engine.process import EngineProcess
 from server.engine.surface import EngineSurface
@@ -56,10 +56,10 @@ class Runtime:
         started = time.perf_counter()
         max_tokens = self.shape.max_tokens(0)
         encoded = self.encoder.encode(["warm up the backbone", ("a pair", "of texts")], max_tokens)
-        self.engine.pooled([Row(e, None) for e in encoded])
+        self.engine.pooled(TokenBatch.of(encoded))
         if self.engine.info().get("attention") == "triton":  # Triton compiles once per query block size
             for words in (40, 80):  # rows averaging over 24 and over 56 tokens: 32 and 64 (attention.pick_block_m)
-                self.engine.pooled([Row(e, None) for e in self.encoder.encode([" ".join(["warm"] * words)], max_tokens)])
+                self.engine.pooled(TokenBatch.of(self.encoder.encode([" ".join(["warm"] * words)], max_tokens)))
         log.info("backbone warmed up in %.0f ms", (time.perf_counter() - started) * 1000)
 
 

@@ -3,11 +3,10 @@
 Each batch row b carries its own prefix of length P_b that is prepended to the keys and values of
 every layer, and its tokens take positions offset + P_b .. offset + P_b+S-1, exactly as HF BERT
 (offset 0) and RoBERTa (offset padding_idx + 1) do when given past key/values (SPEC 1, 1b; the
-family's rules are in family.py). Batches arrive packed (server/engine/packing.py): dense layers see only
-real tokens. On the CPU (the `sdpa` path) attention runs per chunk of rows over [prefix | tokens]
-keys the batch assembles with one index copy per layer, padded slots masked, through
-`scaled_dot_product_attention`; on CUDA a RaggedBatch (attention.py) runs it with no padding, the
-Triton kernel reading each row's prefix in the pool. Nothing here depends on transformers' caches.
+family's rules are in family.py). Batches arrive packed (layout.py): dense layers see only real
+tokens, and each layer's attention is the batch's own path (chunked `scaled_dot_product_attention` on
+the CPU, chunked.py; with no padding on CUDA, the Triton kernel reading each row's prefix in the pool,
+ragged.py). Nothing here depends on transformers' caches.
 The same module serves inference (under inference_mode) and training (gradients flow into the prefix).
 """
 
@@ -19,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from server.engine.attention import RaggedBatch
+from server.engine.attention import pack_padded
 from server.engine.backbone import BackboneError, BertGeometry
-from server.engine.packing import PackedBatch, pack_padded
+from server.engine.layout import PackedBatch
 
 
 class EncoderLayer(nn.Module):
@@ -36,29 +35,11 @@ class EncoderLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(g.hidden_size, eps=g.layer_norm_eps)
         self.activation = _activation(g.hidden_act)
 
-    def forward(self, x: torch.Tensor, batch: PackedBatch | RaggedBatch, layer_index: int) -> torch.Tensor:  # x: [T, C]
+    def forward(self, x: torch.Tensor, batch: PackedBatch, layer_index: int) -> torch.Tensor:  # x: [T, C]
         qkv = self.qkv(x)  # [T, 3C]: per token [queries | keys | values], head h at h*D in each
-        if isinstance(batch, RaggedBatch):  # CUDA: no padding, prefixes read in the pool (attention.py)
-            y = batch.attend(layer_index, qkv, self.num_heads)  # [T, C]
-        else:
-            y = self.chunked_attention(qkv, batch, layer_index)  # [T, C]
+        y = batch.attention.attend(layer_index, qkv, self.num_heads)  # [T, C]: each row over [its prefix ; its tokens]
         x = self.attn_norm(x + self.attn_out(y))
         return self.ffn_norm(x + self.ffn_out(self.activation(self.ffn_in(x))))
-
-    def chunked_attention(self, qkv: torch.Tensor, batch: PackedBatch, layer_index: int) -> torch.Tensor:
-        """The sdpa path: per chunk of rows, queries and [prefix | tokens] keys padded to the chunk's longest."""
-        C = qkv.shape[1] // 3
-        H, D = self.num_heads, self.head_dim
-        queries, keys_values = batch.attention_inputs(layer_index, qkv)  # [Q, C], [K, 2C]
-        outputs = []
-        for chunk in batch.chunks:
-            n, S, Lk = chunk.rows, chunk.query_len, chunk.key_len
-            q = queries[chunk.query_start : chunk.query_end].view(n, S, H, D).transpose(1, 2)  # [n, H, S, D]
-            kv = keys_values[chunk.key_start : chunk.key_end].view(n, Lk, 2, H, D)  # [n, Lk, 2, H, D]
-            k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each [n, H, Lk, D]
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=batch.attention_mask(chunk))  # [n, H, S, D]
-            outputs.append(out.transpose(1, 2).reshape(n * S, C))  # [n * S, C]
-        return batch.unpad(outputs[0] if len(outputs) == 1 else torch.cat(outputs))  # [T, C]
 
 
 class PrefixBert(nn.Module):
@@ -91,12 +72,12 @@ class PrefixBert(nn.Module):
         """Positions P + i the packers may give (before the family's offset)."""
         return self.geometry.max_position_embeddings - self.position_offset
 
-    def forward_packed(self, batch: PackedBatch | RaggedBatch) -> torch.Tensor:
+    def forward_packed(self, batch: PackedBatch) -> torch.Tensor:
         """Returns the pooled output, tanh(W_pool h_CLS + b_pool): [B, C], rows in the caller's order
         (the first token's final state where the backbone has no pooler)."""
         return self.pool(self.hidden_states(batch)[batch.cls_index])[batch.restore_order]  # [B, C]
 
-    def hidden_states(self, batch: PackedBatch | RaggedBatch) -> torch.Tensor:
+    def hidden_states(self, batch: PackedBatch) -> torch.Tensor:
         """Every token's final hidden state, [T, C], rows in packed order (batch.cls_index: their starts)."""
         positions = batch.positions + self.position_offset if self.position_offset else batch.positions  # [T]
         x = (

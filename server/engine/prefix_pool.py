@@ -18,6 +18,7 @@ import threading
 import weakref
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -25,7 +26,7 @@ import torch
 class PoolEntry:
     """The slots of one loaded prefix. Dropping the last reference frees them."""
 
-    slots: torch.Tensor  # [P] long, on the CPU: built into each batch's gather index
+    slots: np.ndarray  # [P] int64, on the host: built into each batch's gather index
     pool: PrefixPool
 
     @property
@@ -78,15 +79,15 @@ class PrefixPool:
                 self._grow(P - len(self._free))
             taken = self._free[len(self._free) - P :][::-1]
             del self._free[len(self._free) - P :]
-            slots = torch.tensor(taken, dtype=torch.long)  # [P]
-            self._storage[:, slots.to(self.device)] = rows
+            slots = np.array(taken, dtype=np.int64)  # [P]
+            self._storage[:, torch.from_numpy(slots).to(self.device)] = rows
         entry = PoolEntry(slots, self)
         weakref.finalize(entry, self._release, taken)
         return entry
 
     def read(self, entry: PoolEntry) -> torch.Tensor:
         L, H, D = self.num_layers, self.num_heads, self.head_dim
-        rows = self._storage[:, entry.slots.to(self.device)]  # [L, P, 2C]
+        rows = self._storage[:, torch.from_numpy(entry.slots).to(self.device)]  # [L, P, 2C]
         return rows.view(L, -1, 2, H, D).permute(0, 2, 3, 1, 4).contiguous()  # [L, 2, H, P, D]
 
     def _grow(self, at_least: int) -> None:

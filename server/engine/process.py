@@ -4,13 +4,13 @@ Why: in one process, every torch op of a forward pass hands the GIL back and for
 loop, the tokenizer and the HTTP layer; measured on the 2-core CPU at the engine level, the same
 load ran 4-8% slower in one process (BENCHMARKS.md, "engine process vs in-process"). Here the forward is the only Python
 in its process. The server keeps tokenization (the batcher's TextEncoder), batching and the prefix cache;
-the child keeps the model, the prefix pool and the loaded prefixes, addressed by handle.
+the child keeps the model and the loaded tasks, addressed by the handles the server gave them.
 
 Calls block (the batcher makes them from its compute and prep threads); one reader thread routes
-replies. A prefix's handle is released when its RemotePrefix is garbage: the finalizer only queues
-the handle (it may run inside any thread), and the next message carries the queue along.
-If the child dies, every waiting call fails with EngineUnavailable (HTTP 503) and a new child is
-started with backoff; prefixes of the dead one are stale (`stale`), and the cache reloads them.
+replies. A released handle is only queued (release may run inside any thread, from a finalizer), and
+the next message carries the queue along. If the child dies, every waiting call fails with
+EngineUnavailable (HTTP 503) and a new child is started with backoff; `generation` moves on, so the
+cache knows the tasks it loaded are gone and loads them again.
 """
 
 from __future__ import annotations
@@ -25,21 +25,19 @@ import subprocess
 import sys
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
-import torch
+import numpy as np
 
-from server.artifact import BackboneShape, HeadKind, PrefixArtifact, ProblemType, artifact_to_bytes
+from server.artifact import BackboneShape, HeadKind, ProblemType
 from server.engine import wire
-from server.engine.engine import Row, split_scores
+from server.engine.batch import BatchScores, TokenBatch
+from server.engine.surface import TaskFacts
 
 log = logging.getLogger(__name__)
-_handles = itertools.count(1)  # never reused, across restarts too
 
 # Read once by the child's libraries as they load, so they go through its environment.
 CHILD_ENV_DEFAULTS = {
@@ -57,32 +55,6 @@ class EngineUnavailable(RuntimeError):
 
 class EngineStartFailed(RuntimeError):
     """The engine process could not start; the message is its reason (a bad backbone folder...)."""
-
-
-@dataclass(frozen=True, eq=False)
-class RemotePrefix:
-    """A prefix loaded in the engine process: what the batcher needs to know of it, and its handle."""
-
-    handle: int
-    generation: int
-    prefix_len: int
-    problem_type: ProblemType
-    labels: tuple[str, ...]
-    nbytes: int
-    owner: EngineProcess = field(repr=False)
-    head_kind: HeadKind = HeadKind.SEQUENCE
-
-    @property
-    def token_head(self) -> bool:
-        return self.head_kind is HeadKind.TOKEN
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.labels)
-
-    @property
-    def stale(self) -> bool:
-        return self.generation != self.owner.generation
 
 
 class EngineProcess:
@@ -132,23 +104,21 @@ class EngineProcess:
         are back), else 1."""
         return self._batches_in_flight
 
-    def load_prefix(self, artifact: PrefixArtifact, data: bytes | None = None) -> RemotePrefix:
-        """`data`: the bytes `artifact` was read from, sent as they are (else written again)."""
-        handle, generation = next(_handles), self.generation
-        reply, _ = self._call({"op": "load", "handle": handle}, data if data is not None else artifact_to_bytes(artifact))
-        prefix = RemotePrefix(handle, generation, artifact.prefix_len, artifact.problem_type, artifact.labels,
-                              reply["nbytes"], self, artifact.head)
-        weakref.finalize(prefix, self._released.append, handle)
-        return prefix
+    def load_task(self, handle: int, data: bytes) -> TaskFacts:
+        reply, _ = self._call({"op": "load", "handle": handle}, data)
+        facts = reply["facts"]
+        return TaskFacts(**{**facts, "head": HeadKind(facts["head"]), "problem_type": ProblemType(facts["problem_type"])})
 
-    def score(self, rows: list[Row]) -> list:
-        _, data = self._call({"op": "score"}, self._batch(rows))
-        scores, tokens = wire.decode_matrices(data, 2)  # [B, labels_max], [sum S, labels_max]
-        return split_scores(rows, scores.tolist(), tokens.tolist())
+    def release_task(self, handle: int) -> None:
+        self._released.append(handle)  # may run inside any thread (a finalizer): the next message carries it
 
-    def pooled(self, rows: list[Row]) -> torch.Tensor:
-        _, data = self._call({"op": "pooled"}, self._batch(rows))
-        return torch.from_numpy(wire.decode_matrix(data).copy())  # [B, C]
+    def score(self, batch: TokenBatch) -> BatchScores:
+        _, data = self._call({"op": "score"}, wire.encode_batch(batch))
+        return wire.decode_scores(data)
+
+    def pooled(self, batch: TokenBatch) -> np.ndarray:
+        _, data = self._call({"op": "pooled"}, wire.encode_batch(batch))
+        return wire.decode_matrix(data)  # [B, C]
 
     def stats(self) -> dict:
         reply, _ = self._call({"op": "stats"})
@@ -182,15 +152,6 @@ class EngineProcess:
         return self._process.pid
 
     # --- the pipe ------------------------------------------------------------------------------
-
-    def _batch(self, rows: list[Row]) -> bytes:
-        if any(row.prefix is not None and row.prefix.stale for row in rows):
-            raise EngineUnavailable("the engine process restarted while this request was queued; retry it")
-        # Bare rows (baselines) only ever ask for pooled outputs, so their score function is never read.
-        return wire.encode_batch([
-            (row.encoded, row.prefix.handle, row.resolved_score_function()) if row.prefix else (row.encoded, wire.NO_PREFIX, 0)
-            for row in rows
-        ])
 
     def _call(self, header: dict, payload: bytes | None = None, timeout_s: float | None = None) -> tuple[dict, bytes | None]:
         if not self._up.is_set():

@@ -1,37 +1,32 @@
 """The engine surface: what the serving side (batcher, prefix cache, runtime) may ask of an engine.
 
 Two implementations: `Engine` (in this process: tests, tools, `--no-engine-process`) and
-`EngineProcess` (the same calls over a pipe to a child process). Tokenizing is not part of it: the
-serving side owns its TextEncoder and asks the backbone's shape how many tokens a row may hold.
+`EngineProcess` (the same calls over a pipe to a child process). Both take a task's artifact as the
+bytes the registry stored and parse it once, themselves; both take batches as arrays (batch.py).
+Tokenizing is not part of it: the serving side owns its TextEncoder and asks the backbone's shape how
+many tokens a row may hold.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-import torch
+import numpy as np
 
-from server.artifact import BackboneShape, PrefixArtifact
+from server.artifact import BackboneShape, HeadKind, ProblemType
+from server.engine.batch import BatchScores, TokenBatch
 
 
-@runtime_checkable
-class LoadedTask(Protocol):
-    """A task version resident in an engine: the facts the batcher and the cache read."""
+@dataclass(frozen=True)
+class TaskFacts:
+    """What the engine reports of a task it loaded: what the batcher needs, and the bytes it holds."""
 
-    @property
-    def prefix_len(self) -> int: ...
-
-    @property
-    def num_labels(self) -> int: ...
-
-    @property
-    def nbytes(self) -> int: ...
-
-    @property
-    def stale(self) -> bool: ...  # its engine (process) has restarted since it was loaded
-
-    @property
-    def token_head(self) -> bool: ...  # a token-classification task (SPEC 1b): one result per token
+    prefix_len: int
+    num_labels: int
+    head: HeadKind
+    problem_type: ProblemType
+    nbytes: int
 
 
 @runtime_checkable
@@ -43,6 +38,11 @@ class EngineSurface(Protocol):
     def alive(self) -> bool: ...
 
     @property
+    def generation(self) -> int:
+        """Bumped when the engine restarts (a new process): tasks loaded before are gone from it."""
+        ...
+
+    @property
     def batches_in_flight(self) -> int:
         """How many `score` calls the batcher may have outstanding at once: 1, or 2 where the engine
         packs and launches the next batch while one runs on the device."""
@@ -50,16 +50,18 @@ class EngineSurface(Protocol):
 
     def info(self) -> dict: ...
 
-    def load_prefix(self, artifact: PrefixArtifact, data: bytes | None = None) -> LoadedTask:
-        """`data`: the bytes `artifact` was read from, so an engine elsewhere gets them as stored."""
+    def load_task(self, handle: int, data: bytes) -> TaskFacts:
+        """Parses an artifact's bytes into the engine under `handle` (the caller's, never reused)."""
         ...
 
-    def score(self, rows: list) -> list[list[float]]:
-        """Scores per row (server.engine.Row), in row order, each cut to its task's labels."""
+    def release_task(self, handle: int) -> None:
+        """Lets the engine free a task; safe from any thread (a finalizer), and cheap."""
         ...
 
-    def pooled(self, rows: list) -> torch.Tensor:
-        """The pooled output per row, [B, hidden]; rows may lack a prefix (warm-up, baselines)."""
+    def score(self, batch: TokenBatch) -> BatchScores: ...
+
+    def pooled(self, batch: TokenBatch) -> np.ndarray:
+        """The pooled output per row, [B, hidden] float32; rows may have no task (warm-up, baselines)."""
         ...
 
     def close(self) -> None: ...

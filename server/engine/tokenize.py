@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import tokenizers
 import transformers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -23,15 +24,17 @@ from server.engine.family import BERT, MODEL_TYPES, Family
 TextInput = str | tuple[str, str]  # a text, or (text, text_pair)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class EncodedInput:
-    input_ids: list[int]
-    token_type_ids: list[int]
+    """One input's tokens as arrays, what a batch concatenates (batch.py) and the engine reads as is."""
+
+    input_ids: np.ndarray  # [S] int32
+    token_type_ids: np.ndarray  # [S] int8
     truncated: bool = False
     offsets: list[tuple[int, int]] | None = None  # character spans, for token tasks only (SPEC 2b)
 
     def __len__(self) -> int:
-        return len(self.input_ids)
+        return self.input_ids.shape[0]
 
 
 class InputRefused(ValueError):
@@ -111,12 +114,14 @@ class TextEncoder:
         encode = self._backend.encode
         encodings = [encode(item, add_special_tokens=True) if isinstance(item, str) else encode(*item, add_special_tokens=True)
                      for item in items]
-        if offsets:
-            return [EncodedInput(e.ids, [0] * len(e.ids) if self.single_token_type else e.type_ids, offsets=e.offsets)
-                    for e in encodings]
-        if self.single_token_type:
-            return [EncodedInput(e.ids, [0] * len(e.ids)) for e in encodings]
-        return [EncodedInput(e.ids, e.type_ids) for e in encodings]
+        return [
+            EncodedInput(
+                np.array(e.ids, dtype=np.int32),  # [S]
+                np.zeros(len(e.ids), np.int8) if self.single_token_type else np.array(e.type_ids, dtype=np.int8),  # [S]
+                offsets=e.offsets if offsets else None,
+            )
+            for e in encodings
+        ]
 
 
 def _family_of(folder: Path) -> Family:

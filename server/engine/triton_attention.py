@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from server.engine.attention import RowIndex
+from server.engine.layout import RowIndex
 
 try:
     import triton

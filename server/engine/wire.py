@@ -1,25 +1,21 @@
 """What crosses the pipe between the server and its engine process: a JSON header, then an optional
-binary payload. Nothing is pickled: batches travel as flat integer arrays, prefixes as the
-.safetensors bytes the engine parses with the same validator uploads go through.
+binary payload. Nothing is pickled: batches travel as the flat arrays of a TokenBatch (batch.py),
+prefixes as the .safetensors bytes the engine parses with the same validator uploads go through.
 
-A batch of B rows is one payload: `lengths [B] int32 | prefix handles [B] int64 (-1: no prefix) |
-score functions [B] int8 | input ids [T] int32 | token types [T] int8`, T = sum(lengths). Scores come
-back as two float32 matrices one after the other, each with its shape: `[B, labels_max]` (each row's
-score function of its logits, padded past its labels) and `[sum S, labels_max]`, the tokens of the
-token-task rows in row order (0 rows when the batch has none); the server knows which rows those are
-and how long, so nothing else travels.
+A batch of B rows is one payload, widest arrays first so each lies aligned: `B int64 | tasks [B] int64 |
+lengths [B] int32 | ids [T] int32 | heads [B] int8 | functions [B] int8 | types [T] int8`,
+T = sum(lengths); the engine reads them as views of the payload. Scores come back as two float32
+matrices one after the other, each with its shape: `[B, labels_max]` and `[sum S, labels_max]`, the
+tokens of the token rows (BatchScores).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import numpy as np
 
-from server.engine.tokenize import EncodedInput
-
-NO_PREFIX = -1
+from server.engine.batch import BatchScores, TokenBatch
 
 
 def encode_header(header: dict) -> bytes:
@@ -30,35 +26,38 @@ def decode_header(data: bytes) -> dict:
     return json.loads(data)
 
 
-def encode_batch(rows: list[tuple[EncodedInput, int, int]]) -> bytes:
-    """Rows as (encoded input, prefix handle or NO_PREFIX, score function code)."""
-    lengths = np.fromiter((len(encoded) for encoded, _, _ in rows), dtype=np.int32, count=len(rows))  # [B]
-    handles = np.fromiter((handle for _, handle, _ in rows), dtype=np.int64, count=len(rows))  # [B]
-    functions = np.fromiter((function for _, _, function in rows), dtype=np.int8, count=len(rows))  # [B]
-    total = int(lengths.sum())
-    ids = np.fromiter(itertools.chain.from_iterable(e.input_ids for e, _, _ in rows), dtype=np.int32, count=total)  # [T]
-    types = np.fromiter(itertools.chain.from_iterable(e.token_type_ids for e, _, _ in rows), dtype=np.int8, count=total)
-    parts = (lengths, handles, functions, ids, types)
-    return np.int64(len(rows)).tobytes() + b"".join(part.tobytes() for part in parts)
+_BATCH_LAYOUT = (("tasks", np.int64), ("lengths", np.int32), ("ids", np.int32), ("heads", np.int8),
+                 ("functions", np.int8), ("types", np.int8))
 
 
-def decode_batch(data: bytes) -> list[tuple[EncodedInput, int, int]]:
+def encode_batch(batch: TokenBatch) -> bytes:
+    parts = (np.ascontiguousarray(getattr(batch, name), dtype=dtype).tobytes() for name, dtype in _BATCH_LAYOUT)
+    return np.int64(batch.rows).tobytes() + b"".join(parts)
+
+
+def decode_batch(data: bytes) -> TokenBatch:
+    """Views of `data`, no copy."""
     B = int(np.frombuffer(data, dtype=np.int64, count=1)[0])
-    offset = 8
+    tasks = np.frombuffer(data, dtype=np.int64, count=B, offset=8)  # [B]
+    offset = 8 + 8 * B
     lengths = np.frombuffer(data, dtype=np.int32, count=B, offset=offset)  # [B]
     offset += 4 * B
-    handles = np.frombuffer(data, dtype=np.int64, count=B, offset=offset).tolist()  # [B]
-    offset += 8 * B
-    functions = np.frombuffer(data, dtype=np.int8, count=B, offset=offset).tolist()  # [B]
-    offset += B
     T = int(lengths.sum())
-    ids = np.frombuffer(data, dtype=np.int32, count=T, offset=offset).tolist()  # [T]
-    types = np.frombuffer(data, dtype=np.int8, count=T, offset=offset + 4 * T).tolist()  # [T]
-    rows, start = [], 0
-    for length, handle, function in zip(lengths.tolist(), handles, functions):
-        rows.append((EncodedInput(ids[start : start + length], types[start : start + length]), handle, function))
-        start += length
-    return rows
+    ids = np.frombuffer(data, dtype=np.int32, count=T, offset=offset)  # [T]
+    offset += 4 * T
+    heads = np.frombuffer(data, dtype=np.int8, count=B, offset=offset)  # [B]
+    functions = np.frombuffer(data, dtype=np.int8, count=B, offset=offset + B)  # [B]
+    types = np.frombuffer(data, dtype=np.int8, count=T, offset=offset + 2 * B)  # [T]
+    return TokenBatch(lengths, ids, types, tasks, heads, functions)
+
+
+def encode_scores(scores: BatchScores) -> bytes:
+    return encode_matrix(scores.rows) + encode_matrix(scores.tokens)
+
+
+def decode_scores(data: bytes) -> BatchScores:
+    rows = decode_matrix(data)
+    return BatchScores(rows, decode_matrix(data, 16 + rows.nbytes))
 
 
 def encode_matrix(values: np.ndarray) -> bytes:
@@ -70,16 +69,3 @@ def encode_matrix(values: np.ndarray) -> bytes:
 def decode_matrix(data: bytes, offset: int = 0) -> np.ndarray:
     rows, cols = np.frombuffer(data, dtype=np.int64, count=2, offset=offset).tolist()
     return np.frombuffer(data, dtype=np.float32, count=rows * cols, offset=offset + 16).reshape(rows, cols)
-
-
-def encode_matrices(*matrices: np.ndarray) -> bytes:
-    return b"".join(encode_matrix(m) for m in matrices)
-
-
-def decode_matrices(data: bytes, count: int) -> list[np.ndarray]:
-    out, offset = [], 0
-    for _ in range(count):
-        matrix = decode_matrix(data, offset)
-        out.append(matrix)
-        offset += 16 + matrix.nbytes
-    return out

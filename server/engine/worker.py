@@ -17,14 +17,11 @@ import os
 import signal
 import traceback
 
-import numpy as np
 import torch
 
-from server.artifact import read_artifact
 from server.engine import wire
 from server.engine.backbone import DTYPES
-from server.engine.engine import Engine, PendingScores, Row
-from server.engine.scoring import ScoreFunction
+from server.engine.engine import Engine, PendingScores
 from server.heap import freeze_heap
 
 log = logging.getLogger("server.engine.worker")
@@ -70,7 +67,6 @@ class _Ops:
 
     def __init__(self, conn, engine: Engine, pipeline: bool):
         self.conn, self.engine, self.pipeline = conn, engine, pipeline
-        self.prefixes: dict[int, object] = {}  # handle -> LoadedPrefix
         self.in_flight: tuple[dict, PendingScores] | None = None  # (reply, PendingScores) of the launched batch
 
     def serve(self) -> None:
@@ -82,8 +78,7 @@ class _Ops:
                 payload = self.conn.recv_bytes() if header.get("payload") else None
             except (EOFError, OSError):
                 return  # the server is gone
-            for handle in header.get("release", ()):
-                self.prefixes.pop(handle, None)  # its pool slots go back once no batch holds it
+            self.engine.tasks.release(header.get("release", ()))  # pool slots go back once no batch holds them
             reply = {"id": header.get("id"), "ok": True}
             if header["op"] == "score":
                 self.launch(reply, payload)
@@ -97,7 +92,7 @@ class _Ops:
 
     def launch(self, reply: dict, payload: bytes) -> None:
         try:
-            pending = self.engine.launch(self.rows_of(payload))
+            pending = self.engine.launch(wire.decode_batch(payload))
         except Exception as exc:  # the batch's failure goes back to its caller
             log.exception("engine op score failed")
             self.send(_failed(reply, exc))
@@ -109,7 +104,7 @@ class _Ops:
     def finish(self) -> None:
         (reply, pending), self.in_flight = self.in_flight, None
         try:
-            out = wire.encode_matrices(*_host_matrices(*pending.wait()))
+            out = wire.encode_scores(pending.wait())
         except Exception as exc:  # as in launch
             log.exception("engine op score failed")
             self.send(_failed(reply, exc))
@@ -121,12 +116,11 @@ class _Ops:
         op, engine, out = header["op"], self.engine, None
         try:
             if op == "load":
-                self.prefixes[header["handle"]] = engine.load_prefix(read_artifact(payload, engine.shape))
-                reply["nbytes"] = self.prefixes[header["handle"]].nbytes
+                reply["facts"] = _facts_json(engine.load_task(header["handle"], payload))
             elif op == "pooled":
-                out = wire.encode_matrix(engine.pooled(self.rows_of(payload)).float().cpu().numpy())
+                out = wire.encode_matrix(engine.pooled(wire.decode_batch(payload)))
             elif op == "stats":
-                reply["resident_prefixes"] = len(self.prefixes)
+                reply["resident_prefixes"] = len(engine.tasks)
                 reply["pool_slots"] = [engine.prefix_pool.used_slots, engine.prefix_pool.capacity]
             elif op == "stop":
                 self.send(reply)
@@ -137,12 +131,6 @@ class _Ops:
             log.error("engine op %s failed: %s", op, traceback.format_exc())
             reply, out = _failed(reply, exc), None
         return self.send(reply, out)
-
-    def rows_of(self, payload: bytes) -> list[Row]:
-        return [
-            Row(encoded, self.prefixes[handle] if handle != wire.NO_PREFIX else None, ScoreFunction(function))
-            for encoded, handle, function in wire.decode_batch(payload)
-        ]
 
     def send(self, reply: dict, out: bytes | None = None) -> bool:
         reply["payload"] = out is not None
@@ -159,8 +147,8 @@ def _failed(reply: dict, exc: Exception) -> dict:
     return {"id": reply.get("id"), "ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
-def _host_matrices(scores, tokens) -> tuple:
-    return scores.numpy(), tokens.numpy() if tokens is not None else np.zeros((0, 1), dtype=np.float32)
+def _facts_json(facts) -> dict:
+    return {**dataclasses.asdict(facts), "head": facts.head.value, "problem_type": facts.problem_type.value}
 
 
 if __name__ == "__main__":  # python -m server.engine.worker FD CONFIG_JSON (started by EngineProcess)

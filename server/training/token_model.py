@@ -1,7 +1,7 @@
 """The token-head model being trained: P-tuning v2's BertPrefixForTokenClassification on the
 server's own `PrefixBert` layers.
 
-The backbone runs with the prefix as past keys/values exactly as for sentence tasks (packing.py
+The backbone runs with the prefix as past keys/values exactly as for sentence tasks (layout.py
 lays the batch out), but instead of the pooled `[CLS]` the final hidden state of every token goes
 through dropout and a linear head (the seed's token model: `classifier(dropout(sequence_output))`).
 The hidden states are the engine's own (`PrefixBert.hidden_states`), so the family's positions
@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from server.engine.attention import pack_padded
 from server.engine.model import PrefixBert
-from server.engine.packing import pack_padded
 from server.training.model import PrefixClassifier
 from server.training.words import IGNORE
 
@@ -24,7 +24,7 @@ def unpack_tokens(packed: torch.Tensor, token_mask: torch.Tensor, restore_order:
     """Packed per-token values `[T, K]` back to the caller's padded layout `[B, S, K]` (zeros on padding).
 
     Packed rows are the caller's rows in the order `order = argsort(restore_order)`, each row's tokens
-    contiguous (packing.py), so token t sits at row `order[r]`, column `s` of the padded input."""
+    contiguous (layout.py), so token t sits at row `order[r]`, column `s` of the padded input."""
     B, S = token_mask.shape
     order = torch.argsort(restore_order)  # [B] caller row of each packed row
     rows_cols = token_mask[order].nonzero()  # [T, 2]: (packed row, column), row-major as packed

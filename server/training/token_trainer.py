@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from server.artifact import HeadKind, PrefixArtifact, ProblemType, artifact_to_bytes, read_artifact
-from server.engine import Engine, Row
+from server.engine import Engine
 from server.training.batches import eval_batches
 from server.training.token_model import PrefixTokenClassifier, token_loss
 from server.training.trainer import (
@@ -51,7 +51,7 @@ def train_token(config: TrainConfig, engine: Engine | None = None, progress: boo
         raise ValueError(f"--prefix-len: expected 1..{engine.shape.max_prefix_len}, got {config.prefix_len}")
     train_set = load_word_dataset(config.train, config.labels)
     eval_set = load_word_dataset(config.eval, train_set.labels) if config.eval else None
-    max_tokens = min(config.max_length, engine.max_tokens(config.prefix_len))
+    max_tokens = min(config.max_length, engine.shape.max_tokens(config.prefix_len))
     encoded = EncodedWordSet.build(train_set, engine.encoder.tokenizer, max_tokens)
     model = build_token_model(engine, config, len(train_set.labels))
     steps = _total_steps(config, len(train_set))
@@ -96,13 +96,13 @@ def predict_words(
 ) -> list[list[str]]:
     """Each word's predicted label through the serving path (`Engine.score` on the serving encoding):
     the argmax at its first sub-token, `O` when the truncation cut it off."""
-    prefix = engine.load_prefix(artifact)
+    handle = engine.load(artifact)
     texts = dataset.texts()
     encoded = engine.encoder.encode(texts, max_tokens, truncate=True, offsets=True)
     predictions: list[list[str]] = [[] for _ in range(len(dataset))]
     batches = eval_batches([len(e) for e in encoded], EVAL_BATCH_SIZE)
     for indices in tqdm(batches, unit="batch", desc="eval", disable=not progress, file=sys.stderr, dynamic_ncols=True):
-        for i, token_scores in zip(indices, engine.score([Row(encoded[i], prefix) for i in indices])):
+        for i, token_scores in zip(indices, engine.score_encoded([(encoded[i], handle) for i in indices])):
             firsts = first_subtokens(encoded[i].offsets, texts[i], len(dataset.words[i]))
             best = [max(range(len(artifact.labels)), key=scores.__getitem__) for scores in token_scores]
             predictions[i] = [OUTSIDE if t is None else artifact.labels[best[t]] for t in firsts]

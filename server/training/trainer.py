@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from server.artifact import PrefixArtifact, ProblemType, artifact_to_bytes, read_artifact
-from server.engine import Engine, Row
+from server.engine import Engine
 from server.engine.backbone import DTYPES, default_backbone_dir
 from server.engine.scoring import MULTI_LABEL_THRESHOLD
 from server.training import metrics as metric_fns
@@ -74,7 +74,7 @@ def train(config: TrainConfig, engine: Engine | None = None, progress: bool = Tr
         raise ValueError(f"--prefix-len: expected 1..{engine.shape.max_prefix_len}, got {config.prefix_len}")
     train_set = load_dataset(config.train, config.labels, config.problem_type)
     eval_set = load_dataset(config.eval, train_set.labels, train_set.problem_type) if config.eval else None
-    max_tokens = min(config.max_length, engine.max_tokens(config.prefix_len))
+    max_tokens = min(config.max_length, engine.shape.max_tokens(config.prefix_len))
     encoded = EncodedSet.build(train_set, engine.encoder, max_tokens)
     model = build_model(engine, config, len(train_set.labels))
     steps = _total_steps(config, len(train_set))
@@ -114,11 +114,11 @@ def export_artifact(model: PrefixClassifier, train_set: Dataset, config: TrainCo
 
 def evaluate(engine: Engine, artifact: PrefixArtifact, dataset: Dataset) -> dict:
     """Scores `dataset` through the server's path (tokeniser, engine, heads) and computes the metrics."""
-    prefix = engine.load_prefix(artifact)
+    handle = engine.load(artifact)
     encoded = engine.encode(dataset.inputs, artifact.prefix_len, truncate=True)
     scores = np.zeros((len(encoded), artifact.num_labels))  # [N, C]
     for indices in eval_batches([len(e) for e in encoded], EVAL_BATCH_SIZE):
-        scores[indices] = engine.score([Row(encoded[i], prefix) for i in indices])
+        scores[indices] = engine.score_encoded([(encoded[i], handle) for i in indices])
     targets = dataset.targets.numpy()
     if dataset.problem_type is ProblemType.SINGLE_LABEL:
         return metric_fns.single_label_metrics(targets, scores.argmax(axis=1), dataset.labels)

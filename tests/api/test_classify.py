@@ -5,15 +5,14 @@ from __future__ import annotations
 import pytest
 
 from server.artifact import ProblemType, read_artifact
-from server.engine import Row
 from tests.api.conftest import upload
 
 
 def engine_scores(tiny_engine, data, texts):
     artifact = read_artifact(data, tiny_engine.shape)
-    prefix = tiny_engine.load_prefix(artifact)
+    handle = tiny_engine.load(artifact)
     encoded = tiny_engine.encode(texts, artifact.prefix_len)
-    return tiny_engine.score([Row(e, prefix) for e in encoded])
+    return tiny_engine.score_encoded([(e, handle) for e in encoded])
 
 
 def test_single_label_results_in_input_order(client, artifact_bytes, tiny_engine):
@@ -108,8 +107,8 @@ def test_token_task_answers_entity_spans(client, tiny_engine):
     found = answer.json()["results"][0]["entities"]
     # Independently: word tags from the first sub-token (the tokenizer's word ids), grouped by seqeval.
     enc = tiny_engine.encoder.tokenizer(text, return_offsets_mapping=True)
-    prefix = tiny_engine.load_prefix(artifact)
-    token_scores = tiny_engine.score([Row(tiny_engine.encode([text], 6)[0], prefix)])[0]
+    handle = tiny_engine.load(artifact)
+    token_scores = tiny_engine.score_encoded([(tiny_engine.encode([text], 6)[0], handle)])[0]
     words = [(m.start(), m.end()) for m in __import__("re").finditer(r"\S+", text)]
     tags, probs = [], []
     for start, end in words:

@@ -6,11 +6,13 @@ import asyncio
 import hashlib
 import threading
 
+import numpy as np
 import pytest
 
 from server.artifact import ProblemType, artifact_to_bytes
 from server.batching import Batcher, BatchLimits, ClassifyJob, DeadlineExceeded, Overloaded, PrefixCache
-from server.engine import Row
+from server.engine import TokenBatch
+from server.engine.scoring import TASK_SCORE_FUNCTION
 from tests.helpers import make_artifact
 
 TOL = 1e-5
@@ -43,10 +45,21 @@ class SpyEngine:
     def __getattr__(self, name):
         return getattr(self.engine, name)
 
-    def score(self, rows):
+    def score(self, batch: TokenBatch):
         self.gate.wait(10)
-        self.batches.append(rows)
-        return self.engine.score(rows)
+        self.batches.append(batch)
+        return self.engine.score(batch)
+
+
+def rows_ids(batch: TokenBatch) -> list[list[int]]:
+    """Each row's token ids."""
+    return [ids.tolist() for ids in np.split(batch.ids, np.cumsum(batch.lengths)[:-1])]
+
+
+def score_alone(engine, encoded, task) -> list[float]:
+    """The scores of one input of a cached task, in a batch of its own."""
+    batch = TokenBatch.of([encoded], [task.handle], [task.facts.head], [TASK_SCORE_FUNCTION[task.facts.problem_type]])
+    return engine.score(batch).split(batch, [task.facts.num_labels])[0]
 
 
 def make_batcher(engine, store, **limits):
@@ -88,7 +101,7 @@ def test_tenants_and_tasks_share_one_forward_pass_and_match_alone(tiny_engine):
     assert len(batches) == 1 and len(batches[0]) == 3, "all three requests must share one forward pass"
     for (sha, prefix_len), text, (scores,) in zip(tasks, texts, results):
         encoded = tiny_engine.encode([text], prefix_len)[0]
-        alone = tiny_engine.score([Row(encoded, cache.get(sha))])[0]
+        alone = score_alone(tiny_engine, encoded, cache.get(sha))
         assert max(abs(a - b) for a, b in zip(scores, alone)) <= TOL
 
 
@@ -107,10 +120,8 @@ def test_a_flooding_tenant_does_not_hold_back_another(tiny_engine):
         spy.gate.set()
         await asyncio.gather(single, flood)
         await batcher.stop()
-        hello = tiny_engine.encode(["hello"], 4)[0].input_ids
-        first_with_single = next(
-            i for i, rows in enumerate(spy.batches) if any(r.encoded.input_ids == hello for r in rows)
-        )
+        hello = tiny_engine.encode(["hello"], 4)[0].input_ids.tolist()
+        first_with_single = next(i for i, batch in enumerate(spy.batches) if hello in rows_ids(batch))
         return first_with_single + 1, len(spy.batches)
 
     until_single, total = run(main())
@@ -160,7 +171,7 @@ def test_expired_and_cancelled_requests_are_dropped_before_compute(tiny_engine):
         spy.gate.set()
         await blocker
         await asyncio.sleep(0.1)
-        computed = [row.encoded for rows in spy.batches for row in rows]
+        computed = [ids for batch in spy.batches for ids in rows_ids(batch)]
         assert batcher.queued_inputs == 0
         await batcher.stop()
         return computed
@@ -183,7 +194,7 @@ def test_batches_respect_size_and_token_budget(tiny_engine):
         spy.gate.set()
         await pending
         await batcher.stop()
-        return [len(rows) for rows in spy.batches]
+        return [batch.rows for batch in spy.batches]
 
     sizes = run(main())
     assert max(sizes) <= 5 and sum(sizes) == 12
@@ -205,7 +216,7 @@ def test_token_budget_counts_real_tokens_not_padding(tiny_engine):
         spy.gate.set()
         await pending
         await batcher.stop()
-        return [len(rows) for rows in spy.batches]
+        return [batch.rows for batch in spy.batches]
 
     assert run(main())[0] == 7  # 72 + 6 x 13 tokens; padded it would be 7 x 72
 
@@ -241,8 +252,8 @@ def test_per_task_baseline_puts_one_task_in_each_forward_pass(tiny_engine):
         return spy.batches
 
     batches = run(main())
-    assert sum(len(rows) for rows in batches) == 18
-    assert all(len({id(row.prefix) for row in rows}) == 1 for rows in batches)
+    assert sum(batch.rows for batch in batches) == 18
+    assert all(len(set(batch.tasks.tolist())) == 1 for batch in batches)
 
 
 class PipelinedSpy(SpyEngine):
@@ -256,12 +267,12 @@ class PipelinedSpy(SpyEngine):
         self.outstanding = self.most_outstanding = 0
         self.lock = threading.Lock()
 
-    def score(self, rows):
+    def score(self, batch):
         with self.lock:
             self.outstanding += 1
             self.most_outstanding = max(self.most_outstanding, self.outstanding)
         try:
-            return super().score(rows)
+            return super().score(batch)
         finally:
             with self.lock:
                 self.outstanding -= 1
@@ -292,7 +303,7 @@ def test_a_pipelining_engine_gets_the_next_batch_while_one_runs_and_never_a_thir
     assert spy.most_outstanding == 2 and len(spy.batches) == 6
     for i, (text, (scores,)) in enumerate(zip(texts, results)):
         sha, prefix_len = tasks[i % 2]
-        alone = tiny_engine.score([Row(tiny_engine.encode([text], prefix_len)[0], cache.get(sha))])[0]
+        alone = score_alone(tiny_engine, tiny_engine.encode([text], prefix_len)[0], cache.get(sha))
         assert max(abs(a - b) for a, b in zip(scores, alone)) <= TOL
 
 

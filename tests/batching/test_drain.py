@@ -11,7 +11,7 @@ import pytest
 
 from server.batching import Batcher, BatchLimits, ClassifyJob, PrefixCache, ShuttingDown
 from server.batching.queues import InputQueues, PendingRequest, QueuedInput
-from server.engine import InputRefused, Row
+from server.engine import InputRefused
 from tests.batching.test_batcher import Store
 
 WAIT_S = 30  # generous: events end every wait long before this
@@ -28,11 +28,11 @@ class GatedEngine:
     def __getattr__(self, name):
         return getattr(self.engine, name)
 
-    def score(self, rows):
-        self.batches.append(rows)
+    def score(self, batch):
+        self.batches.append(batch)
         self.entered.set()
         assert self.gate.wait(WAIT_S), "the test never opened the gate"
-        return self.engine.score(rows)
+        return self.engine.score(batch)
 
 
 def make(engine, store, **limits):
@@ -83,7 +83,7 @@ def test_draining_finishes_requests_whole_started_first_then_the_oldest(tiny_eng
     batches, results = asyncio.run(main())
     by_length = {len(tiny_engine.encoder.encode([text[name]], 512)[0]): name for name in names}
     assert len(by_length) == len(names)
-    order = [[by_length[len(row.encoded)] for row in batch] for batch in batches]
+    order = [[by_length[length] for length in batch.lengths.tolist()] for batch in batches]
     assert order[0] == ["a0", "b0", "a1", "b1"]  # in turn, before the drain
     # Draining: the started requests' rest first, then the oldest waiting request (b's, queued before a's).
     assert order[1:] == [["a2", "b2", "b3", "a3"], ["a4"]]
@@ -137,7 +137,7 @@ def test_a_request_larger_than_the_queue_bounds_is_invalid_not_overloaded(tiny_e
 # --- the queue's draining order and budgets, on their own ---------------------------------------
 
 
-class FakePrefix:
+class FakeTask:
     prefix_len = 0
 
 
@@ -155,7 +155,7 @@ def queue_requests(queues: InputQueues, loop, spec: list[tuple[str, list[int]]])
     for tenant, sizes in spec:
         request = PendingRequest(loop.create_future(), [None] * len(sizes), loop.time() + 600, len(sizes))
         queues.reserve(tenant, len(sizes), 10_000, 10_000)
-        queues.push(tenant, "sha", [QueuedInput(request, i, Row(FakeEncoded(n), FakePrefix()), tenant) for i, n in enumerate(sizes)])
+        queues.push(tenant, "sha", [QueuedInput(request, i, FakeEncoded(n), FakeTask(), 0, tenant) for i, n in enumerate(sizes)])
         requests.append(request)
     return requests
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from server.artifact import artifact_to_bytes
 from server.batching import PrefixCache
-from server.engine import Row
+from server.engine import TokenBatch
 from tests.helpers import make_artifact
 
 
@@ -22,7 +22,7 @@ def _cache(engine, prefix_lens, max_bytes):
 
 
 def _size(engine, prefix_len):
-    return engine.load_prefix(make_artifact(engine.shape, prefix_len, 2)).nbytes
+    return engine.task(engine.load(make_artifact(engine.shape, prefix_len, 2))).nbytes
 
 
 def test_eviction_is_by_bytes_least_recently_used_first(tiny_engine):
@@ -60,11 +60,15 @@ def test_a_request_in_flight_keeps_its_evicted_prefix(tiny_engine):
     size = _size(tiny_engine, 8)
     cache, _ = _cache(tiny_engine, [8, 8], max_bytes=size)
     held = cache.get("sha0")  # what a request takes at admission
-    row = Row(tiny_engine.encode(["the request in flight"], held.prefix_len)[0], held)
-    before = tiny_engine.score([row])
+    encoded = tiny_engine.encode(["the request in flight"], held.prefix_len)[0]
+
+    def scores(task):
+        return tiny_engine.score(TokenBatch.of([encoded], [task.handle])).rows.tolist()
+
+    before = scores(held)
     other = cache.get("sha1")  # evicts sha0 from the cache
     assert "sha0" not in cache
     # The evicted prefix's pool slots are still its own: loading another prefix did not reuse them.
-    tiny_engine.score([Row(row.encoded, other)])
-    assert tiny_engine.score([row]) == before
+    assert scores(other) != before
+    assert scores(held) == before
     assert cache.get("sha0") is not held  # a later request loads it afresh

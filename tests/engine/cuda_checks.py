@@ -11,11 +11,12 @@ import os
 import random
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import BertConfig, BertModel, DynamicCache
 
 from server.artifact import PrefixArtifact, ProblemType
-from server.engine import EncodedInput, Engine, Row, read_backbone_folder
+from server.engine import EncodedInput, Engine, read_backbone_folder
 
 KINDS = [ProblemType.SINGLE_LABEL, ProblemType.MULTI_LABEL, ProblemType.REGRESSION]
 # Scores of a half-precision engine against the float32 reference: the layers round to 8 (bfloat16)
@@ -53,7 +54,7 @@ def make_inputs(count: int, seed: int = 0, vocab: int = 1000) -> list[EncodedInp
         n = rng.choice([2, 3, 9, 16, 17, 30, 47, 64, 65, 100, 130])
         ids = [101] + [rng.randrange(200, vocab) for _ in range(n - 2)] + [102]
         split = rng.randrange(1, n) if rng.random() < 0.3 else n
-        inputs.append(EncodedInput(ids, [0] * split + [1] * (n - split)))
+        inputs.append(EncodedInput(np.array(ids, np.int32), np.array([0] * split + [1] * (n - split), np.int8)))
     return inputs
 
 
@@ -61,8 +62,8 @@ def make_inputs(count: int, seed: int = 0, vocab: int = 1000) -> list[EncodedInp
 def reference_scores(model: BertModel, task: PrefixArtifact, encoded: EncodedInput) -> list[float]:
     """The seed's BertPrefixForSequenceClassification: BertModel with the prefix in a DynamicCache."""
     device = next(model.parameters()).device
-    ids = torch.tensor([encoded.input_ids], device=device)
-    types = torch.tensor([encoded.token_type_ids], device=device)
+    ids = torch.from_numpy(encoded.input_ids).long()[None].to(device)  # [1, S]
+    types = torch.from_numpy(encoded.token_type_ids).long()[None].to(device)  # [1, S]
     kv = task.key_values.float().to(device)  # [L, 2, H, P, D]
     cache = DynamicCache()
     for layer in range(kv.shape[0]):
@@ -94,11 +95,11 @@ def check_parity(folder: Path, device: str, dtype: torch.dtype, attention: str, 
     reference = BertModel.from_pretrained(folder, attn_implementation="eager").eval().to(device)
     tasks = make_tasks(engine.shape, 10)
     inputs = make_inputs(rows)
-    loaded = [engine.load_prefix(t) for t in tasks]
-    batch = [Row(e, loaded[i % len(tasks)]) for i, e in enumerate(inputs)]
-    got = engine.score(batch)
+    handles = [engine.load(t) for t in tasks]
+    batch = [(e, handles[i % len(tasks)]) for i, e in enumerate(inputs)]
+    got = engine.score_encoded(batch)
     expected = [reference_scores(reference, tasks[i % len(tasks)], e) for i, e in enumerate(inputs)]
-    alone = [engine.score([row])[0] for row in batch]
+    alone = [engine.score_encoded([row])[0] for row in batch]
     tol = HALF_TOLERANCE[dtype]
     vs_reference, vs_alone = _max_diff(got, expected), _max_diff(got, alone)
     label_flips = sum(
@@ -122,8 +123,8 @@ def check_paths_agree(folder: Path, device: str, dtype: torch.dtype, paths: list
     scores = {}
     for path in paths:
         engine = engine_on(folder, device, dtype, path)
-        loaded = [engine.load_prefix(t) for t in tasks]
-        scores[path] = engine.score([Row(e, loaded[i % len(tasks)]) for i, e in enumerate(inputs)])
+        handles = [engine.load(t) for t in tasks]
+        scores[path] = engine.score_encoded([(e, handles[i % len(tasks)]) for i, e in enumerate(inputs)])
     diffs = {f"{a}-{b}": _max_diff(scores[a], scores[b]) for a in paths for b in paths if a < b}
     tol = HALF_TOLERANCE[dtype]
     result = {"check": "paths agree", "dtype": str(dtype).removeprefix("torch."), "max_diff": diffs, "tolerance": tol}

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from server.artifact import ArtifactError, HeadKind, ProblemType, artifact_to_bytes, read_artifact
-from server.engine import Engine, Row
+from server.engine import Engine
 from server.engine.backbone import read_backbone_folder
 from server.engine.random_backbone import write_random_roberta_backbone
-from tests.helpers import make_artifact, reference_scores
+from tests.helpers import Loaded, load_task, make_artifact, reference_scores, score_rows
 
 TOL = 1e-5
 LONG = "the quick brown fox jumps over the lazy dog " * 20
@@ -52,9 +52,9 @@ def close(got, expected) -> bool:
 
 
 def check(engine, folder, artifact, texts=TEXTS):
-    prefix = engine.load_prefix(artifact)
-    rows = [Row(engine.encode([t], artifact.prefix_len)[0], prefix) for t in texts]
-    for text, got in zip(texts, engine.score(rows)):
+    handle = engine.load(artifact)
+    rows = [(engine.encode([t], artifact.prefix_len)[0], handle) for t in texts]
+    for text, got in zip(texts, engine.score_encoded(rows)):
         assert close(got, reference_scores(folder, artifact, text)), text
 
 
@@ -104,7 +104,7 @@ def test_sentence_tasks_on_the_artifacts_own_pooler(engine_name, request):
 
 def test_a_backbone_without_pooler_refuses_a_task_without_its_own(roberta_no_pooler_engine):
     with pytest.raises(ArtifactError, match=r"expected .pooler\.weight. and .pooler\.bias."):
-        roberta_no_pooler_engine.load_prefix(make_artifact(roberta_no_pooler_engine.shape, 4, 2))
+        roberta_no_pooler_engine.load(make_artifact(roberta_no_pooler_engine.shape, 4, 2))
 
 
 def test_an_artifact_for_another_family_is_refused(roberta_engine, tiny_engine):
@@ -136,11 +136,11 @@ def test_token_tasks_match_the_reference(family, prefix_len, request):
     engine = request.getfixturevalue(f"{family}_engine")
     folder = request.getfixturevalue("tiny_backbone_dir" if family == "tiny" else "roberta_dir")
     task = make_artifact(engine.shape, prefix_len, len(IOB), seed=21, head=HeadKind.TOKEN, labels=IOB)
-    prefix = engine.load_prefix(task)
+    handle = engine.load(task)
     for text in ["George Washington went to New York.", LONG]:
-        row = Row(engine.encode([text], prefix_len)[0], prefix)
-        got = engine.score([row])[0]
-        assert len(got) == len(row.encoded) and all(len(t) == len(IOB) for t in got)
+        encoded = engine.encode([text], prefix_len)[0]
+        got = engine.score_encoded([(encoded, handle)])[0]
+        assert len(got) == len(encoded) and all(len(t) == len(IOB) for t in got)
         assert close(got, reference_scores(folder, task, text)), text
 
 
@@ -160,17 +160,17 @@ def test_mixed_batch_of_every_kind_matches_alone_and_the_reference(family, reque
     engine = request.getfixturevalue(f"{family}_engine")
     folder = request.getfixturevalue("tiny_backbone_dir" if family == "tiny" else "roberta_dir")
     tasks = _all_kinds(engine)
-    prefixes = [engine.load_prefix(t) for t in tasks]
+    handles = [engine.load(t) for t in tasks]
     rows, cases = [], []
     for i, text in enumerate(TEXTS * 2):
-        task, prefix = tasks[i % len(tasks)], prefixes[i % len(tasks)]
+        task, handle = tasks[i % len(tasks)], handles[i % len(tasks)]
         if task.head is HeadKind.TOKEN and not isinstance(text, str):
             text = text[0]  # token tasks take single texts (pairs are refused at the API)
-        rows.append(Row(engine.encode([text], task.prefix_len)[0], prefix))
+        rows.append((engine.encode([text], task.prefix_len)[0], handle))
         cases.append((task, text))
-    batched = engine.score(rows)
+    batched = engine.score_encoded(rows)
     for row, (task, text), in_batch in zip(rows, cases, batched):
-        alone = engine.score([row])[0]
+        alone = engine.score_encoded([row])[0]
         assert close(in_batch, alone), (task.head, text)
         assert close(in_batch, reference_scores(folder, task, text)), (task.head, text)
 
@@ -181,12 +181,12 @@ def test_engine_process_returns_token_scores_as_in_process(tiny_backbone_dir, ti
     process = EngineProcess(str(tiny_backbone_dir))
     try:
         tasks = _all_kinds(tiny_engine)
-        local = [tiny_engine.load_prefix(t) for t in tasks]
-        remote = [process.load_prefix(t) for t in tasks]
+        local = [load_task(tiny_engine, t) for t in tasks]
+        remote = [load_task(process, t) for t in tasks]
+        assert remote == [Loaded(r.handle, here.facts) for r, here in zip(remote, local)]  # the same facts, from its own parse
         texts = [t if isinstance(t, str) else t[0] for t in TEXTS]
-        local_rows = [Row(tiny_engine.encode([x], t.prefix_len)[0], p) for x, t, p in zip(texts, tasks, local)]
-        remote_rows = [Row(r.encoded, p) for r, p in zip(local_rows, remote)]
-        assert process.score(remote_rows) == tiny_engine.score(local_rows)
+        encoded = [tiny_engine.encode([x], t.prefix_len)[0] for x, t in zip(texts, tasks)]
+        assert score_rows(process, list(zip(encoded, remote))) == score_rows(tiny_engine, list(zip(encoded, local)))
     finally:
         process.close()
 

@@ -1,4 +1,4 @@
-"""The packed layout: chunks cover every row once, in order; every real query and key has its own
+"""The packed layout and the sdpa path's chunks: chunks cover every row once, in order; every real query and key has its own
 slot and every padded slot is masked; merging rows of different lengths into one attention call
 changes no result."""
 
@@ -6,21 +6,26 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 
-from server.engine import Engine, Row
-from server.engine.packing import pack, plan_chunks
+from server.engine import Engine
+from server.engine.attention import pack
+from server.engine.chunked import plan_chunks
 from tests.helpers import make_artifact
 
 
 def _pack(lengths, prefix_lens, merge_pairs, storage_slots=200):
     T = sum(lengths)
     storage = torch.randn(2, storage_slots, 8)  # [L, N, 2C]
-    source = torch.arange(sum(prefix_lens)) % storage_slots
+    slots, start = [], 0
+    for p in prefix_lens:
+        slots.append(np.arange(start, start + p) % storage_slots if p else None)
+        start += p
     return pack(
-        lengths, prefix_lens, torch.zeros(T, dtype=torch.long), torch.zeros(T, dtype=torch.long),
-        torch.arange(len(lengths)), storage, source, merge_pairs, max_positions=512,
+        np.array(lengths), np.array(prefix_lens), np.zeros(T, np.int32), np.zeros(T, np.int8), slots, storage, "sdpa",
+        merge_pairs, max_positions=512, device=torch.device("cpu"),
     )
 
 
@@ -47,9 +52,10 @@ def test_every_real_slot_is_distinct_valid_and_each_padding_slot_is_masked(merge
     rng = random.Random(merge_pairs)
     lengths = sorted(rng.randint(1, 30) for _ in range(40))
     prefix_lens = [rng.choice([0, 1, 4, 16, 64]) for _ in lengths]
-    batch = _pack(lengths, prefix_lens, merge_pairs)
+    packed = _pack(lengths, prefix_lens, merge_pairs)
+    batch = packed.attention  # the sdpa path's chunks and key layout
     assert sum(c.rows for c in batch.chunks) == len(lengths)
-    token_keys, prefix_keys = batch.token_key_dest, batch.prefix.dest
+    token_keys, prefix_keys = batch.token_key_dest, batch.prefix_dest
     every_key = torch.cat([token_keys, prefix_keys])
     assert every_key.unique().numel() == every_key.numel() == sum(lengths) + sum(prefix_lens)
     assert int(batch.key_valid.sum()) == every_key.numel() and bool(batch.key_valid[every_key].all())
@@ -59,7 +65,9 @@ def test_every_real_slot_is_distinct_valid_and_each_padding_slot_is_masked(merge
     for chunk in batch.chunks:  # an unmasked chunk has no padding slot
         valid = batch.key_valid[chunk.key_start : chunk.key_end]
         assert chunk.masked or bool(valid.all())
-    assert batch.positions.tolist() == [p + i for length, p in zip(lengths, prefix_lens) for i in range(length)]
+    packed_rows = [(lengths[i], prefix_lens[i]) for i in packed.order]
+    assert packed_rows == sorted(packed_rows)  # by length, then prefix length
+    assert packed.positions.tolist() == [p + i for length, p in packed_rows for i in range(length)]
 
 
 @pytest.mark.parametrize("merge_pairs", [0, 256, 1 << 20])
@@ -70,8 +78,8 @@ def test_merging_attention_calls_changes_no_result(tiny_engine, merge_pairs):
     results = []
     for e in (reference_engine, engine):
         tasks = [make_artifact(e.shape, p, 3, seed=p) for p in (1, 9, 30)]
-        prefixes = [e.load_prefix(t) for t in tasks]
-        rows = [Row(e.encode([text], tasks[i % 3].prefix_len)[0], prefixes[i % 3]) for i, text in enumerate(texts * 3)]
-        results.append(e.score(rows))
+        handles = [e.load(t) for t in tasks]
+        rows = [(e.encode([text], tasks[i % 3].prefix_len)[0], handles[i % 3]) for i, text in enumerate(texts * 3)]
+        results.append(e.score_encoded(rows))
     for a, b in zip(*results):
         assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-5

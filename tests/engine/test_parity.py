@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from server.artifact import ProblemType, artifact_to_bytes, read_artifact
-from server.engine import Row
+from server.engine import NO_TASK, TokenBatch
 from tests.helpers import make_artifact, reference_scores
 
 TOL = 1e-5
@@ -41,9 +41,9 @@ def _mixed_tasks(engine, count=10):
 def _rows(engine, tasks):
     rows, cases = [], []
     for task, text in zip(tasks, TEXTS):
-        prefix = engine.load_prefix(task)
+        handle = engine.load(task)
         encoded = engine.encode([text], task.prefix_len, truncate=True)[0]
-        rows.append(Row(encoded, prefix))
+        rows.append((encoded, handle))
         cases.append((task, text))
     return rows, cases
 
@@ -54,10 +54,10 @@ def test_mixed_batch_matches_reference_and_alone(backbone, request):
     folder = request.getfixturevalue(f"{backbone}_backbone_dir" if backbone == "tiny" else "minilm_dir")
     tasks = _mixed_tasks(engine)
     rows, cases = _rows(engine, tasks)
-    assert any(row.encoded.truncated for row in rows), "the case list must include over-long inputs"
-    batched = engine.score(rows)
+    assert any(encoded.truncated for encoded, _ in rows), "the case list must include over-long inputs"
+    batched = engine.score_encoded(rows)
     for row, (task, text), in_batch in zip(rows, cases, batched):
-        alone = engine.score([row])[0]
+        alone = engine.score_encoded([row])[0]
         reference = reference_scores(folder, task, text)
         assert len(in_batch) == task.num_labels
         assert max(abs(a - b) for a, b in zip(in_batch, alone)) <= TOL
@@ -67,8 +67,8 @@ def test_mixed_batch_matches_reference_and_alone(backbone, request):
 def test_row_order_does_not_change_results(tiny_engine):
     tasks = _mixed_tasks(tiny_engine)
     rows, _ = _rows(tiny_engine, tasks)
-    forward = tiny_engine.score(rows)
-    backward = tiny_engine.score(rows[::-1])[::-1]
+    forward = tiny_engine.score_encoded(rows)
+    backward = tiny_engine.score_encoded(rows[::-1])[::-1]
     for a, b in zip(forward, backward):
         assert max(abs(x - y) for x, y in zip(a, b)) <= TOL
 
@@ -79,8 +79,8 @@ def test_prefix_changes_the_result(tiny_engine):
     b = make_artifact(tiny_engine.shape, 8, 3, seed=2)
     b = type(b)(b.key_values, a.classifier_weight, a.classifier_bias, a.problem_type, a.labels)
     encoded = tiny_engine.encode(["a fine film"], 8)[0]
-    score_a = tiny_engine.score([Row(encoded, tiny_engine.load_prefix(a))])[0]
-    score_b = tiny_engine.score([Row(encoded, tiny_engine.load_prefix(b))])[0]
+    score_a = tiny_engine.score_encoded([(encoded, tiny_engine.load(a))])[0]
+    score_b = tiny_engine.score_encoded([(encoded, tiny_engine.load(b))])[0]
     assert max(abs(x - y) for x, y in zip(score_a, score_b)) > 1e-3
 
 
@@ -91,8 +91,8 @@ def test_half_precision_artifacts_serve_like_float32(tiny_engine, tiny_backbone_
     assert loaded.key_values.dtype == dtype
     texts = ["a fine film", ("is it good?", "yes it is")]
     encoded = tiny_engine.encode(texts, loaded.prefix_len)
-    prefix = tiny_engine.load_prefix(loaded)
-    scores = tiny_engine.score([Row(e, prefix) for e in encoded])
+    handle = tiny_engine.load(loaded)
+    scores = tiny_engine.score_encoded([(e, handle) for e in encoded])
     for text, got in zip(texts, scores):
         expected = reference_scores(tiny_backbone_dir, loaded, text)  # float32 of the same values
         assert max(abs(a - b) for a, b in zip(got, expected)) <= 1e-3
@@ -100,9 +100,8 @@ def test_half_precision_artifacts_serve_like_float32(tiny_engine, tiny_backbone_
 
 def test_bare_backbone_rows_mix_with_prefixed_rows(tiny_engine):
     """Rows without a prefix (the baseline) and with one share a batch without changing either."""
-    prefix = tiny_engine.load_prefix(make_artifact(tiny_engine.shape, 5, 2, seed=3))
-    bare = Row(tiny_engine.encode(["plain text here"], 0)[0], None)
-    prefixed = Row(tiny_engine.encode(["plain text here"], 5)[0], prefix)
-    together = tiny_engine.pooled([bare, prefixed])
-    assert torch.allclose(together[0], tiny_engine.pooled([bare])[0], atol=TOL)
-    assert torch.allclose(together[1], tiny_engine.pooled([prefixed])[0], atol=TOL)
+    handle = tiny_engine.load(make_artifact(tiny_engine.shape, 5, 2, seed=3))
+    bare, prefixed = tiny_engine.encode(["plain text here"], 0)[0], tiny_engine.encode(["plain text here"], 5)[0]
+    together = torch.from_numpy(tiny_engine.pooled(TokenBatch.of([bare, prefixed], [NO_TASK, handle])))
+    assert torch.allclose(together[0], torch.from_numpy(tiny_engine.pooled(TokenBatch.of([bare])))[0], atol=TOL)
+    assert torch.allclose(together[1], torch.from_numpy(tiny_engine.pooled(TokenBatch.of([prefixed], [handle])))[0], atol=TOL)

@@ -9,14 +9,15 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing import Pipe
 
+import numpy as np
 import pytest
 import torch
 
-from server.engine import EngineProcess, Row, wire
+from server.engine import EngineProcess, TokenBatch, wire
 from server.engine.engine import PendingScores
 from server.engine.tokenize import EncodedInput
 from server.engine.worker import _Ops
-from tests.helpers import make_artifact
+from tests.helpers import load_task, make_artifact, score_rows
 
 TEXTS = ["a fine film", ("is it good?", "yes it is"), "the plot is a mess and the actors look bored", "ok", "meh"]
 
@@ -40,19 +41,19 @@ def test_a_pipelined_engine_process_says_so_and_a_cpu_one_does_not(pipelined, ti
 
 def test_batches_in_flight_together_score_as_each_alone(pipelined, tiny_engine):
     tasks = [make_artifact(tiny_engine.shape, p, n, seed=p) for p, n in ((2, 2), (11, 4), (40, 3))]
-    remote = [pipelined.load_prefix(t) for t in tasks]
-    local = [tiny_engine.load_prefix(t) for t in tasks]
+    remote = [load_task(pipelined, t) for t in tasks]
+    local = [load_task(tiny_engine, t) for t in tasks]
     batches = [[(i + j) % len(TEXTS) for j in range(1 + i % 4)] for i in range(24)]  # text indices per batch
 
-    def rows(prefixes, batch_index, batch):
+    def rows(loaded, batch_index, batch):
         return [
-            Row(tiny_engine.encode([TEXTS[t]], tasks[(batch_index + k) % 3].prefix_len)[0], prefixes[(batch_index + k) % 3])
+            (tiny_engine.encode([TEXTS[t]], tasks[(batch_index + k) % 3].prefix_len)[0], loaded[(batch_index + k) % 3])
             for k, t in enumerate(batch)
         ]
 
-    expected = [tiny_engine.score(rows(local, i, b)) for i, b in enumerate(batches)]
+    expected = [score_rows(tiny_engine, rows(local, i, b)) for i, b in enumerate(batches)]
     with ThreadPoolExecutor(4) as pool:  # several batches outstanding at once: the pipe holds the next
-        got = list(pool.map(lambda ib: pipelined.score(rows(remote, *ib)), enumerate(batches)))
+        got = list(pool.map(lambda ib: score_rows(pipelined, rows(remote, *ib)), enumerate(batches)))
     assert got == expected  # float32 on both sides: bit for bit, each batch to its own caller
 
 
@@ -62,9 +63,13 @@ class _RecordingEngine:
     def __init__(self):
         self.events: list[str] = []
         self.shape = None
+        self.tasks = self  # the task table: nothing is loaded, releases are no-ops
 
-    def launch(self, rows):
-        label = rows[0].encoded.input_ids[0]
+    def release(self, handles):
+        pass
+
+    def launch(self, batch: TokenBatch):
+        label = int(batch.ids[0])
         if label == 99:
             raise RuntimeError("this batch cannot run")
         self.events.append(f"launch {label}")
@@ -79,8 +84,8 @@ class _RecordingEngine:
 
 
 def _score_message(call_id: int, first_token: int) -> tuple[bytes, bytes]:
-    encoded = EncodedInput([first_token, 5], [0, 0])
-    return wire.encode_header({"op": "score", "id": call_id, "payload": True}), wire.encode_batch([(encoded, wire.NO_PREFIX, 0)])
+    encoded = EncodedInput(np.array([first_token, 5], np.int32), np.zeros(2, np.int8))
+    return wire.encode_header({"op": "score", "id": call_id, "payload": True}), wire.encode_batch(TokenBatch.of([encoded]))
 
 
 def test_the_worker_launches_the_waiting_batch_before_it_collects_the_running_one():
@@ -91,19 +96,18 @@ def test_the_worker_launches_the_waiting_batch_before_it_collects_the_running_on
             ours.send_bytes(message)
     ours.send_bytes(wire.encode_header({"op": "stop", "id": 4, "payload": False}))
     ops = _Ops(theirs, engine, pipeline=True)
-    ops.rows_of = lambda payload: [Row(e, None) for e, _, _ in wire.decode_batch(payload)]
     server = threading.Thread(target=ops.serve)
     server.start()
     replies = {}
     while len(replies) < 5:
         reply = wire.decode_header(ours.recv_bytes())
-        replies[reply["id"]] = (reply, wire.decode_matrices(ours.recv_bytes(), 2) if reply["payload"] else None)
+        replies[reply["id"]] = (reply, wire.decode_scores(ours.recv_bytes()) if reply["payload"] else None)
     server.join(10)
     # Batch n is collected only after batch n+1 is on its way; a batch that fails to launch is answered
     # at once and leaves the one in flight in flight.
     assert engine.events == ["launch 7", "launch 8", "wait 7", "launch 9", "wait 8", "wait 9"]
     for call_id, token in ((0, 7), (1, 8), (3, 9)):
-        assert replies[call_id][0]["ok"] and replies[call_id][1][0].tolist() == [[float(token)] * 2]
+        assert replies[call_id][0]["ok"] and replies[call_id][1].rows.tolist() == [[float(token)] * 2]
     assert not replies[2][0]["ok"] and "cannot run" in replies[2][0]["error"]
     assert replies[4][0]["ok"]
 
@@ -112,7 +116,6 @@ def test_without_a_waiting_batch_the_running_one_is_collected_at_once():
     ours, theirs = Pipe()
     engine = _RecordingEngine()
     ops = _Ops(theirs, engine, pipeline=True)
-    ops.rows_of = lambda payload: [Row(e, None) for e, _, _ in wire.decode_batch(payload)]
     server = threading.Thread(target=ops.serve)
     server.start()
     for message in _score_message(0, 7):

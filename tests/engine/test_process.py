@@ -1,10 +1,9 @@
 """The engine process: it answers exactly as the engine in this process does, frees what the server
 lets go, and survives its own death: in-flight calls fail with EngineUnavailable, a new process
-comes up, stale prefixes are refused and reloaded by the cache."""
+comes up, the tasks loaded before are stale and the cache loads them again."""
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
 import subprocess
@@ -16,8 +15,8 @@ import pytest
 
 from server.artifact import ProblemType, artifact_to_bytes
 from server.batching import PrefixCache
-from server.engine import EngineProcess, EngineUnavailable, Row, ScoreFunction
-from tests.helpers import make_artifact, process_gone
+from server.engine import EngineProcess, EngineUnavailable, ScoreFunction, TokenBatch
+from tests.helpers import load_task, make_artifact, process_gone, score_rows
 
 TEXTS = ["a fine film", ("is it good?", "yes it is"), "the plot is a mess and the actors look bored", "ok"]
 
@@ -43,58 +42,59 @@ def _tasks(shape):
 
 def test_scores_equal_the_engine_in_this_process(engine_process, tiny_engine):
     tasks = _tasks(tiny_engine.shape)
-    remote = [engine_process.load_prefix(t) for t in tasks]
-    local = [tiny_engine.load_prefix(t) for t in tasks]
-    remote_rows = [Row(tiny_engine.encode([x], t.prefix_len)[0], p) for x, t, p in zip(TEXTS, tasks, remote)]
-    local_rows = [Row(tiny_engine.encode([x], t.prefix_len)[0], p) for x, t, p in zip(TEXTS, tasks, local)]
-    assert engine_process.score(remote_rows) == tiny_engine.score(local_rows)  # float32 on both sides: bit for bit
-    bare = [Row(row.encoded, None) for row in remote_rows]
-    assert engine_process.pooled(bare).tolist() == tiny_engine.pooled([Row(r.encoded, None) for r in local_rows]).tolist()
+    remote = [load_task(engine_process, t) for t in tasks]
+    local = [load_task(tiny_engine, t) for t in tasks]
+    encoded = [tiny_engine.encode([x], t.prefix_len)[0] for x, t in zip(TEXTS, tasks)]
+    # float32 on both sides: bit for bit
+    assert score_rows(engine_process, list(zip(encoded, remote))) == score_rows(tiny_engine, list(zip(encoded, local)))
+    bare = TokenBatch.of(encoded)
+    assert engine_process.pooled(bare).tolist() == tiny_engine.pooled(bare).tolist()
     assert engine_process.info()["fingerprint"] == tiny_engine.files.fingerprint
     assert engine_process.shape == tiny_engine.shape
-    assert [p.prefix_len for p in remote] == [1, 9, 30, 64] and remote[1].num_labels == 3
+    assert [t.facts.prefix_len for t in remote] == [1, 9, 30, 64] and remote[1].facts.num_labels == 3
+    assert [t.facts for t in remote] == [t.facts for t in local]  # nbytes included: it reports what it holds
 
 
 def test_released_prefixes_free_the_engine_side(engine_process, tiny_engine):
     before = engine_process.stats()["resident_prefixes"]
-    prefixes = [engine_process.load_prefix(make_artifact(tiny_engine.shape, 8, 2, seed=s)) for s in range(5)]
+    loaded = [load_task(engine_process, make_artifact(tiny_engine.shape, 8, 2, seed=s)) for s in range(5)]
     assert engine_process.stats()["resident_prefixes"] == before + 5
-    del prefixes
-    gc.collect()
-    assert engine_process.stats()["resident_prefixes"] == before  # the release rode on this call
+    for task in loaded:
+        engine_process.release_task(task.handle)
+    assert engine_process.stats()["resident_prefixes"] == before  # the releases rode on this call
 
 
-def test_a_failed_load_says_why(engine_process, tiny_engine, monkeypatch):
-    import server.engine.process as process_module
-
-    monkeypatch.setattr(process_module, "artifact_to_bytes", lambda artifact: b"not a safetensors file")
+def test_a_failed_load_says_why(engine_process, tiny_engine):
     with pytest.raises(RuntimeError, match="engine process: ArtifactError"):
-        engine_process.load_prefix(make_artifact(tiny_engine.shape, 4, 2))
-    monkeypatch.setattr(process_module, "artifact_to_bytes", artifact_to_bytes)
-    assert engine_process.load_prefix(make_artifact(tiny_engine.shape, 4, 2)).prefix_len == 4  # still serving
+        engine_process.load_task(7, b"not a safetensors file")
+    assert load_task(engine_process, make_artifact(tiny_engine.shape, 4, 2)).facts.prefix_len == 4  # still serving
 
 
 def test_a_killed_engine_process_is_replaced(engine_process, tiny_engine):
     artifact = make_artifact(tiny_engine.shape, 6, 2, seed=11)
     blobs = {"sha": artifact_to_bytes(artifact)}
     cache = PrefixCache(engine_process, blobs.__getitem__, max_bytes=1 << 30)
-    prefix = cache.get("sha")
-    row = Row(tiny_engine.encode(["before the crash"], 6)[0], prefix)
-    expected = engine_process.score([row])
+    task = cache.get("sha")
+    encoded = tiny_engine.encode(["before the crash"], 6)[0]
+
+    def batch(task):
+        return TokenBatch.of([encoded], [task.handle], [task.facts.head], [0])
+
+    expected = engine_process.score(batch(task)).rows.tolist()
     old_pid, generation = engine_process.pid, engine_process.generation
 
     os.kill(old_pid, signal.SIGKILL)
     _wait_until(lambda: not engine_process.alive or engine_process.generation != generation)
-    with pytest.raises(EngineUnavailable):
-        engine_process.score([row])  # down, or up again with this prefix stale
+    with pytest.raises((EngineUnavailable, RuntimeError)):
+        engine_process.score(batch(task))  # down, or up again without this task
     _wait_until(lambda: engine_process.alive)
     assert engine_process.pid != old_pid and engine_process.restarts >= 1
-    assert prefix.stale
-    with pytest.raises(EngineUnavailable, match="restarted"):
-        engine_process.score([row])
+    assert task.stale  # the batcher refuses its rows with EngineUnavailable (tests/batching)
+    with pytest.raises(RuntimeError, match=f"task handle {task.handle} is not loaded"):
+        engine_process.score(batch(task))
     reloaded = cache.get("sha")
-    assert reloaded is not prefix and not reloaded.stale
-    assert engine_process.score([Row(row.encoded, reloaded)]) == expected
+    assert reloaded is not task and not reloaded.stale
+    assert engine_process.score(batch(reloaded)).rows.tolist() == expected
 
 
 _SERVER = """
@@ -134,18 +134,19 @@ def test_a_backbone_the_engine_cannot_load_fails_start_up_with_its_reason(tmp_pa
     for name in os.listdir(tiny_backbone_dir):
         if not name.endswith(".safetensors"):
             (folder / name).write_bytes((tiny_backbone_dir / name).read_bytes())
-    with pytest.raises(RuntimeError, match="the engine process failed to start: BackboneError"):
+    with pytest.raises(RuntimeError, match=r"the engine process failed to start on .*broken: BackboneError"):
         EngineProcess(str(folder))
 
 
 def test_score_functions_cross_the_pipe(engine_process, tiny_engine):
     tasks = _tasks(tiny_engine.shape)
-    remote = [engine_process.load_prefix(t) for t in tasks]
-    local = [tiny_engine.load_prefix(t) for t in tasks]
+    remote = [load_task(engine_process, t) for t in tasks]
+    local = [load_task(tiny_engine, t) for t in tasks]
     functions = [ScoreFunction.NONE, None, ScoreFunction.SOFTMAX, ScoreFunction.SIGMOID]
-    remote_rows = [Row(tiny_engine.encode([x], t.prefix_len)[0], p, f) for x, t, p, f in zip(TEXTS, tasks, remote, functions)]
-    local_rows = [Row(tiny_engine.encode([x], t.prefix_len)[0], p, f) for x, t, p, f in zip(TEXTS, tasks, local, functions)]
-    assert engine_process.score(remote_rows) == tiny_engine.score(local_rows)
+    encoded = [tiny_engine.encode([x], t.prefix_len)[0] for x, t in zip(TEXTS, tasks)]
+    got = score_rows(engine_process, list(zip(encoded, remote)), functions)
+    assert got == score_rows(tiny_engine, list(zip(encoded, local)), functions)
+    assert got != score_rows(tiny_engine, list(zip(encoded, local)))  # the functions made a difference
 
 
 def test_the_child_gets_the_engine_environment_defaults_and_the_server_can_override_them(engine_process, tiny_backbone_dir, monkeypatch):

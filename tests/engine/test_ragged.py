@@ -3,11 +3,13 @@ reference standing in for torch's CUDA-only varlen_attn), the one-copy index, an
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.attention.varlen as varlen_module
 
-from server.engine.attention import HostIndex, pack_ragged
-from server.engine.head_pool import HeadPool, apply_heads, head_index
+from server.engine.attention import pack
+from server.engine.heads import HeadPool, apply_heads, head_index
+from server.engine.layout import HostIndex
 
 
 def _reference_varlen(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k):
@@ -28,13 +30,15 @@ def test_varlen_layout_puts_each_rows_prefix_before_its_tokens(monkeypatch):
     C = H * D
     lengths, prefix_lens = [2, 5, 9], [3, 0, 7]
     storage = torch.randn(L, 50, 2 * C, generator=gen)  # [L, N, 2C]
-    slots = torch.randperm(50, generator=gen)[: sum(prefix_lens)]
+    slots = torch.randperm(50, generator=gen)[: sum(prefix_lens)].numpy()
+    row_slots = [slots[0:3], None, slots[3:10]]
     T = sum(lengths)
-    batch, _ = pack_ragged(lengths, prefix_lens, list(range(T)), [0] * T, [2, 0, 1], storage, slots, "varlen", 512,
-                           torch.device("cpu"))
+    batch = pack(np.array(lengths), np.array(prefix_lens), np.arange(T), np.zeros(T), row_slots, storage, "varlen", 0, 512,
+                 torch.device("cpu"))
+    assert batch.order.tolist() == [0, 1, 2]  # already in packed order: by length
     assert batch.positions.tolist() == [3, 4, 0, 1, 2, 3, 4] + list(range(7, 16))
     qkv = torch.randn(T, 3 * C, generator=gen)  # [T, 3C]
-    got = batch.attend(1, qkv, H)  # [T, C]
+    got = batch.attention.attend(1, qkv, H)  # [T, C]
     start, p_start = 0, 0
     for S, P in zip(lengths, prefix_lens):
         q = qkv[start : start + S, :C].view(S, H, D)  # [S, H, D]

@@ -13,13 +13,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
-from server.engine import Engine, Row
-from server.engine.attention import RowIndex, pick_block_m, query_blocks, resolve_attention
+from server.engine import NO_TASK, Engine, TokenBatch
+from server.engine.attention import resolve_attention
+from server.engine.layout import RowIndex
+from server.engine.ragged import pick_block_m, query_blocks
 from tests.engine.test_parity import _mixed_tasks, _rows
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -149,21 +152,20 @@ def test_engine_triton_path_matches_sdpa(tiny_engine):
     tasks = _mixed_tasks(tiny_engine)
     rows, _ = _rows(tiny_engine, tasks)
     ragged_rows, _ = _rows(triton_engine, tasks)
-    ragged_rows.append(Row(ragged_rows[0].encoded, None))  # a bare row in a prefixed batch
-    expected = tiny_engine.score(rows)
-    got = triton_engine.score(ragged_rows[:-1])
+    expected = tiny_engine.score_encoded(rows)
+    got = triton_engine.score_encoded(ragged_rows)
     for a, b in zip(expected, got):
         assert len(a) == len(b) and max(abs(x - y) for x, y in zip(a, b)) <= 1e-5
-    pooled = triton_engine.pooled(ragged_rows)
-    assert torch.allclose(pooled[-1], tiny_engine.pooled([Row(rows[0].encoded, None)])[0], atol=1e-5)
-    assert torch.allclose(pooled[:-1], tiny_engine.pooled(rows), atol=1e-5)
+    bare = [encoded for encoded, _ in ragged_rows[:1]]  # a bare row in a prefixed batch
+    pooled = triton_engine.pooled(TokenBatch.of([e for e, _ in ragged_rows] + bare, [h for _, h in ragged_rows] + [NO_TASK]))
+    assert np.allclose(pooled[-1], tiny_engine.pooled(TokenBatch.of(bare))[0], atol=1e-5)
+    assert np.allclose(pooled[:-1], tiny_engine.pooled(TokenBatch.of([e for e, _ in rows], [h for _, h in rows])), atol=1e-5)
 
 
 @interpreted
 def test_engine_ragged_path_runs_every_task_kind_as_sdpa(tmp_path):
     """The head-pool / ragged path (CUDA's) on mixed batches of sentence, own-pooler and token tasks,
     both families: equal to the sdpa path."""
-    from server.engine import Engine, Row
     from server.engine.random_backbone import write_random_backbone, write_random_roberta_backbone
     from tests.engine.test_families import TEXTS, _all_kinds
 
@@ -172,9 +174,9 @@ def test_engine_ragged_path_runs_every_task_kind_as_sdpa(tmp_path):
         scores = []
         for engine in (Engine.from_folder(folder), Engine.from_folder(folder, attention="triton")):
             tasks = _all_kinds(engine)
-            loaded = [engine.load_prefix(t) for t in tasks]
+            handles = [engine.load(t) for t in tasks]
             texts = [t if isinstance(t, str) else t[0] for t in TEXTS]
-            scores.append(engine.score([Row(engine.encode([x], t.prefix_len)[0], p) for x, t, p in zip(texts, tasks, loaded)]))
+            scores.append(engine.score_encoded([(engine.encode([x], t.prefix_len)[0], h) for x, t, h in zip(texts, tasks, handles)]))
         for sdpa_row, triton_row in zip(*scores):
             got, expected = torch.tensor(triton_row), torch.tensor(sdpa_row)
             assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5, rtol=0)

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from server.artifact import ArtifactError, ProblemType
-from server.engine import Row
 from server.importers import CheckpointError, convert_peft_files, import_checkpoint
 from tests.helpers import reference_scores
 from tests.importers.builders import (
@@ -31,9 +30,9 @@ def _source(shape, P=6, num_labels=3, projection=False):
 
 
 def assert_serves_like_reference(engine, folder, artifact, reference):
-    prefix = engine.load_prefix(artifact)
+    handle = engine.load(artifact)
     encoded = engine.encode(TEXTS, artifact.prefix_len)
-    for text, got in zip(TEXTS, engine.score([Row(e, prefix) for e in encoded])):
+    for text, got in zip(TEXTS, engine.score_encoded([(e, handle) for e in encoded])):
         expected = reference_scores(folder, reference, text)
         assert max(abs(a - b) for a, b in zip(got, expected)) <= 1e-5
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from server.artifact import ProblemType, artifact_to_bytes, read_artifact, read_artifact_file, write_artifact
-from server.engine import Row
 from server.training import TrainConfig, train
 from server.training.prefix_encoder import PrefixEncoder, flat_to_key_values
 from tests.training.tiny_data import multi_label_rows, regression_rows, single_label_rows, write_rows
@@ -48,7 +47,8 @@ def test_trained_artifact_serves_like_the_training_model(tiny_engine, tmp_path, 
     result = train(config, tiny_engine, progress=False)
     artifact = read_artifact(artifact_to_bytes(result.artifact), tiny_engine.shape)
     encoded = tiny_engine.encode(TEXTS, artifact.prefix_len)
-    served = tiny_engine.score([Row(e, tiny_engine.load_prefix(artifact)) for e in encoded])
+    handle = tiny_engine.load(artifact)
+    served = tiny_engine.score_encoded([(e, handle) for e in encoded])
     result.model.eval()
     for row, expected in zip(encoded, served):
         ids = torch.tensor([row.input_ids])
@@ -77,7 +77,8 @@ def test_problem_types_end_to_end(tiny_engine, tmp_path, rows, problem_type, lab
     assert meta["train_rows"] == "32" and meta["steps"] == "6" and meta["train_data"] == "train.jsonl"
     assert meta["prefix_projection"] == "false" and metric in meta and "trained_at" in meta
     encoded = tiny_engine.encode(["great film", ("dull", "plot")], artifact.prefix_len)
-    scores = tiny_engine.score([Row(e, tiny_engine.load_prefix(artifact)) for e in encoded])
+    handle = tiny_engine.load(artifact)
+    scores = tiny_engine.score_encoded([(e, handle) for e in encoded])
     assert all(len(s) == len(labels) for s in scores)
     if problem_type is ProblemType.SINGLE_LABEL:
         assert sum(scores[0]) == pytest.approx(1.0, abs=1e-5)

@@ -23,21 +23,24 @@ def _one_stream(batches: int, threads: int) -> None:
     import torch
 
     from server.bench.workload import build_tasks, load_text_pools, make_tasks
-    from server.engine.engine import Engine, Row
+    from server.engine import Engine, TokenBatch
     from server.settings import Settings
 
     torch.set_num_threads(threads)
     engine = Engine.from_folder(Settings().backbone, "cpu", torch.float32, None)
     texts = [t for pool in load_text_pools().sources.values() for t in pool]
     encoded = engine.encode(texts[:2000], 64)
-    loaded = [engine.load_prefix(t.artifact) for t in build_tasks(engine.shape, make_tasks(8, seed=0))]
+    loaded = [engine.load(t.artifact) for t in build_tasks(engine.shape, make_tasks(8, seed=0))]
     rng = random.Random(0)
-    stream = [[Row(rng.choice(encoded), rng.choice(loaded)) for _ in range(rng.randint(1, 64))] for _ in range(batches)]
-    for rows in stream[:20]:
-        engine.score_matrices(rows)
+    stream = []
+    for _ in range(batches):
+        rows = rng.randint(1, 64)
+        stream.append(TokenBatch.of([rng.choice(encoded) for _ in range(rows)], [rng.choice(loaded) for _ in range(rows)]))
+    for batch in stream[:20]:
+        engine.score(batch)
     started = time.perf_counter()
-    for rows in stream:
-        engine.score_matrices(rows)
+    for batch in stream:
+        engine.score(batch)
     seconds = time.perf_counter() - started
     with open("/proc/self/statm") as statm:
         rss_mib = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20

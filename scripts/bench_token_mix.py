@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from server.artifact import HeadKind, PrefixArtifact, ProblemType
-from server.engine import Engine, Row
+from server.engine import Engine
 from server.engine.backbone import default_backbone_dir
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "conll03.dev.jsonl"
@@ -52,13 +52,13 @@ def main() -> None:
     configs = args.configs.split(",")
     batches = {}
     for name in configs:
-        prefixes = [engine.load_prefix(task(engine.shape, i, token=(name == "mixed" and i % 2 == 1))) for i in range(64)]
+        handles = [engine.load(task(engine.shape, i, token=(name == "mixed" and i % 2 == 1))) for i in range(64)]
         batches[name] = [
-            [Row(engine.encode([text], prefixes[i].prefix_len)[0], prefixes[i]) for i, text in enumerate(texts[b * 64 : (b + 1) * 64])]
+            [(engine.encode([text], engine.task(handles[i]).prefix_len)[0], handles[i]) for i, text in enumerate(texts[b * 64 : (b + 1) * 64])]
             for b in range(args.batches)
         ]
     for rows in batches[configs[0]][:2]:
-        engine.score(rows)  # warm-up
+        engine.score_encoded(rows)  # warm-up
     per_round = {name: [] for name in configs}
     for round_index in range(args.rounds):
         # Paired at batch granularity: batch b of each configuration runs back to back, the order
@@ -67,7 +67,7 @@ def main() -> None:
         for b in range(args.batches):
             for name in configs if (round_index + b) % 2 == 0 else list(reversed(configs)):
                 started = time.perf_counter()
-                engine.score(batches[name][b])
+                engine.score_encoded(batches[name][b])
                 seconds[name] += time.perf_counter() - started
         for name in configs:
             per_round[name].append(64 * args.batches / seconds[name])

@@ -1,13 +1,21 @@
 """Logging set-up for `serve`: the root handler, text or JSON lines (`log_format`), each record stamped
-with the request id of the request it belongs to ("-" outside one)."""
+with the request id of the request it belongs to ("-" outside one; the API's middleware sets it)."""
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import time
 
 _TEXT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -27,8 +35,6 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str, log_format: str = "text") -> None:
-    from server.api.middleware import RequestIdFilter  # here: the engine process imports this module too
-
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(_TEXT))
     handler.addFilter(RequestIdFilter())

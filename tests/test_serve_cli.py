@@ -91,8 +91,7 @@ def test_secrets_from_files(tmp_path, monkeypatch):
 
 
 def test_json_log_lines_parse_and_carry_the_request_id(capsys):
-    from server.api.middleware import request_id_var
-    from server.logs import configure_logging
+    from server.logs import configure_logging, request_id_var
 
     root = logging.getLogger()
     saved = root.handlers[:], root.level

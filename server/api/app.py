@@ -97,7 +97,7 @@ async def _bring_up(services: Services) -> None:
         runtime = await run_in_threadpool(
             build_runtime, s.backbone, s.device, s.dtype, limits, s.prefix_cache_bytes,
             lambda sha256: services.registry.read_artifact_bytes(sha256), s.engine_process, s.torch_threads,
-            attention=s.attention,
+            attention=s.attention, log_json=s.log_format == "json",
         )
         backbone = runtime.info()
         metrics.BUILD_INFO.info({"version": __version__, "backbone": str(backbone["name"]), "fingerprint": str(backbone["fingerprint"])})

@@ -3,24 +3,17 @@ size limits enforced before a body is read whole (Content-Length first, then whi
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import re
 import time
 import uuid
 
 from server.api.errors import PayloadTooLarge
+from server.logs import request_id_var
 
 log = logging.getLogger("server.access")
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _UPLOAD_PATH = re.compile(r"^/v1/tasks/[^/]+$")
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-
-
-class RequestIdFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get()
-        return True
 
 
 class RequestIdMiddleware:

@@ -299,7 +299,7 @@ class Batcher:
                 item.request.fail(exc)
             return []
         results = scores.split(rows, [i.task.facts.num_labels for i in batch])
-        return [(i, TokenScores(values, i.encoded.offsets) if i.encoded.offsets is not None else values)
+        return [(i, TokenScores(values, i.encoded.offsets) if i.task.facts.head is HeadKind.TOKEN else values)
                 for i, values in zip(batch, results)]
 
     @staticmethod

@@ -73,12 +73,13 @@ def build_runtime(
     engine_process: bool = True,
     torch_threads: int = 0,
     attention: str = "auto",
+    log_json: bool = False,
 ) -> Runtime:
     """`attention`: auto | triton | varlen | sdpa (attention.py); auto is sdpa on the CPU."""
     started = time.perf_counter()
     if engine_process:
         engine = EngineProcess(backbone_dir, device, dtype, torch_threads=torch_threads, attention=attention,
-                               on_restart=metrics.ENGINE_RESTARTS.inc)
+                               on_restart=metrics.ENGINE_RESTARTS.inc, log_json=log_json)
     else:
         if torch_threads:
             torch.set_num_threads(torch_threads)

@@ -30,13 +30,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 
+import numpy as np
 import torch
 
 from server.batching import Batcher, BatchLimits, ClassifyJob, PrefixCache
 from server.bench.seed_model import SeedModel
 from server.bench.stats import ForwardRecorder, RecordingEngine, SteadyWindow, latency_summary, proc_memory
 from server.bench.workload import BenchRequest, BuiltTask, TextPools, build_tasks, flat_inputs, generate_requests, make_tasks
-from server.engine import Engine, EngineProcess, Row, TextEncoder
+from server.engine import NO_TASK, Engine, EngineProcess, TextEncoder, TokenBatch
 from server.heap import freeze_heap
 
 MODES = ("limit", "seed", "per-task", "prefix-server", "in-process", "replay", "replay-bare")
@@ -100,7 +101,7 @@ class _Setup:
     requests: list[BenchRequest]
     caches: dict[str, PrefixCache]
     concurrency: int
-    served_batches: list[list[Row]] = field(default_factory=list)  # what prefix-server formed this round
+    served_batches: list[TokenBatch] = field(default_factory=list)  # what prefix-server formed this round
 
 
 def run_engine_bench(config: EngineBenchConfig, pools: TextPools, progress=print) -> dict:
@@ -187,16 +188,21 @@ def run_replay(setup: _Setup, mode: str) -> Measured:
     if not setup.served_batches:
         raise ValueError(f"mode {mode!r} replays prefix-server's batches: run it with mode 'prefix-server'")
     spy = setup.spies["process"]
-    batches = setup.served_batches if mode == "replay" else [[Row(r.encoded, None) for r in b] for b in setup.served_batches]
+    batches = setup.served_batches if mode == "replay" else [_bare(b) for b in setup.served_batches]
     run = spy.inner.score if mode == "replay" else spy.inner.pooled
     recorder = ForwardRecorder(spy.recorder.merge_pairs)
     run(batches[0])  # warm
     started = time.perf_counter()
-    for rows in batches:
+    for batch in batches:
         forward_started = time.perf_counter()
-        run(rows)
-        recorder.record(rows, time.perf_counter() - forward_started)
+        run(batch)
+        recorder.record(batch, spy.prefix_lens(batch), time.perf_counter() - forward_started)
     return Measured(0, sum(map(len, batches)), time.perf_counter() - started, [], recorder)
+
+
+def _bare(batch: TokenBatch) -> TokenBatch:
+    """The same rows with no task: the backbone alone."""
+    return replace(batch, tasks=np.full(batch.rows, NO_TASK, np.int64), heads=np.zeros(batch.rows, np.int8))
 
 
 def summarize(num_tasks: int, ipr: int, mode: str, m: Measured, concurrency: int) -> dict:
@@ -291,15 +297,15 @@ def run_limit(engine: Engine | EngineProcess, encoder: TextEncoder, requests: li
     max_tokens = engine.shape.max_tokens(0)
     warm = encoder.encode(inputs[: 2 * limits.max_batch_size], max_tokens)
     for batch in limit_batches([len(e) for e in warm], limits):
-        engine.pooled([Row(warm[i], None) for i in batch])
+        engine.pooled(TokenBatch.of([warm[i] for i in batch]))
     recorder = ForwardRecorder()
     started = time.perf_counter()
     encoded = encoder.encode(inputs, max_tokens)
     for batch in limit_batches([len(e) for e in encoded], limits):
-        rows = [Row(encoded[i], None) for i in batch]
+        rows = TokenBatch.of([encoded[i] for i in batch])
         forward_started = time.perf_counter()
         engine.pooled(rows)
-        recorder.record(rows, time.perf_counter() - forward_started)
+        recorder.record(rows, [0] * rows.rows, time.perf_counter() - forward_started)
     return Measured(len(requests), len(inputs), time.perf_counter() - started, [], recorder)
 
 

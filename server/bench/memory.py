@@ -153,17 +153,17 @@ def _probe(spec: dict) -> dict:
 
 def _probe_prefixes(backbone: str, files: list[str]) -> dict:
     from server.batching import PrefixCache
-    from server.engine import Engine, Row
+    from server.engine import Engine, TokenBatch
 
     engine = Engine.from_folder(backbone)
     encoded = engine.encode(WARM_TEXTS, 64)
-    engine.pooled([Row(e, None) for e in encoded])
+    engine.pooled(TokenBatch.of(encoded))
     backbone_rss = proc_memory()["rss_mb"]
     by_sha = {str(i): Path(path) for i, path in enumerate(files)}
     cache = PrefixCache(engine, lambda sha: by_sha[sha].read_bytes(), max_bytes=1 << 40)
     prefixes = [cache.get(sha) for sha in by_sha]
     resident = proc_memory()
-    engine.score([Row(e, prefixes[i % len(prefixes)]) for i, e in enumerate(encoded)])
+    engine.score(TokenBatch.of(encoded, [prefixes[i % len(prefixes)].handle for i in range(len(encoded))]))
     serving = proc_memory()
     return {
         "rss_backbone_mb": backbone_rss,

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from server.artifact import read_artifact_file
-from server.engine import Engine, Row
+from server.engine import Engine
 from server.engine.backbone import read_backbone_folder
 from server.engine.tokenize import TextEncoder
 from server.training.data import load_dataset
@@ -74,13 +74,14 @@ def _load_tasks(config: PrecisionBenchConfig, shape) -> dict:
     return tasks
 
 
-def _batches(engine: Engine, tasks: dict, batch_size: int) -> list[list[tuple[str, int, Row]]]:
-    """All tasks' rows interleaved (every batch mixes the three tasks), cut into batches."""
+def _batches(engine: Engine, tasks: dict, batch_size: int) -> list[list[tuple[str, int, tuple]]]:
+    """All tasks' rows, (encoded input, task handle), interleaved (every batch mixes the three tasks),
+    cut into batches."""
     per_task = []
     for name, (artifact, dataset) in tasks.items():
-        prefix = engine.load_prefix(artifact)
+        handle = engine.load(artifact)
         encoded = engine.encode(dataset.inputs, artifact.prefix_len)
-        per_task.append([(name, i, Row(e, prefix)) for i, e in enumerate(encoded)])
+        per_task.append([(name, i, (e, handle)) for i, e in enumerate(encoded)])
     # Round-robin over the tasks while each has rows left.
     mixed = [item for group in itertools.zip_longest(*per_task) for item in group if item is not None]
     return [mixed[i : i + batch_size] for i in range(0, len(mixed), batch_size)]
@@ -89,7 +90,7 @@ def _batches(engine: Engine, tasks: dict, batch_size: int) -> list[list[tuple[st
 def _score(engine: Engine, batches) -> dict[str, np.ndarray]:
     out: dict[str, dict[int, list[float]]] = {}
     for batch in batches:
-        for (name, index, _), values in zip(batch, engine.score([row for _, _, row in batch])):
+        for (name, index, _), values in zip(batch, engine.score_encoded([row for _, _, row in batch])):
             out.setdefault(name, {})[index] = values
     return {name: np.array([by_index[i] for i in range(len(by_index))]) for name, by_index in out.items()}
 
@@ -98,12 +99,12 @@ def _throughput(engines: dict[str, Engine], batches: dict, repeats: int) -> dict
     rounds: dict[str, list[float]] = {name: [] for name in engines}
     inputs = sum(len(b) for b in next(iter(batches.values())))
     for name, engine in engines.items():  # warm-up
-        engine.score([row for _, _, row in batches[name][0]])
+        engine.score_encoded([row for _, _, row in batches[name][0]])
     for repeat in range(repeats):
         for name in (list(engines) if repeat % 2 == 0 else list(engines)[::-1]):
             started = time.perf_counter()
             for batch in batches[name]:
-                engines[name].score([row for _, _, row in batch])
+                engines[name].score_encoded([row for _, _, row in batch])
             rounds[name].append(inputs / (time.perf_counter() - started))
     base = rounds["float32"]
     return {name: {"inputs_per_s": round(statistics.median(r), 1),

@@ -7,7 +7,7 @@ Padding is counted per forward pass, for the batch as the batcher formed it:
 - `key_padding_fraction`: the same over keys, prefixes included,
   1 - sum(P_i + S_i) / (B * (max P_i + max S_i));
 - `packed_key_padding_fraction`: the query-key pairs the packed engine's attention computes that
-  are padding, from the engine's own chunk plan (server/engine/packing.plan_chunks) for the batch.
+  are padding, from the engine's own chunk plan (server/engine/chunked.plan_chunks) for the batch.
   Its dense layers run on real tokens only.
 """
 
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from server.engine import Row
-from server.engine.packing import plan_chunks
+from server.engine import TokenBatch
+from server.engine.chunked import plan_chunks
 
 # The server's prometheus buckets (server/metrics.py), so engine and HTTP levels report alike.
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -60,19 +60,19 @@ class ForwardRecorder:
         self.distinct_prefixes: list[int] = []
         self.seconds: list[float] = []
 
-    def record(self, rows: list[Row], seconds: float) -> None:
-        tokens = [len(row.encoded) for row in rows]
-        prefixes = [row.prefix.prefix_len if row.prefix is not None else 0 for row in rows]
-        self.sizes.append(len(rows))
-        self.query_slots += len(rows) * max(tokens)
+    def record(self, batch: TokenBatch, prefixes: list[int], seconds: float) -> None:
+        """`prefixes`: each row's prefix length (0 without a task)."""
+        tokens = batch.lengths.tolist()
+        self.sizes.append(len(tokens))
+        self.query_slots += len(tokens) * max(tokens)
         self.query_real += sum(tokens)
-        self.key_slots += len(rows) * (max(tokens) + max(prefixes))
+        self.key_slots += len(tokens) * (max(tokens) + max(prefixes))
         self.key_real += sum(tokens) + sum(prefixes)
         ordered = sorted(zip(tokens, prefixes))  # the engine's packed order
         chunks = plan_chunks([t for t, _ in ordered], [p for _, p in ordered], self.merge_pairs)
         self.pairs_packed += sum(c.rows * c.query_len * c.key_len for c in chunks)
         self.pairs_real += sum(t * (t + p) for t, p in ordered)
-        self.distinct_prefixes.append(len({id(row.prefix) for row in rows}))
+        self.distinct_prefixes.append(len(set(batch.tasks.tolist())))
         self.seconds.append(seconds)
 
     def extend(self, other: ForwardRecorder) -> None:
@@ -118,12 +118,17 @@ def batch_size_summary(sizes: list[int]) -> dict:
 
 class RecordingEngine:
     """Stands in for the engine in front of a Batcher and a PrefixCache: records every `score` call
-    and passes everything else through to the real engine."""
+    (and each loaded task's prefix length, to count the batch's keys) and passes everything else
+    through to the real engine."""
 
     def __init__(self, engine, recorder: ForwardRecorder):
         self._engine, self.recorder = engine, recorder
         recorder.merge_pairs = engine.merge_pairs
-        self.batches: list[list[Row]] | None = None  # a list: every scored batch is kept there too (for replays)
+        self.batches: list[TokenBatch] | None = None  # a list: every scored batch is kept there too (for replays)
+        self._prefix_lens: dict[int, int] = {}
+
+    def prefix_lens(self, batch: TokenBatch) -> list[int]:
+        return [self._prefix_lens.get(handle, 0) for handle in batch.tasks.tolist()]
 
     def __getattr__(self, name):
         return getattr(self._engine, name)
@@ -133,12 +138,17 @@ class RecordingEngine:
         """The engine itself, for calls that must not be recorded."""
         return self._engine
 
-    def score(self, rows: list[Row]) -> list[list[float]]:
+    def load_task(self, handle: int, data: bytes):
+        facts = self._engine.load_task(handle, data)
+        self._prefix_lens[handle] = facts.prefix_len
+        return facts
+
+    def score(self, batch: TokenBatch):
         if self.batches is not None:
-            self.batches.append(list(rows))
+            self.batches.append(batch)
         started = time.perf_counter()
-        scores = self._engine.score(rows)
-        self.recorder.record(rows, time.perf_counter() - started)
+        scores = self._engine.score(batch)
+        self.recorder.record(batch, self.prefix_lens(batch), time.perf_counter() - started)
         return scores
 
 

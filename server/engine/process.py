@@ -60,16 +60,18 @@ class EngineStartFailed(RuntimeError):
 class EngineProcess:
     def __init__(self, backbone: str, device: str = "cpu", dtype: str = "float32", merge_pairs: int | None = None,
                  torch_threads: int = 0, start_timeout_s: float = 600.0, max_restarts: int = 5,
-                 attention: str = "auto", on_restart: Callable[[], None] | None = None, pipeline: bool | None = None):
+                 attention: str = "auto", on_restart: Callable[[], None] | None = None, pipeline: bool | None = None,
+                 log_json: bool = False):
         """`on_restart` is called after each successful restart (the serving side counts them; the engine
         imports no metrics library, so it runs where only torch is installed). `pipeline`: whether the
         child launches the next batch before it collects the one running (None: where the device runs
-        asynchronously, i.e. CUDA; tests force it on the CPU)."""
+        asynchronously, i.e. CUDA; tests force it on the CPU). `log_json`: the child writes JSON log lines
+        (serve's LOG_FORMAT), so its lines on the same stderr match the server's."""
         self._on_restart = on_restart
         self._config = {"backbone": str(backbone), "device": device, "dtype": dtype, "merge_pairs": merge_pairs,
                         "attention": attention, "torch_threads": torch_threads,
                         **({"pipeline": pipeline} if pipeline is not None else {}),
-                        "log_level": logging.getLevelName(log.getEffectiveLevel()), "log_json": _logging_json()}
+                        "log_level": logging.getLevelName(log.getEffectiveLevel()), "log_json": log_json}
         self._start_timeout_s, self._max_restarts = start_timeout_s, max_restarts
         self._send_lock = threading.Lock()
         self._pending: dict[int, Future] = {}
@@ -244,10 +246,3 @@ class EngineProcess:
         log.info("engine process %s up (%s threads)", ready["pid"], ready["torch_threads"])
         threading.Thread(target=self._read_replies, args=(conn, self.generation), name="engine-replies", daemon=True).start()
         self._up.set()
-
-
-def _logging_json() -> bool:
-    """Whether `serve` logs JSON lines (server.logs), so the engine's lines, on the same stderr, match."""
-    from server.logs import JsonFormatter
-
-    return any(isinstance(handler.formatter, JsonFormatter) for handler in logging.getLogger().handlers)

@@ -23,7 +23,6 @@ from server.bench.workload import (
     synthetic_pools,
 )
 from server.cli import main
-from server.engine import Row
 from tests.conftest import SHARED_DATA
 
 RUN_KEYS = {"tasks", "inputs_per_request", "mode", "inputs_per_s", "latency", "requests", "inputs", "wall_s"}
@@ -78,10 +77,10 @@ def test_seed_baseline_matches_the_engine(tiny_engine, tiny_backbone_dir):
     tasks = build_tasks(tiny_engine.shape, make_tasks(3, seed=5))
     inputs = [["a short one", "a much longer sentence about a movie that goes on"], [("is it?", "yes it is"), ("a", "b c d")]]
     for task in tasks:
-        prefix = tiny_engine.load_prefix(task.artifact)
+        handle = tiny_engine.load(task.artifact)
         for batch in inputs:
-            rows = [Row(e, prefix) for e in tiny_engine.encode(batch, task.spec.prefix_len)]
-            for got, want in zip(seed.classify(task.artifact, batch), tiny_engine.score(rows)):
+            rows = [(e, handle) for e in tiny_engine.encode(batch, task.spec.prefix_len)]
+            for got, want in zip(seed.classify(task.artifact, batch), tiny_engine.score_encoded(rows)):
                 assert max(abs(g - w) for g, w in zip(got, want)) < 1e-4
 
 
@@ -190,8 +189,9 @@ def test_seed_server_answers_like_prefix_server(tmp_path, tiny_engine, tiny_back
     client = TestClient(create_seed_app(str(tiny_backbone_dir), str(tmp_path)))
     body = {"task": task.spec.name, "inputs": ["a fine film", {"text": "is it?", "text_pair": "it is"}]}
     answer = client.post("/v1/classify", json=body).json()
-    rows = [Row(e, tiny_engine.load_prefix(task.artifact)) for e in tiny_engine.encode(["a fine film", ("is it?", "it is")], task.spec.prefix_len)]
-    for result, want in zip(answer["results"], tiny_engine.score(rows)):
+    handle = tiny_engine.load(task.artifact)
+    rows = [(e, handle) for e in tiny_engine.encode(["a fine film", ("is it?", "it is")], task.spec.prefix_len)]
+    for result, want in zip(answer["results"], tiny_engine.score_encoded(rows)):
         assert list(result["scores"]) == list(task.artifact.labels) and result["label"] in task.artifact.labels
         assert max(abs(g - w) for g, w in zip(result["scores"].values(), want)) < 1e-4
     assert client.post("/v1/classify", json={"task": "missing", "inputs": ["x"]}).status_code == 404

@@ -190,8 +190,8 @@ def _probe_copies(backbone: str, copies: int) -> dict:
         models.append(PrefixBert.from_backbone_weights(files.geometry, files.state_dict))
         del files  # a fine-tuned model keeps its module, not the file's tensors
     longest = max(len(e) for e in encoded)
-    ids = torch.tensor([e.input_ids + [0] * (longest - len(e)) for e in encoded])
-    types = torch.tensor([e.token_type_ids + [0] * (longest - len(e)) for e in encoded])
+    ids = torch.tensor([e.input_ids.tolist() + [0] * (longest - len(e)) for e in encoded])
+    types = torch.tensor([e.token_type_ids.tolist() + [0] * (longest - len(e)) for e in encoded])
     mask = torch.arange(longest)[None, :] < torch.tensor([len(e) for e in encoded])[:, None]
     with torch.inference_mode():
         for model in models:

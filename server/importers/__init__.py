@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from server.artifact import BackboneShape, HeadKind, PrefixArtifact, ProblemType
+from server.artifact import BackboneShape, HeadKind, PrefixArtifact, ProblemType, artifact_to_bytes, read_artifact
 from server.importers.common import CheckpointError
 from server.importers.peft import ADAPTER_CONFIG, convert_peft_files, read_peft_folder
 from server.importers.ptuning_v2 import convert_ptuning_v2, read_ptuning_v2
@@ -27,9 +27,16 @@ def import_checkpoint(
     backbone_weights: dict[str, torch.Tensor] | None = None,
     head: HeadKind | None = None,
 ) -> PrefixArtifact:
-    """Detects the checkpoint kind of `source` (a folder, a .zip, or a weights file) and converts it.
-    `head` overrides the head kind of a P-tuning v2 checkpoint (PEFT adapters name theirs: task_type)."""
-    source = Path(source)
+    """Detects the checkpoint kind of `source` (a folder, a .zip, or a weights file) and converts it
+    into an artifact, validated as an upload is. `head` overrides the head kind of a P-tuning v2
+    checkpoint (PEFT adapters name theirs: task_type). (An uploaded zip goes through convert_peft_zip:
+    its bytes are validated once, by the registry that stores them.)"""
+    artifact = _convert(Path(source), backbone, labels, problem_type, backbone_weights, head)
+    read_artifact(artifact_to_bytes(artifact), backbone)  # the same checks an upload gets
+    return artifact
+
+
+def _convert(source: Path, backbone, labels, problem_type, backbone_weights, head) -> PrefixArtifact:
     if source.is_dir() and (source / ADAPTER_CONFIG).is_file():
         return convert_peft_files(read_peft_folder(source), backbone, labels, problem_type, source=source.name)
     if source.is_file() and source.suffix.lower() == ".zip":

@@ -17,11 +17,9 @@ from server.artifact import (
     HeadKind,
     PrefixArtifact,
     ProblemType,
-    artifact_to_bytes,
-    read_artifact,
 )
+from server.artifact.layout import flat_to_key_values
 from server.engine.family import MODEL_TYPES
-from server.training.prefix_encoder import flat_to_key_values
 
 
 class CheckpointError(ArtifactError):
@@ -157,8 +155,9 @@ def build_artifact(
     pooler: tuple[torch.Tensor, torch.Tensor] | None = None,
     family: str | None = None,
 ) -> PrefixArtifact:
-    """Lays the prefix out as `[L, 2, H, P, D]` and returns an artifact that `read_artifact` accepts.
-    `pooler`: a sequence head's own (weight, bias); `family` is written as `backbone_family`."""
+    """Lays the prefix out as `[L, 2, H, P, D]` and returns the artifact (not yet validated as a whole:
+    whoever stores or writes it runs read_artifact on its bytes, once). `pooler`: a sequence head's own
+    (weight, bias); `family` is written as `backbone_family`."""
     check_token_problem_type(head_kind, problem_type)
     dtype = flat.dtype if flat.dtype in (torch.float16, torch.bfloat16) else torch.float32
     key_values = flat_to_key_values(flat, backbone.num_layers, backbone.num_heads, backbone.head_dim)
@@ -175,5 +174,4 @@ def build_artifact(
         pooler_bias=pooler[1].float().contiguous() if pooler is not None else None,
         backbone_family=family,
     )
-    read_artifact(artifact_to_bytes(artifact), backbone)  # the same checks an upload gets
     return artifact

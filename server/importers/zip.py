@@ -3,8 +3,8 @@
 The archive comes from a user, so it is read in memory only (nothing is extracted to disk), its
 size and member count are bounded, every member name must be a plain relative path (no `..`, no
 absolute path, no symlink, no encryption), and each member's bytes are read with a cap, so a lying
-header or a zip bomb cannot allocate more than the caps. Weights are safetensors, or a torch pickle
-read with `weights_only=True`.
+header or a zip bomb cannot allocate more than the caps. Weights must be safetensors: an upload is
+never unpickled (`prefix-server import` of a local folder may read a PEFT `adapter_model.bin`).
 """
 
 from __future__ import annotations
@@ -37,6 +37,12 @@ def convert_peft_zip(
         allowed = [p.value for p in ProblemType]
         raise CheckpointError(f"problem_type: expected one of {allowed}, got {problem_type!r}") from None
     files = read_peft_zip(data)
+    if "adapter_model.bin" in files and "adapter_model.safetensors" not in files:
+        raise CheckpointError(
+            "zip: expected adapter_model.safetensors, got adapter_model.bin: an upload is never unpickled; "
+            "save the adapter with save_pretrained(..., safe_serialization=True), or run `prefix-server import` "
+            "on it where it was made and upload the artifact"
+        )
     labels = tuple(labels) if labels is not None else None
     return artifact_to_bytes(convert_peft_files(files, backbone, labels, problem_type, source="uploaded zip"))
 

@@ -5,7 +5,7 @@ encoder, the training loop, the export into an artifact, the metrics and the upl
 """
 
 from server.training.data import DataError, Dataset, load_dataset
-from server.training.prefix_encoder import PrefixEncoder, flat_to_key_values
+from server.training.prefix_encoder import PrefixEncoder
 from server.training.trainer import TrainConfig, TrainResult, evaluate, export_artifact, train
 from server.training.upload import UploadError, upload_artifact
 
@@ -18,7 +18,6 @@ __all__ = [
     "UploadError",
     "evaluate",
     "export_artifact",
-    "flat_to_key_values",
     "load_dataset",
     "train",
     "upload_artifact",

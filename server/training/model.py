@@ -14,9 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from server.artifact import ProblemType
+from server.artifact.layout import flat_to_key_values
 from server.engine.model import PrefixBert
 from server.engine.scoring import score_logits
-from server.training.prefix_encoder import PrefixEncoder, flat_to_key_values
+from server.training.prefix_encoder import PrefixEncoder
 
 
 class PrefixClassifier(nn.Module):

@@ -1,9 +1,5 @@
-"""The P-tuning v2 prefix encoder and the one place that knows its output layout.
-
-The encoder's output is `[P, 2 * L * hidden]`; seen as `(P, 2L, H, D)`, entry `2l` holds layer l's keys
-and `2l + 1` its values (the seed's `get_prompt` permutes it to `[2L, B, H, P, D]` and splits it in
-pairs). PEFT's `prompt_embeddings` and the original checkpoints use the same layout, so the importers
-share `flat_to_key_values` with the trainer.
+"""The P-tuning v2 prefix encoder: its output is the flat prefix `[P, 2 * L * hidden]`, laid out as
+server.artifact.layout says (the importers read checkpoints with the same rule).
 """
 
 from __future__ import annotations
@@ -13,17 +9,6 @@ from torch import nn
 
 # The seed's model gets its new modules initialised by BertPreTrainedModel._init_weights: N(0, 0.02).
 INIT_STD = 0.02
-
-
-def flat_to_key_values(flat: torch.Tensor, num_layers: int, num_heads: int, head_dim: int) -> torch.Tensor:
-    """`[P, 2 * L * H * D]` (the encoder's output) -> `[L, 2, H, P, D]` (the artifact's prefix.key_values)."""
-    P = flat.shape[0]
-    expected = 2 * num_layers * num_heads * head_dim
-    if flat.dim() != 2 or flat.shape[1] != expected:
-        raise ValueError(f"expected a prefix of shape [P, {expected}], got {list(flat.shape)}")
-    grid = flat.view(P, 2 * num_layers, num_heads, head_dim)  # [P, 2L, H, D]
-    per_layer = grid.permute(1, 2, 0, 3)  # [2L, H, P, D]
-    return per_layer.reshape(num_layers, 2, num_heads, P, head_dim)  # [L, 2, H, P, D]
 
 
 class PrefixEncoder(nn.Module):

@@ -112,6 +112,16 @@ def test_archives_that_are_not_one_adapter_are_refused(tiny_engine, files, make,
         convert_peft_zip(make(files), tiny_engine.shape)
 
 
+def test_a_zipped_pickle_is_never_unpickled(tiny_engine, monkeypatch):
+    shape = tiny_engine.shape
+    with torch.no_grad():
+        output = random_encoder(shape, 5, projection=False)(torch.arange(5)[None])
+    files = peft_files(output[0], random_head(shape, 2), peft_adapter_config(shape, 5), weights="bin")
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("an uploaded pickle was loaded"))
+    with pytest.raises(CheckpointError, match=r"expected adapter_model\.safetensors, got adapter_model\.bin"):
+        convert_peft_zip(zip_bytes(files), shape)
+
+
 def _two_adapters(files) -> bytes:
     entries = [(f"{root}/{name}", data) for root in ("one", "two") for name, data in files.items()]
     return _raw_zip(entries)

@@ -85,6 +85,8 @@ def test_set_route_refuses_invalid_routes_and_keeps_the_old_one(registry, tenant
 
 def test_weights_within_tolerance_are_accepted(registry, tenant, three_versions):
     registry.set_route(tenant, "t", Route(weights={1: 0.1, 2: 0.2, 3: 0.7 - 5e-7}))
+    stored = registry.get_task(tenant, "t").route.weights
+    assert stored.keys() == {1, 2, 3} and abs(sum(stored.values()) - 1) < 1e-6
 
 
 def test_canary_split_follows_the_weights(open_registry):

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from server.artifact import ProblemType, artifact_to_bytes, read_artifact, read_artifact_file, write_artifact
+from server.artifact.layout import flat_to_key_values
 from server.training import TrainConfig, train
-from server.training.prefix_encoder import PrefixEncoder, flat_to_key_values
+from server.training.prefix_encoder import PrefixEncoder
 from tests.training.tiny_data import multi_label_rows, regression_rows, single_label_rows, write_rows
 
 TEXTS = [

@@ -15,8 +15,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.api.responses import FastJSONResponse
 from server.artifact import ArtifactError
-from server.batching import DeadlineExceeded, EngineUnavailable, Overloaded, ShuttingDown
-from server.engine import InputRefused
+from server.batching import DeadlineExceeded, Overloaded, ShuttingDown
+from server.engine import EngineUnavailable, InputRefused
 from server.registry.base import Conflict, InvalidRoute, LimitExceeded, NotFound, RegistryUnavailable
 from server.registry.names import InvalidName
 

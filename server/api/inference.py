@@ -18,7 +18,8 @@ from server import metrics
 from server.api.deps import Caller
 from server.api.errors import ApiError, ClientDisconnected
 from server.api.state import Services
-from server.batching import ClassifyJob, DeadlineExceeded, Overloaded, ScoreFunction
+from server.batching import ClassifyJob, DeadlineExceeded, Overloaded
+from server.engine import ScoreFunction
 from server.registry.base import VersionRecord
 
 TextInput = str | tuple[str, str]  # a text, or (text, text_pair)

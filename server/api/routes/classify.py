@@ -10,7 +10,8 @@ from server.api.entities import entities
 from server.api.inference import classify_inputs
 from server.api.responses import FastJSONResponse
 from server.api.schemas import ClassifyRequest
-from server.batching import ScoreFunction, TokenScores
+from server.batching import TokenScores
+from server.engine import ScoreFunction
 from server.engine.scoring import chosen_labels, top_label
 from server.registry.base import VersionRecord
 

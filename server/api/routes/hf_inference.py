@@ -21,7 +21,7 @@ from server.api.errors import protocol_route
 from server.api.inference import classify_inputs, ranked
 from server.api.responses import FastJSONResponse
 from server.api.schemas import NAME_PATTERN, TextPair
-from server.batching import ScoreFunction
+from server.engine import ScoreFunction
 
 router = APIRouter(route_class=protocol_route(lambda code, message: {"error": message}))
 FUNCTIONS = {"softmax": ScoreFunction.SOFTMAX, "sigmoid": ScoreFunction.SIGMOID, "none": ScoreFunction.NONE}

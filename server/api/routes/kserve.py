@@ -29,7 +29,7 @@ from server.api.kserve_codec import (
 )
 from server.api.lookups import version_of
 from server.api.responses import FastJSONResponse
-from server.batching import ScoreFunction
+from server.engine import ScoreFunction
 from server.engine.scoring import top_label
 from server.registry.base import TaskRecord, VersionRecord
 

@@ -20,7 +20,7 @@ from server.api.errors import ApiError, protocol_route
 from server.api.inference import classify_inputs, ranked
 from server.api.responses import FastJSONResponse
 from server.api.schemas import NAME_PATTERN
-from server.batching import ScoreFunction
+from server.engine import ScoreFunction
 
 router = APIRouter(
     prefix="/v1/tasks", route_class=protocol_route(lambda code, message: {"error": message, "error_type": code})

@@ -70,7 +70,8 @@ def free_port() -> int:
 
 
 def launch_server(mode: str, backbone: str, workdir: Path, tasks_dir: Path, torch_threads: int = 0,
-                 serve_flags: tuple[str, ...] = ()) -> ServerProcess:
+                 serve_flags: tuple[str, ...] = (), cwd: Path | None = None) -> ServerProcess:
+    """`cwd`: the source tree to serve from (`python -m` runs the `server` package found there first)."""
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"{mode}.log"
@@ -87,7 +88,7 @@ def launch_server(mode: str, backbone: str, workdir: Path, tasks_dir: Path, torc
         extra = ["--per-task-batches"] if mode == "per-task" else []
         command = [sys.executable, "-m", "server", "serve", "--port", str(port), *threads, *extra, *serve_flags]
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=cwd)
     return ServerProcess(mode, proc, port, log_path)
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from server.artifact import ProblemType
+from server.settings import API_KEY_VARIABLE
 
 EPILOG = """\
 data: JSONL, JSON, CSV or TSV rows with `text`, optional `text_pair`, and `label`: an index or a
@@ -64,7 +65,7 @@ def register(subparsers) -> None:
     upload = parser.add_argument_group("upload (optional)")
     upload.add_argument("--upload", metavar="URL", help="server base URL, e.g. http://127.0.0.1:8000")
     upload.add_argument("--task", metavar="NAME", help="task name to upload as")
-    upload.add_argument("--api-key", metavar="K", help="bearer key (default: $PREFIX_SERVER_API_KEY)")
+    upload.add_argument("--api-key", metavar="K", help=f"bearer key (default: ${API_KEY_VARIABLE})")
     parser.set_defaults(func=run_train)
 
 
@@ -104,7 +105,7 @@ def run_train(args: argparse.Namespace) -> int:
     if not args.upload:
         return 0
     try:
-        api_key = args.api_key or os.environ.get("PREFIX_SERVER_API_KEY")
+        api_key = args.api_key or os.environ.get(API_KEY_VARIABLE)
         answer = upload_artifact(args.upload, args.task, args.out.read_bytes(), api_key)
     except (UploadError, ValueError) as exc:
         return _fail(exc)

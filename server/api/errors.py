@@ -70,7 +70,7 @@ def _describe_validation(exc: RequestValidationError) -> str:
     for error in exc.errors()[:5]:
         if error.get("type") == "json_invalid":  # FastAPI's: json.loads stopped at character loc[-1] of the body
             reason = (error.get("ctx") or {}).get("error", "JSON decode error")
-            return invalid_json("a JSON request body", f"{reason} at character {error['loc'][-1]} of {len(exc.body or '')}")
+            return invalid_json("a JSON request body", f"{reason}: character {error['loc'][-1]} of {len(exc.body or '')}")
         where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
         got = error.get("input")
         got_text = "" if error.get("type") == "missing" else f", got {_short(got)}"

@@ -81,7 +81,7 @@ def test_malformed_json_and_unknown_task(client):
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_input"
     # Said as the KServe route says it: what was expected, and where the parser stopped.
     message = bad.json()["error"]["message"]
-    assert message.startswith("expected a JSON request body, got invalid JSON (") and f"at character {len(truncated)} of {len(truncated)}" in message
+    assert message.startswith("expected a JSON request body, got invalid JSON (") and f": character {len(truncated)} of {len(truncated)})" in message
     kserve = client.post("/v2/models/sentiment/infer", content=truncated, headers={"content-type": "application/json"})
     assert kserve.status_code == 400 and kserve.json()["error"].startswith("expected a JSON inference request, got invalid JSON (")
     assert f"(char {len(truncated)})" in kserve.json()["error"]

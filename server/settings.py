@@ -3,12 +3,15 @@ generates them from these fields, with their descriptions and defaults) and of t
 
 Every setting comes from a CLI flag, a `PREFIX_SERVER_*` environment variable or, for the secrets in
 SECRET_FILE_FIELDS, a file named by `PREFIX_SERVER_<NAME>_FILE` (a mounted container secret). Secrets
-are SecretStr so they never reach a log or a repr."""
+are SecretStr so they never reach a log or a repr. A `PREFIX_SERVER_*` variable that nothing reads
+(a misspelling, which pydantic-settings ignores) is named at start-up with the closest known name."""
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +22,9 @@ log = logging.getLogger(__name__)
 
 ENV_PREFIX = "PREFIX_SERVER_"
 SECRET_FILE_FIELDS = ("admin_token", "database_url")
+# Variables with the prefix that other commands read: not settings, and not misspellings either.
+API_KEY_VARIABLE = ENV_PREFIX + "API_KEY"  # the key `prefix-server train --upload` sends
+BENCH_DATA_VARIABLE = ENV_PREFIX + "BENCH_DATA"  # the benchmarks' data folder
 
 
 class ConfigurationError(ValueError):
@@ -126,8 +132,32 @@ class Settings(BaseSettings):
     def log_once(self) -> None:
         """Logs every setting at start-up; SecretStr fields print as '**********'."""
         log.info("settings: %s", self.model_dump_json())
+        if unknown := unknown_variables(os.environ):
+            log.warning("ignored, no setting reads them: %s", "; ".join(
+                f"{name} (did you mean {closest}?)" if closest else name for name, closest in unknown.items()
+            ))
         if not self.multi_tenant:
             log.warning("no admin token configured: single-tenant mode (tenant 'default'), no authentication")
+
+
+def known_variables() -> set[str]:
+    """Every PREFIX_SERVER_* variable something reads: the settings, the secrets' *_FILE, the others'."""
+    names = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    return names | {ENV_PREFIX + name.upper() + "_FILE" for name in SECRET_FILE_FIELDS} | {API_KEY_VARIABLE, BENCH_DATA_VARIABLE}
+
+
+def unknown_variables(environ: Mapping[str, str]) -> dict[str, str | None]:
+    """The PREFIX_SERVER_* variables of `environ` that nothing reads, each with the known name closest to
+    it (None when none is close). Names match without regard to case, as pydantic-settings reads them."""
+    known = {name.removeprefix(ENV_PREFIX): name for name in known_variables()}
+    unknown = {}
+    for name in sorted(environ):
+        upper = name.upper()
+        if upper.startswith(ENV_PREFIX) and upper.removeprefix(ENV_PREFIX) not in known:
+            # Compared without the prefix, which every name shares and would make anything look close.
+            closest = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), known, n=1, cutoff=0.6)
+            unknown[name] = known[closest[0]] if closest else None
+    return unknown
 
 
 class _SecretFiles(PydanticBaseSettingsSource):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
+from datetime import datetime
 
 import httpx
 import pytest
@@ -125,6 +126,9 @@ def test_every_call_against_a_server(server):
         assert client.set_route("reviews", weights={1: 0.5, 2: 0.5}).weights == {1: 0.5, 2: 0.5}
         shown = client.get_task("reviews")
         assert [v.version for v in shown.versions] == [1, 2] and shown.active_versions == [1, 2]
+        assert [v1, v2] == shown.versions  # an upload's Version is complete: size, creation time, metadata
+        assert (v1.size_bytes, v2.size_bytes, v1.metadata) == (len(first), len(second), {"author": "tests"})
+        assert datetime.fromisoformat(v1.created_at) <= datetime.fromisoformat(v2.created_at)
         assert [t.task for t in client.list_tasks()] == ["reviews"]
         client.delete_task("reviews")
         with pytest.raises(PrefixServerError) as refused:

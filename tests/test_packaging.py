@@ -19,11 +19,47 @@ def _readme_commands() -> list[str]:
     return [line for block in blocks for line in block.splitlines() if line.startswith("python3 -m venv")]
 
 
+def _dockerfile_stage_env(stage: str) -> str:
+    """The instructions of the Dockerfile's stage `stage`, its comments left out."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    body = re.search(rf"^FROM \S+ AS {stage}$(.*?)(?=^FROM )", dockerfile, flags=re.M | re.S).group(1)
+    return "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("#"))
+
+
+def _torch_pin(command: str) -> tuple[str, str]:
+    """(version, index URL) of the command's `pip install torch==V --index-url URL`."""
+    version, index = re.search(r"pip install -q torch==(\S+) --index-url (\S+) &&", command).groups()
+    return version, index
+
+
 def test_ci_runs_the_readme_test_command_verbatim():
-    serve, test = _readme_commands()[:2]
+    serve, test, _ = _readme_commands()
     assert "pytest" in test and "torch==2.13.0" in test
     assert test in (ROOT / ".ci/run").read_text().splitlines()
     assert serve.endswith("prefix-server serve") and "torch==2.13.0" in serve
+
+
+def test_the_readme_installs_the_torch_builds_the_images_install():
+    """This machine cannot reach PyTorch's index, so the README's CPU and CUDA lines are checked against
+    what the images use: the same pin, the CPU image's index for serve and test, the GPU image's (and
+    its settings) for the GPU line. The CPU test line itself runs in CI (above)."""
+    serve, test, gpu = _readme_commands()
+    pinned = re.search(r"^ARG TORCH_VERSION=(\S+)$", (ROOT / "Dockerfile").read_text(), flags=re.M).group(1)
+    cpu_index = re.search(r"TORCH_INDEX_URL_DEFAULT=(\S+)", _dockerfile_stage_env("cpu")).group(1)
+    gpu_env = _dockerfile_stage_env("gpu")
+    cuda_index = re.search(r"TORCH_INDEX_URL_DEFAULT=(\S+)", gpu_env).group(1)
+    assert _torch_pin(serve) == _torch_pin(test) == (pinned, cpu_index) and cpu_index.endswith("/whl/cpu")
+    assert _torch_pin(gpu) == (pinned, cuda_index) and "/whl/cu" in cuda_index
+    settings = re.findall(r"PREFIX_SERVER_\w+=\w+", gpu_env)
+    assert "PREFIX_SERVER_DEVICE=cuda" in settings and all(setting in gpu for setting in settings), settings
+    assert gpu.endswith("prefix-server serve")
+
+
+def test_the_readme_examples_leave_no_untracked_folder():
+    """Every registry folder the README's examples create (`--data-dir`, the default ./data) is ignored."""
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    folders = {"data", *(path.removeprefix("./") for path in re.findall(r"--data-dir (\S+)", (ROOT / "README.md").read_text()))}
+    assert len(folders) > 1 and all(f"/{folder}/" in ignored for folder in folders), (folders, ignored)
 
 
 def test_dockerfile_installs_the_readme_torch_and_serves():

@@ -14,6 +14,7 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from server import __version__, metrics, tracing
@@ -62,9 +63,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if services.registry is not None:
             services.registry.close()
 
-    app = FastAPI(
+    # /docs (Swagger UI) and /redoc load their scripts and styles from the package (fastapi-offline),
+    # not from a CDN: on a machine without internet FastAPI's own pages are blank. No validator badge:
+    # Swagger UI would send the document's URL to validator.swagger.io.
+    app = FastAPIOffline(
         title="prefix-server",
         version=__version__,
+        swagger_ui_parameters={"validatorUrl": None},
         lifespan=lifespan,
         default_response_class=FastJSONResponse,
         **_telemetry_options(settings),

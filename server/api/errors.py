@@ -59,9 +59,18 @@ def error_response(status: int, message: str, code: str | None = None, headers: 
     return FastJSONResponse(body, status_code=status, headers=headers)
 
 
+def invalid_json(what: str, reason: str) -> str:
+    """The one message for a body that does not parse as JSON, whoever parsed it (FastAPI for the
+    request models, the KServe codec with orjson): what was expected, and where the parser stopped."""
+    return f"expected {what}, got invalid JSON ({reason})"
+
+
 def _describe_validation(exc: RequestValidationError) -> str:
     parts = []
     for error in exc.errors()[:5]:
+        if error.get("type") == "json_invalid":  # FastAPI's: json.loads stopped at character loc[-1] of the body
+            reason = (error.get("ctx") or {}).get("error", "JSON decode error")
+            return invalid_json("a JSON request body", f"{reason}: character {error['loc'][-1]} of {len(exc.body or '')}")
         where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
         got = error.get("input")
         got_text = "" if error.get("type") == "missing" else f", got {_short(got)}"

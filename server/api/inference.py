@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 
@@ -36,6 +37,7 @@ async def classify_inputs(
     truncate: bool = True,
     score_function: ScoreFunction | None = None,
     token_tasks: bool = False,
+    accept: Callable[[VersionRecord], Awaitable[None]] | None = None,
 ) -> tuple[VersionRecord, list]:
     """The version that answered and the scores per input, in input order, columns in label order.
 
@@ -43,6 +45,8 @@ async def classify_inputs(
     `score_function` None gives the task's own (probabilities, raw values for regression).
     `token_tasks`: the caller formats token-classification results (a TokenScores per input);
     otherwise such a task is refused with 422.
+    `accept`: the adapter's own check of the chosen version, awaited before its inputs are queued
+    (it raises to refuse).
     Raises ApiError, NotFound, Overloaded, DeadlineExceeded, InputRefused, ClientDisconnected.
     """
     started = time.perf_counter()
@@ -55,6 +59,8 @@ async def classify_inputs(
         if not inputs:
             raise ApiError(422, "inputs: expected at least one input, got none")
         record = await services.lookups.version(tenant.name, task, version)
+        if accept is not None:
+            await accept(record)
         job = ClassifyJob(
             tenant=tenant.name,
             sha256=record.sha256,

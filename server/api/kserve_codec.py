@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from server.api.errors import ApiError
+from server.api.errors import ApiError, invalid_json
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -126,7 +126,7 @@ def _json_object(raw: bytes) -> dict:
     try:
         header = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"expected a JSON inference request, got invalid JSON ({exc})") from None
+        raise ApiError(400, invalid_json("a JSON inference request", str(exc))) from None
     if not isinstance(header, dict):
         raise ApiError(400, f"expected a JSON object as the inference request, got {_short(header)}")
     return header

@@ -44,7 +44,7 @@ OPERATIONS: dict[tuple[str, str], tuple[str, int, object, tuple[int, ...], bool]
     ("DELETE", "/v1/admin/tenants/{name}"): (V1, 204, None, _ADMIN_ERRORS, True),
     ("POST", "/v1/admin/tenants/{name}/keys"): (V1, 201, rs.KeyRotated, _ADMIN_ERRORS, True),
     ("GET", "/v1/tasks"): (V1, 200, rs.TaskList, (503,), True),
-    ("PUT", "/v1/tasks/{task}"): (V1, 201, rs.Uploaded, (409, 413, 422, 503), True),
+    ("PUT", "/v1/tasks/{task}"): (V1, 201, rs.Version, (409, 413, 422, 503), True),
     ("GET", "/v1/tasks/{task}"): (V1, 200, rs.TaskDetail, _TASK_ERRORS, True),
     ("DELETE", "/v1/tasks/{task}"): (V1, 204, None, _TASK_ERRORS, True),
     ("PUT", "/v1/tasks/{task}/route"): (V1, 200, rs.RouteSet, (*_TASK_ERRORS, 413), True),

@@ -87,16 +87,15 @@ class KeyRotated(BaseModel):
     api_key: str = Field(description="shown once; the old key stops working")
 
 
-class Uploaded(BaseModel):
+class Version(BaseModel):
+    """A stored version: what an upload answers, and each of GET /v1/tasks/{task}'s versions."""
+
     task: str
     version: int
     sha256: str
     prefix_len: int
     problem_type: str
     labels: list[str]
-
-
-class Version(Uploaded):
     size_bytes: int
     metadata: dict[str, str]
     created_at: str = Field(description="ISO 8601, UTC")

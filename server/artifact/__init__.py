@@ -9,6 +9,7 @@ from server.artifact.prefix import (
     artifact_to_bytes,
     read_artifact,
     read_artifact_file,
+    read_head,
     write_artifact,
 )
 from server.artifact.safetensors_header import ArtifactError
@@ -23,5 +24,6 @@ __all__ = [
     "artifact_to_bytes",
     "read_artifact",
     "read_artifact_file",
+    "read_head",
     "write_artifact",
 ]

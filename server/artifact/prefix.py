@@ -148,6 +148,12 @@ def read_artifact(data: bytes, backbone: BackboneShape) -> PrefixArtifact:
     )
 
 
+def read_head(data: bytes, backbone: BackboneShape) -> HeadKind:
+    """The artifact's head by the rules read_artifact applies, from the header alone (no tensor is
+    loaded): what the API asks of a stored version without the engine. Raises ArtifactError."""
+    return _check_metadata(parse_header(data).metadata, backbone).head
+
+
 def read_artifact_file(path: str | Path, backbone: BackboneShape) -> PrefixArtifact:
     return read_artifact(Path(path).read_bytes(), backbone)
 

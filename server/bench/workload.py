@@ -21,8 +21,8 @@ import torch
 
 from server.artifact import BackboneShape, PrefixArtifact, ProblemType, artifact_to_bytes
 from server.engine import TextInput
+from server.settings import BENCH_DATA_VARIABLE as DATA_ENV
 
-DATA_ENV = "PREFIX_SERVER_BENCH_DATA"
 # source name -> (files, whether rows are pairs)
 SOURCES = {
     "sst2": (("sst2.dev.jsonl",), False),

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from server.artifact import ProblemType
+from server.settings import API_KEY_VARIABLE
 
 EPILOG = """\
 data: JSONL, JSON, CSV or TSV rows with `text`, optional `text_pair`, and `label`: an index or a
@@ -64,7 +65,7 @@ def register(subparsers) -> None:
     upload = parser.add_argument_group("upload (optional)")
     upload.add_argument("--upload", metavar="URL", help="server base URL, e.g. http://127.0.0.1:8000")
     upload.add_argument("--task", metavar="NAME", help="task name to upload as")
-    upload.add_argument("--api-key", metavar="K", help="bearer key (default: $PREFIX_SERVER_API_KEY)")
+    upload.add_argument("--api-key", metavar="K", help=f"bearer key (default: ${API_KEY_VARIABLE})")
     parser.set_defaults(func=run_train)
 
 
@@ -84,11 +85,12 @@ def run_train(args: argparse.Namespace) -> int:
     from server.engine import BackboneError
     from server.training import DataError, UploadError, train, upload_artifact
     from server.training.token_trainer import train_token
-    from server.training.upload import check_task_name
+    from server.training.upload import check_upload_target
 
+    api_key = args.api_key or os.environ.get(API_KEY_VARIABLE)
     try:
-        if args.upload:
-            check_task_name(args.task or "")
+        if args.upload:  # before minutes of training: the server, the key, the task name, the backbone
+            check_upload_target(args.upload, args.task or "", api_key, _backbone_fingerprint(args.backbone))
         elif args.task:
             raise ValueError("--task: given without --upload")
         if args.threads:
@@ -97,19 +99,25 @@ def run_train(args: argparse.Namespace) -> int:
             result = train_token(_config(args), progress=not args.quiet)
         else:
             result = train(_config(args), progress=not args.quiet)
-    except (DataError, BackboneError, ValueError, OSError) as exc:
+    except (DataError, BackboneError, UploadError, ValueError, OSError) as exc:
         return _fail(exc)
     _write_atomically(args.out, result.artifact, write_artifact)
     print(_summary(args.out, result))
     if not args.upload:
         return 0
     try:
-        api_key = args.api_key or os.environ.get("PREFIX_SERVER_API_KEY")
         answer = upload_artifact(args.upload, args.task, args.out.read_bytes(), api_key)
     except (UploadError, ValueError) as exc:
         return _fail(exc)
     print(f"uploaded {args.task} version {answer.version} (sha256 {answer.sha256})")
     return 0
+
+
+def _backbone_fingerprint(folder: Path | None) -> str:
+    """The fingerprint the trained artifact will carry, which the server checks (SPEC 1)."""
+    from server.engine.backbone import default_backbone_dir, read_backbone_folder
+
+    return read_backbone_folder(folder or default_backbone_dir()).fingerprint
 
 
 def _config(args: argparse.Namespace):

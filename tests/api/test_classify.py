@@ -75,8 +75,15 @@ def test_invalid_bodies_are_422_with_a_message(client, artifact_bytes, body, exp
 
 
 def test_malformed_json_and_unknown_task(client):
-    bad = client.post("/v1/classify", content=b'{"task": "t", "inputs": [', headers={"content-type": "application/json"})
+    truncated = b'{"task": "sentiment", "inputs": ["a gorgeous movie"'
+    bad = client.post("/v1/classify", content=truncated, headers={"content-type": "application/json"})
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_input"
+    # Said as the KServe route says it: what was expected, and where the parser stopped.
+    message = bad.json()["error"]["message"]
+    assert message.startswith("expected a JSON request body, got invalid JSON (") and f": character {len(truncated)} of {len(truncated)})" in message
+    kserve = client.post("/v2/models/sentiment/infer", content=truncated, headers={"content-type": "application/json"})
+    assert kserve.status_code == 400 and kserve.json()["error"].startswith("expected a JSON inference request, got invalid JSON (")
+    assert f"(char {len(truncated)})" in kserve.json()["error"]
     missing = client.post("/v1/classify", json={"task": "nope", "inputs": ["a"]})
     assert missing.status_code == 404 and "nope" in missing.json()["error"]["message"]
 

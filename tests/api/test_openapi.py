@@ -1,8 +1,10 @@
 """The OpenAPI document (server/api/openapi.py) and the fixes the fuzzing found: bodies refused while
 streaming are 413, not 400; an undecodable body is 422; 405 names every method of the path, also
-under /v2; every 503 says when to retry."""
+under /v2; every 503 says when to retry. /docs and /redoc work offline."""
 
 from __future__ import annotations
+
+import re
 
 from server.api.openapi import OPERATIONS
 from tests.api.conftest import ADMIN, bearer, make_settings, running_client, upload
@@ -24,6 +26,23 @@ def test_multi_tenant_document_has_the_bearer_scheme_and_real_error_bodies(mt_cl
     assert "HTTPValidationError" not in document["components"]["schemas"]
     documented = {(m.upper(), p) for p, ops in document["paths"].items() for m in ops}
     assert documented == set(OPERATIONS)
+
+
+def test_docs_pages_load_everything_from_the_server_itself(client):
+    """Swagger UI and ReDoc on a machine without internet: every script, style and icon is local."""
+    for page, script in (("/docs", "SwaggerUIBundle"), ("/redoc", "Redoc")):
+        html = client.get(page)
+        assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+        assert "http://" not in html.text and "https://" not in html.text, html.text
+        urls = [a or b for a, b in re.findall(r'(?:src|href|spec-url)="([^"]+)"|url: \'([^\']+)\'', html.text)]
+        assert "/openapi.json" in urls and any(u.endswith(".js") for u in urls), urls
+        for url in urls:
+            assert url.startswith("/") and not url.startswith("//"), url
+            asset = client.get(url)
+            assert asset.status_code == 200, url
+            if url.endswith(".js"):
+                assert script in asset.text[:5000] and len(asset.content) > 100_000  # the real bundle, not a stub
+    assert client.get("/docs/oauth2-redirect").status_code == 200
 
 
 def test_single_tenant_document_asks_for_no_key(client):

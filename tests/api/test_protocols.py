@@ -15,19 +15,21 @@ from huggingface_hub import InferenceClient
 from huggingface_hub.errors import HfHubHTTPError
 from tritonclient.utils import InferenceServerException
 
-from server.artifact import ProblemType, artifact_to_bytes
+from server.artifact import HeadKind, ProblemType, artifact_to_bytes
 from tests.api.test_server_process import ADMIN, start_server
 from tests.helpers import make_artifact
 
 TEXTS = ["a gorgeous, witty, seductive movie.", "the plot is a mess", "fine"]
 PAIRS = [("A man plays a guitar.", "Someone plays an instrument."), ("one", "two")]
+IOB = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
 TOLERANCE = 1e-6  # same inputs, same batch shape: the answers agree to float32 rounding at most
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_backbone_dir, tiny_engine):
     """One server for the module: tenant `proto` with a 3-label task `sent` (versions 1 and 2), a
-    multi-label task `tags` and a regression task `score`."""
+    multi-label task `tags`, a regression task `score`, and `spans`: a sequence task's version 1, then
+    a token (NER) head as version 2."""
     folder = tmp_path_factory.mktemp("protocols")
     proc, base = start_server(tiny_backbone_dir, folder / "data", folder / "server.log")
     try:
@@ -35,9 +37,12 @@ def served(tmp_path_factory, tiny_backbone_dir, tiny_engine):
         key = httpx.post(f"{base}/v1/admin/tenants", json={"name": "proto"}, headers=admin).json()["api_key"]
         headers = {"Authorization": f"Bearer {key}"}
         tasks = [("sent", 3, ProblemType.SINGLE_LABEL, 1), ("sent", 3, ProblemType.SINGLE_LABEL, 2),
-                 ("tags", 4, ProblemType.MULTI_LABEL, 3), ("score", 1, ProblemType.REGRESSION, 4)]
-        for task, labels, kind, seed in tasks:
-            data = artifact_to_bytes(make_artifact(tiny_engine.shape, 3 + seed, labels, kind, seed=seed))
+                 ("tags", 4, ProblemType.MULTI_LABEL, 3), ("score", 1, ProblemType.REGRESSION, 4),
+                 ("spans", 3, ProblemType.SINGLE_LABEL, 5)]
+        artifacts = [(task, make_artifact(tiny_engine.shape, 3 + seed, labels, kind, seed=seed)) for task, labels, kind, seed in tasks]
+        artifacts.append(("spans", make_artifact(tiny_engine.shape, 4, len(IOB), seed=6, head=HeadKind.TOKEN, labels=IOB)))
+        for task, artifact in artifacts:
+            data = artifact_to_bytes(artifact)
             httpx.put(f"{base}/v1/tasks/{task}", files={"file": ("a.safetensors", data)}, headers=dict(headers)).raise_for_status()
         yield base, key, headers
     finally:
@@ -152,6 +157,29 @@ def test_kserve_errors_have_the_protocols_shape(served, triton_client):
     response = httpx.post(f"{base}/v2/models/sent/infer", json=long, headers=dict(headers))
     assert response.status_code == 422 and isinstance(response.json()["error"], str)
     assert httpx.get(f"{base}/v2/models/sent/versions/x", headers=dict(headers)).status_code == 404
+
+
+def test_a_token_task_is_no_kserve_model_and_every_call_says_why(served, triton_client):
+    _, _, headers = served
+    why = "expected a sequence-classification task (KServe v2 answers a row of scores per input), got a token-classification one"
+    assert not triton_client.is_model_ready("spans", headers=dict(headers))  # the route serves version 2, the token head
+    assert not triton_client.is_model_ready("spans", "2", headers=dict(headers))
+    assert triton_client.is_model_ready("spans", "1", headers=dict(headers))
+    refusals = [
+        lambda: triton_client.get_model_metadata("spans", headers=dict(headers)),
+        lambda: triton_client.get_model_metadata("spans", "2", headers=dict(headers)),
+        lambda: triton_client.infer("spans", _text_inputs(TEXTS), headers=dict(headers)),
+    ]
+    for call in refusals:
+        with pytest.raises(InferenceServerException) as refused:
+            call()
+        assert refused.value.status() == "404" and "'spans' version 2" in refused.value.message()
+        assert why in refused.value.message() and "POST /v1/classify" in refused.value.message()
+    sequence = triton_client.get_model_metadata("spans", "1", headers=dict(headers))
+    assert [o["name"] for o in sequence["outputs"]] == ["scores", "label"]
+    result = triton_client.infer("spans", _text_inputs(TEXTS), model_version="1", headers=dict(headers))
+    assert_close(result.as_numpy("scores"), score_rows(classify(served, "spans", TEXTS, version=1)))
+    assert all("entities" in r for r in classify(served, "spans", TEXTS)["results"])  # /v1/classify serves version 2
 
 
 def test_huggingface_inference_client_text_classification(served):

@@ -8,11 +8,16 @@ single-label tasks, `label` (BYTES, [N]). Label names are in the model metadata,
 `labels` of the `scores` output. Request parameters `truncate` and `raw_scores` (booleans) mean what
 they mean in /v1/classify. Errors are the protocol's `{"error": "<message>"}`; a request that does
 not follow the protocol is 400, the other statuses are those of /v1 (SPEC section 2).
+
+A token-classification task (SPEC 1b: entity spans, not a score row per input) is no model of this
+protocol: its metadata, readiness and infer all answer 404 naming the reason (not ready, for
+tritonclient), rather than advertising outputs that infer would then refuse.
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from server import __version__
@@ -29,6 +34,8 @@ from server.api.kserve_codec import (
 )
 from server.api.lookups import version_of
 from server.api.responses import FastJSONResponse
+from server.api.state import Services
+from server.artifact import HeadKind, read_head
 from server.engine import ScoreFunction
 from server.engine.scoring import top_label
 from server.registry.base import TaskRecord, VersionRecord
@@ -37,6 +44,8 @@ router = APIRouter(prefix="/v2", route_class=protocol_route(lambda code, message
 SINGLE_LABEL = "single_label_classification"
 PLATFORM = "prefix-server"
 OUTPUTS = ("scores", "label")
+_HEADS: dict[str, HeadKind] = {}  # artifact sha256 -> its head: the content decides it, so it never goes stale
+_HEADS_KEPT = 65_536
 
 
 @router.get("/health/live")
@@ -60,8 +69,9 @@ async def server_metadata() -> dict:
 @router.get("/models/{task}")
 @router.get("/models/{task}/versions/{version}")
 async def model_metadata(task: str, request: Request, version: str | None = None) -> dict:
-    record = await _task(request, task)
+    services, record = await _task(request, task)
     chosen = _chosen_version(record, version)
+    await _served_here(services, chosen)
     labels = list(chosen.labels)
     outputs = [{"name": "scores", "datatype": "FP32", "shape": [-1, len(labels)], "labels": labels}]
     if chosen.problem_type == SINGLE_LABEL:
@@ -82,7 +92,8 @@ async def model_metadata(task: str, request: Request, version: str | None = None
 @router.get("/models/{task}/ready")
 @router.get("/models/{task}/versions/{version}/ready")
 async def model_ready(task: str, request: Request, version: str | None = None) -> dict:
-    _chosen_version(await _task(request, task), version)  # 404 unless it exists
+    services, record = await _task(request, task)
+    await _served_here(services, _chosen_version(record, version))  # 404 unless it exists and is served here
     return {"name": task, "ready": True}
 
 
@@ -100,6 +111,7 @@ async def infer(task: str, request: Request, version: str | None = None):
     record, scores = await classify_inputs(
         request, services, caller, task, _text_inputs(parsed), version=pinned,
         truncate=_flag(parsed.parameters, "truncate", True), score_function=ScoreFunction.NONE if raw else None,
+        accept=lambda chosen: _served_here(services, chosen),
     )
     header = {"model_name": task, "model_version": str(record.version)}
     if parsed.id is not None:
@@ -119,10 +131,26 @@ async def unknown_endpoint(path: str, request: Request):
     raise ApiError(404, f"expected a KServe v2 endpoint (/v2/health/*, /v2/models/...), got {request.method} /v2/{path}")
 
 
-async def _task(request: Request, task: str) -> TaskRecord:
+async def _task(request: Request, task: str) -> tuple[Services, TaskRecord]:
     services = ready_services(request)
     caller = await authenticate(request, services)
-    return await services.lookups.task(caller.tenant.name, task)
+    return services, await services.lookups.task(caller.tenant.name, task)
+
+
+async def _served_here(services: Services, version: VersionRecord) -> None:
+    """Raises 404 for a token-classification version; its head is read from the artifact's header once."""
+    head = _HEADS.get(version.sha256)
+    if head is None:
+        data = await run_in_threadpool(services.registry.read_artifact_bytes, version.sha256)
+        head = read_head(data, services.runtime.shape)
+        if len(_HEADS) >= _HEADS_KEPT:
+            _HEADS.clear()
+        _HEADS[version.sha256] = head
+    if head is HeadKind.TOKEN:
+        raise ApiError(
+            404, f"model {version.task!r} version {version.version}: expected a sequence-classification task (KServe v2 "
+            "answers a row of scores per input), got a token-classification one; its entity spans are on POST /v1/classify",
+        )
 
 
 def _chosen_version(record: TaskRecord, version: str | None) -> VersionRecord:

@@ -63,8 +63,7 @@ async def upload_version(
         data = await run_in_threadpool(convert_peft_zip, data, services.runtime.shape, label_names, problem_type)
     record = await run_in_threadpool(services.registry.add_version, caller.tenant.name, task, data)
     services.lookups.invalidate_task(caller.tenant.name, task)
-    body = {k: v for k, v in version_json(record).items() if k not in ("metadata", "created_at", "size_bytes")}
-    return FastJSONResponse(body, status_code=201)
+    return FastJSONResponse(version_json(record), status_code=201)  # the version as GET /v1/tasks/{task} shows it
 
 
 @router.get("")

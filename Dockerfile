@@ -35,7 +35,8 @@ RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL:-$TORCH
 COPY pyproject.toml README.md ./
 COPY server ./server
 COPY prefixes ./prefixes
-RUN pip install . \
+# The image serves one server or a replica of many (PostgreSQL + S3): the replicas extra is in it.
+RUN pip install ".[replicas]" \
     && useradd --create-home --uid 10001 prefix \
     && mkdir -p /data && chown prefix /data
 

@@ -9,6 +9,7 @@ are SecretStr so they never reach a log or a repr. A `PREFIX_SERVER_*` variable 
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import logging
 import os
 from collections.abc import Mapping
@@ -29,6 +30,15 @@ BENCH_DATA_VARIABLE = ENV_PREFIX + "BENCH_DATA"  # the benchmarks' data folder
 
 class ConfigurationError(ValueError):
     """A setting that cannot be used as given; its message is one line for the operator."""
+
+
+def require_extra(module: str, extra: str, what: str) -> None:
+    """Raises ConfigurationError naming the extra to install when `module` is not importable."""
+    if importlib.util.find_spec(module) is None:
+        raise ConfigurationError(
+            f"{what} needs the '{extra}' extra, which is not installed ({module} is missing): "
+            f"pip install 'prefix-server[{extra}]'"
+        )
 
 
 def _default_backbone() -> str:
@@ -123,6 +133,18 @@ class Settings(BaseSettings):
     def _ports_differ(self):
         if self.metrics_port and self.metrics_port == self.port:
             raise ValueError(f"metrics_port: expected a port other than port's, got {self.metrics_port} for both")
+        return self
+
+    @model_validator(mode="after")
+    def _extras_installed(self):
+        """A setting that needs an optional extra fails here, in milliseconds, naming the extra."""
+        database = self.database_url.get_secret_value() if self.database_url else ""
+        for needed, field, module, extra in (
+            (database.startswith("postgresql"), "database_url: a PostgreSQL URL", "psycopg", "replicas"),
+            ((self.blob_url or "").startswith("s3://"), "blob_url: an s3:// store", "boto3", "replicas"),
+            (self.opentelemetry, "opentelemetry: true", "opentelemetry", "otel"),
+        ):
+            require_extra(module, extra, field) if needed else None
         return self
 
     @property

@@ -1,12 +1,22 @@
 """Settings beyond `serve`'s flags: a PREFIX_SERVER_* variable nothing reads is named at start-up with
-the closest known name, and the variables other commands read are not taken for misspellings."""
+the closest known name, the variables other commands read are not taken for misspellings, and a
+setting that needs an optional extra names the extra."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
 
 from server.settings import API_KEY_VARIABLE, BENCH_DATA_VARIABLE, ENV_PREFIX, Settings, unknown_variables
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_a_misspelled_variable_is_named_with_the_closest_setting():
@@ -37,3 +47,29 @@ def test_start_up_warns_once_naming_the_closest_setting(monkeypatch, caplog):
         settings.log_once()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == ["ignored, no setting reads them: PREFIX_SERVER_MAX_WAIT_M (did you mean PREFIX_SERVER_MAX_WAIT_MS?)"]
+
+
+@pytest.mark.parametrize("field, value, module, extra", [
+    ("database_url", "postgresql+psycopg://u:p@db:5432/prefix", "psycopg", "replicas"),
+    ("blob_url", "s3://bucket/prefixes", "boto3", "replicas"),
+    ("opentelemetry", True, "opentelemetry", "otel"),
+])
+def test_a_setting_that_needs_an_extra_names_it(monkeypatch, field, value, module, extra):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a))
+    with pytest.raises(ValidationError, match=rf"needs the '{extra}' extra.*pip install 'prefix-server\[{extra}\]'"):
+        Settings(**{field: value})
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    assert getattr(Settings(**{field: value}), field)  # installed here (the test extra has them): accepted
+
+
+def test_serving_the_embedded_default_imports_no_extra():
+    """The replica and training libraries stay out of a plain `serve` (they are extras)."""
+    probe = (
+        "import sys; from server.api.app import create_app; from server.settings import Settings; "
+        "create_app(Settings(prefixes_dir='')); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'psycopg', 'boto3', 'botocore', 'seqeval', 'sklearn', 'scipy'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from server.artifact import ProblemType
-from server.settings import API_KEY_VARIABLE
+from server.settings import API_KEY_VARIABLE, require_extra
 
 EPILOG = """\
 data: JSONL, JSON, CSV or TSV rows with `text`, optional `text_pair`, and `label`: an index or a
@@ -89,6 +89,9 @@ def run_train(args: argparse.Namespace) -> int:
 
     api_key = args.api_key or os.environ.get(API_KEY_VARIABLE)
     try:
+        require_extra("tqdm", "train", "prefix-server train")
+        if args.head == "token":
+            require_extra("seqeval", "train", "prefix-server train --head token")
         if args.upload:  # before minutes of training: the server, the key, the task name, the backbone
             check_upload_target(args.upload, args.task or "", api_key, _backbone_fingerprint(args.backbone))
         elif args.task:

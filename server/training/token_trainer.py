@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from server.artifact import HeadKind, PrefixArtifact, ProblemType, artifact_to_bytes, read_artifact
 from server.engine import Engine
+from server.settings import require_extra
 from server.training.batches import eval_batches
 from server.training.token_model import PrefixTokenClassifier, token_loss
 from server.training.trainer import (
@@ -123,10 +124,8 @@ def token_metrics(gold: list[list[str]], predicted: list[list[str]], labels: tup
     metrics: dict = {"word_accuracy": correct / words}
     if not is_iob2(labels):
         return metrics  # entity scores need IOB2 tags; other label sets are per word (SPEC 1b)
-    try:
-        from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
-    except ImportError:  # pragma: no cover
-        raise ImportError("the entity-level evaluation needs seqeval: pip install seqeval") from None
+    require_extra("seqeval", "train", "the entity-level evaluation of a token task")
+    from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
     metrics.update(
         f1=f1_score(gold, predicted), precision=precision_score(gold, predicted), recall=recall_score(gold, predicted)
     )

@@ -4,6 +4,7 @@ scoring through any engine as the batcher does, and whether a process that is no
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,9 +74,15 @@ def reference_outputs(folder: str | Path, artifact: PrefixArtifact, text: str | 
         cache.update(kv[layer, 0][None], kv[layer, 1][None], layer)  # each [1, H, P, D]
     mask = torch.cat([torch.ones(1, P, dtype=enc["attention_mask"].dtype), enc["attention_mask"]], dim=1)
     types = enc.get("token_type_ids", torch.zeros_like(enc["input_ids"]))
-    out = model(input_ids=enc["input_ids"], token_type_ids=types, attention_mask=mask, cache=cache)
+    out = model(input_ids=enc["input_ids"], token_type_ids=types, attention_mask=mask, **past(model, cache))
     pooled = out.pooler_output[0] if out.pooler_output is not None else None
     return out.last_hidden_state[0], pooled, enc
+
+
+def past(model, cache: DynamicCache) -> dict:
+    """The prefix as the model's past key/values: `cache=` since transformers 5, `past_key_values=` before
+    (the package serves on both; the suite runs on both)."""
+    return {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
 
 
 def _score(logits: torch.Tensor, problem_type: ProblemType) -> list:

@@ -18,6 +18,7 @@ from server.training import DataError, TrainConfig
 from server.training.token_model import token_logits
 from server.training.token_trainer import token_metrics, train_token
 from server.training.words import IGNORE, EncodedWordSet, first_subtokens, load_word_dataset, order_labels
+from tests.helpers import past
 
 NAMES = ["Alice", "Bob", "Carol", "Dave"]
 PLACES = ["Paris", "London", "Berlin", "Madrid"]
@@ -115,7 +116,7 @@ def test_token_model_equals_transformers_with_past_key_values(tiny_engine, tiny_
                 cache.update(kv[layer, 0][None], kv[layer, 1][None], layer)  # each [1, H, P, D]
             ids, types = enc["input_ids"][row : row + 1, :n], enc["token_type_ids"][row : row + 1, :n]  # [1, n]
             mask_with_prefix = torch.ones(1, P + n, dtype=torch.long)  # the seed's cat(prefix ones, mask)
-            out = reference(input_ids=ids, token_type_ids=types, attention_mask=mask_with_prefix, cache=cache)
+            out = reference(input_ids=ids, token_type_ids=types, attention_mask=mask_with_prefix, **past(reference, cache))
             expected = head(out.last_hidden_state[0])  # [n, C]
             assert torch.allclose(ours[row, :n], expected, atol=1e-5), (ours[row, :n] - expected).abs().max()
 
@@ -192,5 +193,5 @@ def test_roberta_token_training_equals_transformers(tmp_path):
     with torch.no_grad():
         ours = token_logits(engine.model, kv[:, :, None], head, enc["input_ids"], torch.zeros_like(enc["input_ids"]),
                             torch.ones(1, n, dtype=torch.bool))  # [1, n, C]
-        out = reference(input_ids=enc["input_ids"], attention_mask=torch.ones(1, P + n, dtype=torch.long), cache=cache)
+        out = reference(input_ids=enc["input_ids"], attention_mask=torch.ones(1, P + n, dtype=torch.long), **past(reference, cache))
     assert torch.allclose(ours[0], head(out.last_hidden_state[0]), atol=1e-5)

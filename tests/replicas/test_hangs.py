@@ -13,10 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.replicas.cluster import create_tenant, start_replicas, wait_until
-from tests.replicas.conftest import new_bucket
-from tests.replicas.test_outages import info, registry_up_gauge
+from tests.replicas import test_replicas
+from tests.replicas.cluster import create_tenant, wait_until
+from tests.replicas.test_outages import info, registry_up_gauge, warm_up
 from tests.replicas.test_replicas import classify, upload
+
+cluster = test_replicas.cluster  # the fixture: replicas A and B for this module, on a fresh database and bucket
 
 HUNG_S = 8.0  # longer than the lookup cache's TTL (5 s): warm entries are served past their refresh time
 WRITE_ANSWER_WITHIN_S = 3.0
@@ -26,61 +28,42 @@ CROWD = 8
 pytestmark = pytest.mark.slow
 
 
-def test_a_hung_blob_store(tmp_path, postgres_server, s3_server, tiny_backbone_dir, make_artifact_bytes):
-    a, b = start_replicas(
-        ["a", "b"], tmp_path, backbone=tiny_backbone_dir, database_url=postgres_server.fresh_database(),
-        blob_url=new_bucket(s3_server), s3_endpoint=s3_server.endpoint,
-    )
-    try:
-        key = create_tenant(a, "blobs")
-        assert upload(a, key, "warm", make_artifact_bytes(1)).status_code == 201
-        assert upload(a, key, "cold", make_artifact_bytes(2)).status_code == 201  # in A's blob cache, not B's
-        assert classify(b, key, "warm").status_code == 200  # loaded on B
-        with s3_server.hung():
-            rounds = _while_hung(a, b, key, "warm", make_artifact_bytes, "blob store", lambda: classify(b, key, "cold"))
-            assert classify(a, key, "cold").status_code == 200  # A never loaded it: its blob cache answers
-            down, _ = wait_until(lambda: info(b)["blobs"]["up"] is False, 3)
-            assert down and registry_up_gauge(b, "blobs") == 0.0 and info(b)["database"]["up"]
-        _whole_again(a, b, key, lambda: classify(b, key, "cold").status_code == 200, make_artifact_bytes)
-        _nothing_half_written(a, b, key, rounds)
-    finally:
-        a.stop()
-        b.stop()
+def test_a_hung_blob_store(cluster, s3_server, make_artifact_bytes):
+    a, b = cluster
+    key = create_tenant(a, "blobs")
+    assert upload(a, key, "warm", make_artifact_bytes(1)).status_code == 201
+    assert upload(a, key, "cold", make_artifact_bytes(2)).status_code == 201  # in A's blob cache, not B's
+    assert classify(b, key, "warm").status_code == 200  # loaded on B
+    with s3_server.hung():
+        rounds = _while_hung(a, b, key, "warm", make_artifact_bytes, "blob store", lambda: classify(b, key, "cold"))
+        assert classify(a, key, "cold").status_code == 200  # A never loaded it: its blob cache answers
+        down, _ = wait_until(lambda: info(b)["blobs"]["up"] is False, 3)
+        assert down and registry_up_gauge(b, "blobs") == 0.0 and info(b)["database"]["up"]
+    _whole_again(a, b, key, lambda: classify(b, key, "cold").status_code == 200, make_artifact_bytes)
+    _nothing_half_written(a, b, key, rounds)
 
 
-def test_a_hung_database(tmp_path, postgres_server, s3_server, tiny_backbone_dir, make_artifact_bytes):
-    a, b = start_replicas(
-        ["a", "b"], tmp_path, backbone=tiny_backbone_dir, database_url=postgres_server.fresh_database(),
-        blob_url=new_bucket(s3_server), s3_endpoint=s3_server.endpoint,
-    )
-    try:
-        key = create_tenant(a, "warm")
-        cold_key = create_tenant(a, "cold")  # never used on B before the hang
-        assert upload(a, key, "hot", make_artifact_bytes(1)).status_code == 201
-        assert upload(a, key, "untouched", make_artifact_bytes(2)).status_code == 201
-        for replica in (a, b):
-            assert classify(replica, key, "hot").status_code == 200
-        with postgres_server.hung():
-            rounds = _while_hung(a, b, key, "hot", make_artifact_bytes, "database", lambda: classify(b, key, "untouched"))
-            cold_tenant = classify(b, cold_key, "anything")
-            assert cold_tenant.status_code == 503 and cold_tenant.headers["retry-after"], cold_tenant.text  # not 401
-            began = time.monotonic()
-            with a.client() as admin:
-                refused = admin.post("/v1/admin/tenants", json={"name": "later"})
-            assert refused.status_code == 503 and time.monotonic() - began < WRITE_ANSWER_WITHIN_S, refused.text
-            down, _ = wait_until(lambda: info(b)["database"]["up"] is False, 3)
-            assert down and registry_up_gauge(b, "database") == 0.0 and info(b)["blobs"]["up"]
-        _whole_again(
-            a, b, key,
-            lambda: classify(b, key, "untouched").status_code == 200 and classify(b, cold_key, "x").status_code == 404,
-            make_artifact_bytes,
-        )
-        _nothing_half_written(a, b, key, rounds)
+def test_a_hung_database(cluster, postgres_server, make_artifact_bytes):
+    a, b = cluster
+    key, cold_key = warm_up(a, b, make_artifact_bytes)  # 'hot' warm on both, 'untouched' and tenant 'cold' cold on B
+    with postgres_server.hung():
+        rounds = _while_hung(a, b, key, "hot", make_artifact_bytes, "database", lambda: classify(b, key, "untouched"))
+        cold_tenant = classify(b, cold_key, "anything")
+        assert cold_tenant.status_code == 503 and cold_tenant.headers["retry-after"], cold_tenant.text  # not 401
+        began = time.monotonic()
         with a.client() as admin:
-            assert "later" not in [t["name"] for t in admin.get("/v1/admin/tenants").json()["tenants"]]
-    finally:
-        a.stop()
-        b.stop()
+            refused = admin.post("/v1/admin/tenants", json={"name": "later"})
+        assert refused.status_code == 503 and time.monotonic() - began < WRITE_ANSWER_WITHIN_S, refused.text
+        down, _ = wait_until(lambda: info(b)["database"]["up"] is False, 3)
+        assert down and registry_up_gauge(b, "database") == 0.0 and info(b)["blobs"]["up"]
+    _whole_again(
+        a, b, key,
+        lambda: classify(b, key, "untouched").status_code == 200 and classify(b, cold_key, "x").status_code == 404,
+        make_artifact_bytes,
+    )
+    _nothing_half_written(a, b, key, rounds)
+    with a.client() as admin:
+        assert "later" not in [t["name"] for t in admin.get("/v1/admin/tenants").json()["tenants"]]
 
 
 def _while_hung(a, b, key, warm_task, make_artifact_bytes, component, cold) -> int:

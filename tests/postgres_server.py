@@ -2,8 +2,9 @@
 folder on a free port, owned by the test session (so a test can stop it and start it again).
 
 initdb and pg_ctl refuse to run as root, so as root they run as the `postgres` user on a folder it
-owns. fsync is off: the tests kill replicas, never the database host. Each test gets a database of
-its own (`fresh_database`), so tests neither see nor wait for each other's rows.
+owns. `hung()` stops the server for real (SIGSTOP) for a test of a hung database. fsync is off: the
+tests kill replicas, never the database host. Each test gets a database of its own (`fresh_database`),
+so tests neither see nor wait for each other's rows.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from tests.processes import children, stopped
 
 
 def postgres_bin_dir() -> Path | None:
@@ -60,6 +63,15 @@ class PostgresServer:
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "30", "stop")
+
+    @contextlib.contextmanager
+    def hung(self):
+        """The server stopped with SIGSTOP for the block, the postmaster first (so it forks nothing new),
+        then every process it started (backends, background workers): connections stay open and new ones
+        are still accepted by the kernel, but nothing answers. SIGCONT after the block."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        with stopped([postmaster]), stopped(children(postmaster)):
+            yield
 
     def fresh_database(self) -> str:
         """Creates an empty database and returns its SQLAlchemy URL."""

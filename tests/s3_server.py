@@ -1,7 +1,8 @@
 """A real S3-protocol server for tests: a moto server process on a loopback port, and pytest fixtures.
 
 Owns starting the process, waiting until it answers, and stopping and restarting it on the same port so a
-test can simulate an outage of the blob store. moto keeps everything in memory: a restart comes back
+test can simulate an outage of the blob store, and `hung()` stops it with SIGSTOP (it keeps its port and
+its data but answers nothing) for a test of a hung store. moto keeps everything in memory: a restart comes back
 empty (no buckets, no objects), so a test of an outage must create what it needs again after start().
 
 Fixtures (import them into a conftest.py to use them):
@@ -24,6 +25,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.processes import stopped
 
 FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 START_TIMEOUT_S = 60.0  # importing moto takes seconds on a loaded machine
@@ -75,6 +78,12 @@ class S3Server:
             self._process.kill()
             self._process.wait()
         self._process = None
+
+    def hung(self):
+        """A context in which the server process is stopped with SIGSTOP: connections are accepted by the
+        kernel, nothing answers. SIGCONT after the block; everything stored is still there."""
+        assert self._process is not None, "moto server: expected it to be running before hanging it"
+        return stopped([self._process.pid])
 
     def log(self) -> str:
         return self._log.read_text(errors="replace")[-4000:]

@@ -1,8 +1,10 @@
 """The API process's background upkeep of the registry: probing the database and the blob store (the
 `prefix_server_registry_up` gauge and /v1/info), and collecting unreferenced blobs now and then.
 
-Probes run on a thread every second, so an outage shows within about a second and a return as soon;
-the registry's own connection pool and listener recover by themselves, this only reports.
+Probes run on a thread every second, so an outage shows within about a second and a return as soon.
+A probe asks its dependency even while the registry's circuit for it is open (server.registry.circuit),
+and its answer closes the circuit: that is what makes a replica whole about a second after a hung or
+stopped dependency returns. The connection pool and the listener recover by themselves.
 """
 
 from __future__ import annotations

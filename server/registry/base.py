@@ -142,7 +142,8 @@ class Registry(Protocol):
         when changes may have been missed (the listener reconnected). Called from another thread."""
 
     def health(self) -> dict[str, bool]:
-        """{'database': up, 'blobs': up}, from a cheap probe of each."""
+        """{'database': up, 'blobs': up}, from a cheap probe of each, bounded like every call; a probe asks
+        even while the dependency's circuit is open, and an answer closes it."""
 
     def describe(self) -> dict[str, str]:
         """Where the state lives (URLs without credentials)."""

@@ -5,12 +5,15 @@ Correctness comes from the database, not from process locks:
 - PostgreSQL: a write locks the rows it depends on (`FOR UPDATE`: the tenant, then the task), so two
   replicas uploading at once queue on the row, versions stay gap-free and quotas hold; a blob is
   guarded by a transaction-scoped advisory lock keyed by its sha256, taken by the upload that commits
-  a reference to it and by the collector that removes it. Connections have bounded `connect_timeout`,
-  `lock_timeout` and `statement_timeout`, so a write answers within seconds when the server is gone.
+  a reference to it and by the collector that removes it.
 - SQLite: one writer at a time (`BEGIN IMMEDIATE`, plus a lock in this process so threads queue
   instead of polling), so row and blob locks are implied. WAL journal (readers never wait for the
   writer; `kill -9` leaves the last commit), synchronous=FULL (an answered 201 survives a power cut),
   busy_timeout (another process holding the lock makes us wait, not fail).
+
+Every call to PostgreSQL is bounded in time and goes through a circuit breaker (server.registry.postgres,
+server.registry.circuit), so a server that is gone or hung costs 503s within about 2 s and then at
+once, not threads stuck on it.
 
 Every write may `announce` a `Change`: on PostgreSQL it is a `NOTIFY` sent in the transaction (so it
 is heard only if the write commits); on both, this process's subscribers hear it right after commit.
@@ -32,13 +35,12 @@ from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.engine import make_url
 
 from server.registry.base import Change, RegistryUnavailable
+from server.registry.circuit import Circuit, CircuitOpen
+from server.registry.postgres import create_postgres_engine, reported
 
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "prefix_server_changes"
-CONNECT_TIMEOUT_S = 2  # with lock and statement timeouts below: a write answers 503 within 3 s of an outage
-LOCK_TIMEOUT_MS = 2000
-STATEMENT_TIMEOUT_MS = 2500  # the registry's statements take milliseconds; past this the server is in trouble
 _BEGIN_OPTION = "registry_begin"
 
 
@@ -61,7 +63,12 @@ class Database:
         self.dialect = make_url(url).get_backend_name()
         if self.dialect not in ("sqlite", "postgresql"):
             raise ValueError(f"database URL: expected sqlite:/// or postgresql+psycopg://, got {redact_url(url)}")
-        self.engine = _create_sqlite(url, busy_timeout_s) if self.dialect == "sqlite" else _create_postgres(url)
+        # SQLite is a local file: it has no network to hang on, and its "database is locked" is no outage.
+        self._circuit = Circuit("the database") if self.dialect == "postgresql" else None
+        if self._circuit is None:
+            self.engine = _create_sqlite(url, busy_timeout_s)
+        else:
+            self.engine = create_postgres_engine(url, self._circuit)
         self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
         self._subscribers: list[Callable[[Change], None]] = []
 
@@ -80,7 +87,7 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        with _unavailable_as_registry_error(), self.engine.connect() as connection, connection.begin():
+        with self._call(), self.engine.connect() as connection, connection.begin():
             yield connection
 
     @contextmanager
@@ -88,7 +95,7 @@ class Database:
         """Commits when the block ends normally, rolls back if it raises; then tells this process's
         subscribers what was announced (other replicas hear the NOTIFY)."""
         announced: list[Change] = []
-        with _unavailable_as_registry_error(), self._serialised(), self.engine.connect() as connection:
+        with self._call(), self._serialised(), self.engine.connect() as connection:
             if self._write_lock is not None:
                 connection.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
             connection.info["announced"] = announced
@@ -125,7 +132,7 @@ class Database:
                 yield connection
             return
         key = advisory_key(purpose)
-        with _unavailable_as_registry_error(), self.engine.connect() as connection:
+        with self._call(), self.engine.connect() as connection:
             if wait:
                 connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
             elif not connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar_one():
@@ -137,12 +144,15 @@ class Database:
                 with connection.begin():
                     yield connection
             finally:
-                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-                connection.commit()
+                if not connection.invalidated:  # a lost connection's session, and its lock, ended with it
+                    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                    connection.commit()
 
     def ping(self) -> bool:
+        """Whether the server answers now. It asks even while the circuit is open: the health monitor's
+        probe, every second, is what closes it soon after the server returns."""
         try:
-            with self.read() as connection:
+            with self._call(probe=True), self.engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
             return True
         except RegistryUnavailable:
@@ -156,20 +166,45 @@ class Database:
             with self._write_lock:
                 yield
 
+    @contextmanager
+    def _call(self, probe: bool = False) -> Iterator[None]:
+        """One use of the database. Errors that mean "not reachable or not answering in time" (refused or
+        lost connections, a bound passed, no pooled connection free, a lock or statement timeout) become
+        RegistryUnavailable: nothing is known about what was asked, so the caller must not answer 401 or
+        404. PostgreSQL: refused at once while the circuit is open; an answer closes it, none opens it."""
+        circuit = self._circuit
+        if circuit is not None:
+            try:
+                circuit.admit(probe)
+            except CircuitOpen as error:
+                raise RegistryUnavailable("database", str(error)) from None
+        # An answer closes the circuit: a result, an error the server reported, or the block's own refusal
+        # (NotFound, Conflict...) made from one. Opening it is the engine's handle_error hook's.
+        answered = True
+        try:
+            yield
+        except exc.TimeoutError as error:  # no pooled connection came free: the server was not asked
+            answered = False
+            raise RegistryUnavailable("database", _first_line(error)) from error
+        except exc.DBAPIError as error:
+            answered = reported(error.orig)
+            if isinstance(error, (exc.OperationalError, exc.InterfaceError)):
+                raise RegistryUnavailable("database", _first_line(error.orig or error)) from error
+            if error.connection_invalidated:
+                raise RegistryUnavailable("database", "the connection was lost") from error
+            raise
+        except exc.SQLAlchemyError:  # e.g. a connection invalidated earlier in the block: nothing was asked
+            answered = False
+            raise
+        finally:
+            if circuit is not None:
+                if answered:
+                    circuit.answered()
+                circuit.release()
 
-@contextmanager
-def _unavailable_as_registry_error() -> Iterator[None]:
-    try:
-        yield
-    except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError) as error:
-        # Connection refused or lost, pool exhausted, lock or statement timeout: nothing is known about
-        # what was asked, so the caller must not answer 401 or 404.
-        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0][:300]
-        raise RegistryUnavailable("database", reason) from error
-    except exc.DBAPIError as error:
-        if error.connection_invalidated:
-            raise RegistryUnavailable("database", "the connection was lost") from error
-        raise
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
 
 
 def _create_sqlite(url: str, busy_timeout_s: float) -> Engine:
@@ -198,15 +233,3 @@ def _create_sqlite(url: str, busy_timeout_s: float) -> Engine:
         connection.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
-
-
-def _create_postgres(url: str) -> Engine:
-    options = f"-c lock_timeout={LOCK_TIMEOUT_MS} -c statement_timeout={STATEMENT_TIMEOUT_MS}"
-    return create_engine(
-        url,
-        pool_pre_ping=True,  # a connection the server dropped (restart, outage) is replaced, not handed out
-        pool_size=8,
-        max_overflow=8,
-        pool_timeout=CONNECT_TIMEOUT_S,
-        connect_args={"connect_timeout": CONNECT_TIMEOUT_S, "options": options, "application_name": "prefix-server"},
-    )

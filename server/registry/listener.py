@@ -5,7 +5,8 @@ A NOTIFY is only delivered to sessions listening when it commits, so whatever co
 connection was down is never heard: after every (re)connect the listener calls `on_resync`, and the
 caches mark everything they hold as stale. The cache's TTL stays as the backstop for a listener that
 is wedged without knowing it; a `SELECT 1` every few idle seconds finds a connection the server has
-silently dropped.
+silently dropped, or a server that has stopped answering (the connection bounds every round trip, as the
+registry's pooled ones do, and uses the same TCP keepalive), and the listener reconnects.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from server.registry.base import Change
-from server.registry.database import CONNECT_TIMEOUT_S, NOTIFY_CHANNEL
+from server.registry.database import NOTIFY_CHANNEL
+from server.registry.postgres import (
+    CONNECT_TIMEOUT_S,
+    CONNECTION_PARAMETERS,
+    ROUND_TRIP_TIMEOUT_S,
+    BoundedConnection,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +54,13 @@ class ChangeListener:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=2 * POLL_S + CONNECT_TIMEOUT_S)
+        self._thread.join(timeout=2 * POLL_S + max(CONNECT_TIMEOUT_S, ROUND_TRIP_TIMEOUT_S))
 
     def _run(self) -> None:
         failures = 0
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+                with BoundedConnection.connect(self._conninfo, autocommit=True, **CONNECTION_PARAMETERS) as conn:
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     if failures:
                         log.info("registry listener reconnected")

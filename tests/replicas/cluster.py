@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from tests.postgres_server import free_port
+from tests.processes import children as _children
 from tests.s3_server import FAKE_CREDENTIALS
 
 ADMIN = "replica-admin-token"
@@ -133,10 +134,3 @@ def wait_until(predicate, timeout_s: float, interval_s: float = 0.01):
             return value, time.monotonic() - started
         time.sleep(interval_s)
 
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except FileNotFoundError:
-        return []

@@ -34,18 +34,25 @@ def registry_up_gauge(replica, component: str) -> float:
     raise AssertionError(f"no registry_up gauge for {component}")
 
 
+def warm_up(a, b, make_artifact_bytes) -> tuple[str, str]:
+    """Before a database outage: tenant 'warm' with task 'hot' classified on both replicas and task
+    'untouched' on neither, and tenant 'cold' never used on B. Returns both tenants' keys."""
+    key = create_tenant(a, "warm")
+    cold_key = create_tenant(a, "cold")
+    assert upload(a, key, "hot", make_artifact_bytes(1)).status_code == 201
+    assert upload(a, key, "untouched", make_artifact_bytes(2)).status_code == 201
+    for replica in (a, b):
+        assert classify(replica, key, "hot").status_code == 200
+    return key, cold_key
+
+
 def test_the_database_down_for_30_s(tmp_path, postgres_server, s3_server, tiny_backbone_dir, make_artifact_bytes):
     a, b = start_replicas(
         ["a", "b"], tmp_path, backbone=tiny_backbone_dir, database_url=postgres_server.fresh_database(),
         blob_url=new_bucket(s3_server), s3_endpoint=s3_server.endpoint,
     )
     try:
-        key = create_tenant(a, "warm")
-        cold_key = create_tenant(a, "cold")  # never used on B before the outage
-        assert upload(a, key, "hot", make_artifact_bytes(1)).status_code == 201
-        assert upload(a, key, "untouched", make_artifact_bytes(2)).status_code == 201
-        for replica in (a, b):
-            assert classify(replica, key, "hot").status_code == 200
+        key, cold_key = warm_up(a, b, make_artifact_bytes)
         postgres_server.stop()
         try:
             _during_the_database_outage(a, b, key, cold_key, make_artifact_bytes)

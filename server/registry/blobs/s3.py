@@ -12,10 +12,15 @@ it the way they set it for every other S3 client. The credentials need GetObject
 DeleteObject and ListBucket on the bucket: without ListBucket, S3 answers 403 rather than 404 for a
 missing key, which this store would take for refused credentials.
 
-Bounded calls: connect timeout 2 s, read timeout 5 s, at most 3 attempts (botocore's standard mode; its
-backoff between attempts is at most 50 ms, then 100 ms, for errors that are not throttling). A refused
-connection (the store's host is up, the service is not) therefore fails in well under a second; a host
-that drops packets costs up to 3 connect timeouts (~6 s).
+Bounded calls (SPEC 4: a write answers 503 within 3 s when the store is gone or hung): connect timeout
+1 s, read timeout 1 s (each wait for the socket: an answer's first byte, each further chunk, room to send
+into), at most 2 attempts in all (botocore's standard mode; its backoff between attempts is at most 50 ms
+for errors that are not throttling). So a call to a store that does not answer (a stopped process, whose
+kernel still accepts and acknowledges; a host that drops packets) gives up after about 2 s, and one that
+refuses connections at once. A call that got no answer opens the store's circuit (server.registry.
+circuit): calls fail at once until the health probe (every second in a server) gets an answer, so a hung
+store costs the requests that met it first one such wait, and the rest none. A store that answers, even
+with an error, is up.
 
 Checksums: botocore >= 1.36 adds CRC32 checksums to every upload and validates them on download by
 default, which MinIO, SeaweedFS and older Ceph reject or mishandle; "when_required" restores the old
@@ -40,19 +45,25 @@ from server.registry.blobs import (
     check_name,
     verified,
 )
+from server.registry.circuit import Circuit, CircuitOpen
 
 DEFAULT_REGION = "us-east-1"
 _RELATIVE_KEY_RE = re.compile(r"([0-9a-f]{2})/([0-9a-f]{64})")
-# The store is unreachable or unusable right now, as opposed to a request this code got wrong.
-_UNAVAILABLE = (bx.ConnectionError, bx.HTTPClientError, bx.NoCredentialsError, bx.PartialCredentialsError)
+# The store is unreachable or unusable right now, as opposed to a request this code got wrong; of those,
+# no answer at all (refused, reset, timed out) opens the circuit.
+_NO_ANSWER = (bx.ConnectionError, bx.HTTPClientError)
+_UNAVAILABLE = (*_NO_ANSWER, bx.NoCredentialsError, bx.PartialCredentialsError)
+CONNECT_TIMEOUT_S = 1.0
+READ_TIMEOUT_S = 1.0
+TOTAL_ATTEMPTS = 2
 _MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
 
 
 def client_config() -> botocore.config.Config:
     return botocore.config.Config(
-        connect_timeout=2,
-        read_timeout=5,
-        retries={"mode": "standard", "max_attempts": 3},
+        connect_timeout=CONNECT_TIMEOUT_S,
+        read_timeout=READ_TIMEOUT_S,
+        retries={"mode": "standard", "total_max_attempts": TOTAL_ATTEMPTS},
         s3={"addressing_style": "path"},
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
@@ -69,6 +80,11 @@ class S3BlobStore:
         # from concurrently; the client itself is thread-safe and reused for every call.
         session = boto3.session.Session()
         self._client = session.client("s3", region_name=session.region_name or DEFAULT_REGION, config=client_config())
+        self._circuit = Circuit("the blob store")
+        # botocore sends a PutObject with "Expect: 100-continue" and waits up to 1 s for "100 Continue"
+        # before the body: against a store that does not answer, a second lost per attempt on top of the
+        # read timeout. An artifact is sent whole at once instead (the header is not signed).
+        self._client.meta.events.register("before-sign.s3.PutObject", _without_expect_continue)
 
     def describe(self) -> str:
         location = f"s3://{self.bucket}/{self.key_prefix}".rstrip("/")
@@ -130,24 +146,37 @@ class S3BlobStore:
         return 0  # a PUT is atomic in S3: an interrupted one leaves nothing behind
 
     def ping(self) -> None:
-        with self._translated("checking the bucket"):
+        with self._translated("checking the bucket", probe=True):  # the health probe: asks even while the circuit is open
             self._client.head_bucket(Bucket=self.bucket)
 
     def close(self) -> None:
         self._client.close()
 
     @contextlib.contextmanager
-    def _translated(self, doing: str, key: str | None = None) -> Iterator[None]:
-        """Turns botocore's errors into the package's while `doing` something (to `key`, if one)."""
+    def _translated(self, doing: str, key: str | None = None, probe: bool = False) -> Iterator[None]:
+        """One call to the store, `doing` something (to `key`, if one): refused at once while the circuit
+        is open, unless it is the health `probe`; botocore's errors become the package's, and an answer
+        closes the circuit, none opens it."""
         what = f"{doing} {key}" if key else doing
+        try:
+            self._circuit.admit(probe)
+        except CircuitOpen as error:
+            raise BlobStoreUnavailable(f"blob store {self.describe()}: expected an answer {what}, got none: {error}") from None
         try:
             yield
         except bx.ClientError as error:
+            self._circuit.answered()
             raise self._client_error(what, key, error) from error
         except _UNAVAILABLE as error:
+            if isinstance(error, _NO_ANSWER):
+                self._circuit.unanswered(f"{type(error).__name__} {what}")
             raise BlobStoreUnavailable(
                 f"blob store {self.describe()}: expected an answer {what}, got {type(error).__name__}: {error}"
             ) from error
+        else:
+            self._circuit.answered()
+        finally:
+            self._circuit.release()
 
     def _client_error(self, what: str, key: str | None, error: bx.ClientError) -> Exception:
         code = str(error.response.get("Error", {}).get("Code", ""))
@@ -166,3 +195,7 @@ class S3BlobStore:
         if status >= 500 or status in (401, 403):
             return BlobStoreUnavailable(f"{where}: expected an answer {what}, got HTTP {status} {code}")
         return error
+
+
+def _without_expect_continue(request, **_) -> None:
+    del request.headers["Expect"]  # no error when absent

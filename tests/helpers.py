@@ -1,5 +1,4 @@
-"""Shared test helpers: random artifacts, the transformers reference P-tuning v2 model, and whether a
-process that is not ours has exited."""
+"""Shared test helpers: random artifacts and the transformers reference P-tuning v2 model."""
 
 from __future__ import annotations
 
@@ -92,12 +91,3 @@ def reference_scores(folder: str | Path, artifact: PrefixArtifact, text: str | t
     if artifact.pooler_weight is not None:
         pooled = torch.tanh(hidden[0] @ artifact.pooler_weight.float().T + artifact.pooler_bias.float())
     return _score(pooled @ weight.T + bias, artifact.problem_type)
-
-
-def process_gone(pid: int) -> bool:
-    """Exited: no such process, or a zombie nobody has reaped yet (it is not our child)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True

@@ -38,26 +38,29 @@ def free_port() -> int:
 def wait_until(predicate: Callable[[], T], timeout_s: float, what: str, interval_s: float = 0.02) -> T:
     """Polls `predicate` until it returns a truthy value, and returns that value. Raises TimeoutError
     naming `what` after `timeout_s`; an exception from `predicate` ends the wait at once."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout_s:g} s for {what}; last saw {value!r}")
+    deadline = _Deadline(timeout_s, what)
+    while not (value := predicate()):
+        deadline.check(value)
         time.sleep(interval_s)
+    return value
 
 
 async def wait_until_async(predicate: Callable[[], T], timeout_s: float, what: str, interval_s: float = 0.005) -> T:
     """`wait_until` for a coroutine: the event loop keeps running while it polls."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout_s:g} s for {what}; last saw {value!r}")
+    deadline = _Deadline(timeout_s, what)
+    while not (value := predicate()):
+        deadline.check(value)
         await asyncio.sleep(interval_s)
+    return value
+
+
+class _Deadline:
+    def __init__(self, timeout_s: float, what: str) -> None:
+        self.at, self.timeout_s, self.what = time.monotonic() + timeout_s, timeout_s, what
+
+    def check(self, last_seen) -> None:
+        if time.monotonic() > self.at:
+            raise TimeoutError(f"waited {self.timeout_s:g} s for {self.what}; last saw {last_seen!r}")
 
 
 def child_pids(pid: int) -> list[int]:

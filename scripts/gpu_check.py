@@ -5,7 +5,7 @@
     TRITON_INTERPRET=1 python scripts/gpu_check.py --smoke   # the triton path too, under the interpreter
 
 Measures the machine (bf16 matmul peak, copy bandwidth), runs the correctness checks of
-tests/engine/cuda_checks.py, then a BERT-base-shaped backbone with random weights (12 layers, 12
+harness/cuda_checks.py, then a BERT-base-shaped backbone with random weights (12 layers, 12
 heads, hidden 768) on token lengths of real text (scripts/text_lengths.json), in float16 and
 bfloat16: the no-prefix limit and mixed prefixes with 1, 64 and 10,000 resident tasks (P uniform in
 4..64, the pool filled on the device) under each attention path; then the engine end to end (packing,
@@ -36,12 +36,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers import BertConfig, BertModel  # noqa: E402
 
+from harness import cuda_checks  # noqa: E402
 from server.artifact import ProblemType  # noqa: E402
 from server.engine import EncodedInput, Engine, TokenBatch, read_backbone_folder  # noqa: E402
 from server.engine.heads import HeadEntry, HeadPool  # noqa: E402
 from server.engine.prefix_pool import PoolEntry, PrefixPool  # noqa: E402
 from server.engine.tasks import LoadedTask, TaskTable  # noqa: E402
-from tests.engine import cuda_checks  # noqa: E402
 
 KINDS = [ProblemType.SINGLE_LABEL, ProblemType.MULTI_LABEL, ProblemType.REGRESSION]
 FULL = {"hidden": 768, "layers": 12, "heads": 12, "tasks": [1, 64, 10_000], "engine_tasks": [64, 10_000],

@@ -1,5 +1,5 @@
-"""Shared test helpers: random artifacts, the transformers reference P-tuning v2 model, loading and
-scoring through any engine as the batcher does, and whether a process that is not ours has exited."""
+"""Shared test helpers: random artifacts, the transformers reference P-tuning v2 model, and loading and
+scoring through any engine as the batcher does."""
 
 from __future__ import annotations
 
@@ -103,15 +103,6 @@ def reference_scores(folder: str | Path, artifact: PrefixArtifact, text: str | t
     if artifact.pooler_weight is not None:
         pooled = torch.tanh(hidden[0] @ artifact.pooler_weight.float().T + artifact.pooler_bias.float())
     return _score(pooled @ weight.T + bias, artifact.problem_type)
-
-
-def process_gone(pid: int) -> bool:
-    """Exited: no such process, or a zombie nobody has reaped yet (it is not our child)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 # --- an engine's calls as the batcher makes them, for Engine and EngineProcess alike ----------------

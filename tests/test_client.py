@@ -11,6 +11,7 @@ from datetime import datetime
 import httpx
 import pytest
 
+from harness.processes import stop_process
 from server.artifact import artifact_to_bytes
 from server.client import AsyncClient, Client, PrefixServerError, RetryPolicy, retry_wait
 from tests.api.test_server_process import ADMIN, start_server
@@ -103,8 +104,7 @@ def server(tmp_path_factory, tiny_backbone_dir, tiny_engine):
     try:
         yield base, artifacts, folder
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_process(proc)
 
 
 def test_every_call_against_a_server(server):

@@ -41,8 +41,10 @@ RETRY_AFTER_FAILURE_S = 0.5  # within SPEC 4's "whole again within 5 s" with roo
 
 
 class RegistryLookups:
-    def __init__(self, registry: Registry, ttl_s: float = 5.0, max_entries: int = 100_000):
+    def __init__(self, registry: Registry, ttl_s: float = 5.0, max_entries: int = 100_000,
+                 clock: Callable[[], float] = time.monotonic):
         self.registry, self.ttl_s, self.max_entries = registry, ttl_s, max_entries
+        self._clock = clock  # seconds; the tests pass one they advance, instead of sleeping through TTLs
         # key -> (refresh after, value); the tenant table is keyed by the API key's digest
         self._tenants: dict[str, tuple[float, Tenant | None]] = {}
         self._tasks: dict[tuple[str, str], tuple[float, TaskRecord]] = {}
@@ -119,11 +121,11 @@ class RegistryLookups:
     async def _get(self, table: dict, key, read: Callable):
         cached = table.get(key)
         if cached is not None:
-            if cached[0] <= time.monotonic():
+            if cached[0] <= self._clock():
                 self._start_read(table, key, read)  # refresh in the background; this request does not wait
             return cached[1]
         failed = self._failed.get(self._slot(table, key))
-        if failed is not None and failed[0] > time.monotonic():
+        if failed is not None and failed[0] > self._clock():
             raise failed[1]
         return await asyncio.shield(self._start_read(table, key, read))  # a cancelled caller leaves the read running
 
@@ -159,9 +161,9 @@ class RegistryLookups:
             log.warning("refreshing a cached registry entry failed (%s); serving the last one read", error)
             with self._lock:
                 if key in table:
-                    table[key] = (time.monotonic() + RETRY_AFTER_FAILURE_S, table[key][1])
+                    table[key] = (self._clock() + RETRY_AFTER_FAILURE_S, table[key][1])
         elif isinstance(error, RegistryUnavailable):
-            self._failed[slot] = (time.monotonic() + RETRY_AFTER_FAILURE_S, error)
+            self._failed[slot] = (self._clock() + RETRY_AFTER_FAILURE_S, error)
             if len(self._failed) > self.max_entries:
                 self._failed.clear()
 
@@ -185,7 +187,7 @@ class RegistryLookups:
         with self._lock:
             if len(table) >= self.max_entries:
                 table.clear()  # crude but bounded: a full cache simply starts over
-            table[key] = (time.monotonic() + self.ttl_s, value)
+            table[key] = (self._clock() + self.ttl_s, value)
 
 
 def version_of(record: TaskRecord, version: int) -> VersionRecord:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 
 import pytest
 from fastapi.testclient import TestClient
 
+from harness.processes import wait_until
 from server.api.app import create_app
 from server.artifact import artifact_to_bytes
 from server.settings import Settings
@@ -28,10 +28,7 @@ def make_settings(data_dir, backbone, **overrides) -> Settings:
 def running_client(settings: Settings):
     app = create_app(settings)
     with TestClient(app, raise_server_exceptions=False) as client:
-        deadline = time.monotonic() + 60
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, client.get("/readyz").json()
-            time.sleep(0.02)
+        wait_until(lambda: client.get("/readyz").status_code == 200, 120, "the app to answer /readyz with 200")
         yield client
 
 

@@ -14,6 +14,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import ignored_auth, missing_required_header, positive_data_acceptance
 
+from harness.processes import stop_process
 from server.api.app import create_app
 from server.artifact import artifact_to_bytes
 from server.settings import Settings
@@ -39,8 +40,7 @@ def fuzzed_server(tmp_path_factory, tiny_backbone_dir, tiny_engine):
             httpx.put(f"{base}/v1/tasks/a", files={"file": ("a.safetensors", data)}, headers=headers).raise_for_status()
         yield base, key, folder / "server.log"
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_process(proc)
 
 
 def _document() -> dict:

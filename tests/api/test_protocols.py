@@ -15,6 +15,7 @@ from huggingface_hub import InferenceClient
 from huggingface_hub.errors import HfHubHTTPError
 from tritonclient.utils import InferenceServerException
 
+from harness.processes import stop_process
 from server.artifact import HeadKind, ProblemType, artifact_to_bytes
 from tests.api.test_server_process import ADMIN, start_server
 from tests.helpers import make_artifact
@@ -46,8 +47,7 @@ def served(tmp_path_factory, tiny_backbone_dir, tiny_engine):
             httpx.put(f"{base}/v1/tasks/{task}", files={"file": ("a.safetensors", data)}, headers=dict(headers)).raise_for_status()
         yield base, key, headers
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_process(proc)
 
 
 def classify(served, task, inputs, **extra) -> dict:

@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,21 +16,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness.processes import ServeProcess, child_pids, free_port, process_gone, stop_process, wait_until
 from server.artifact import ProblemType
-from server.bench.stats import child_pids
-from tests.helpers import process_gone
 
 ADMIN = "proc-admin-token-123"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(backbone, data_dir: Path, log_path: Path, **env_overrides):
-    port = _free_port()
+def start_server(backbone, data_dir: Path, log_path: Path, **env_overrides) -> tuple[subprocess.Popen, str]:
+    """A multi-tenant `serve` on a free port, ready; returns its process and base URL (stop it with
+    harness.processes.stop_process)."""
     env = dict(os.environ)
     env.update(
         PREFIX_SERVER_BACKBONE=str(backbone),
@@ -42,29 +34,15 @@ def start_server(backbone, data_dir: Path, log_path: Path, **env_overrides):
         PREFIX_SERVER_MAX_WAIT_MS="20",
     )
     env.update(env_overrides)
-    log = open(log_path, "ab")  # noqa: SIM115 — the server process writes it for as long as it lives
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "serve", "--port", str(port)], env=env, stdout=log, stderr=log
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, log_path.read_text()
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "server did not become ready"
-        time.sleep(0.1)
+    server = ServeProcess("serve", env, log_path).start()
+    return server.proc, server.base
 
 
 @pytest.fixture
 def server(tmp_path, tiny_backbone_dir):
     proc, base = start_server(tiny_backbone_dir, tmp_path / "data", tmp_path / "server.log")
     yield base, tmp_path / "server.log"
-    proc.terminate()
-    proc.wait(timeout=10)
+    stop_process(proc)
 
 
 def _tenant(base, name):
@@ -106,22 +84,27 @@ def test_kill_9_during_uploads_leaves_a_consistent_registry(tmp_path, tiny_backb
     headers = {"Authorization": f"Bearer {key}"}
     payloads = [artifact_bytes(prefix_len=2 + i % 5, seed=i) for i in range(40)]
 
-    def uploader():
-        done = 0
+    upload_seconds: list[float] = []  # how long each acknowledged upload took
+
+    def uploader() -> None:
         for data in payloads:
+            began = time.monotonic()
             try:
-                if httpx.put(f"{base}/v1/tasks/t", files={"file": ("a.safetensors", data)}, headers=headers, timeout=5).status_code == 201:
-                    done += 1
+                response = httpx.put(f"{base}/v1/tasks/t", files={"file": ("a.safetensors", data)}, headers=headers, timeout=60)
             except httpx.HTTPError:
-                break
-        return done
+                return  # killed mid-request: this upload may or may not have committed
+            assert response.status_code == 201, response.text
+            upload_seconds.append(time.monotonic() - began)
 
     with ThreadPoolExecutor(1) as pool:
         future = pool.submit(uploader)
-        time.sleep(0.4)
+        wait_until(lambda: upload_seconds or future.done(), 120, "a first acknowledged upload")
+        assert upload_seconds, future.result()  # the uploader ended before its first upload: raises its error
+        time.sleep(upload_seconds[0] / 2)  # the scenario, not a wait: the kill lands about half-way through a later upload
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        acknowledged = future.result()
+        future.result()
+    acknowledged = len(upload_seconds)
     proc, base = start_server(tiny_backbone_dir, data_dir, log_path)
     try:
         shown = httpx.get(f"{base}/v1/tasks/t", headers=headers).json()
@@ -132,8 +115,7 @@ def test_kill_9_during_uploads_leaves_a_consistent_registry(tmp_path, tiny_backb
             answer = httpx.post(f"{base}/v1/classify", json={"task": "t", "inputs": ["x"]}, headers=headers).json()
             assert answer["version"] == version
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_process(proc)
 
 
 def test_a_killed_engine_process_comes_back_and_a_killed_server_takes_its_engine_along(tmp_path, tiny_backbone_dir, artifact_bytes):
@@ -145,16 +127,16 @@ def test_a_killed_engine_process_comes_back_and_a_killed_server_takes_its_engine
         expected = httpx.post(f"{base}/v1/classify", json=body, headers=headers).json()["results"]
         (engine_pid,) = child_pids(proc.pid)
         os.kill(engine_pid, signal.SIGKILL)
-        statuses = set()
-        deadline = time.monotonic() + 60
-        while True:  # 503 (with Retry-After) while it restarts, then the same answers as before
-            response = httpx.post(f"{base}/v1/classify", json=body, headers=headers, timeout=30)
-            statuses.add(response.status_code)
+
+        def answer_of_a_new_engine() -> httpx.Response | None:
+            """503 (with Retry-After) while it restarts, then 200 from a new engine process."""
+            response = httpx.post(f"{base}/v1/classify", json=body, headers=headers, timeout=60)
             if response.status_code == 200 and child_pids(proc.pid) != [engine_pid]:
-                break
+                return response
             assert response.status_code == 503 and response.headers["retry-after"], response.text
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+            return None
+
+        response = wait_until(answer_of_a_new_engine, 120, "a 200 from a new engine process", interval_s=0.05)
         assert response.json()["results"] == expected
         assert httpx.get(f"{base}/readyz").status_code == 200
         metrics = httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
@@ -163,19 +145,16 @@ def test_a_killed_engine_process_comes_back_and_a_killed_server_takes_its_engine
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    deadline = time.monotonic() + 30
-    while not process_gone(new_engine_pid):
-        assert time.monotonic() < deadline, "the engine process outlived its server"
-        time.sleep(0.05)
+    wait_until(lambda: process_gone(new_engine_pid), 60, "the engine process to exit after its server was killed")
 
 
 def test_sigterm_drains_the_requests_in_flight_and_exits_0(tmp_path, tiny_backbone_dir, artifact_bytes):
     """Metrics on their own port too. The load stops sending when /readyz turns 503, as a load balancer
     would; every request sent until then is answered 200, and the process exits 0."""
-    metrics_port = _free_port()
+    metrics_port = free_port()
     proc, base = start_server(
         tiny_backbone_dir, tmp_path / "data", tmp_path / "server.log", PREFIX_SERVER_METRICS_PORT=str(metrics_port),
-        PREFIX_SERVER_SHUTDOWN_DELAY_S="1", PREFIX_SERVER_MAX_WAIT_MS="200", PREFIX_SERVER_LOG_FORMAT="json",
+        PREFIX_SERVER_SHUTDOWN_DELAY_S="5", PREFIX_SERVER_MAX_WAIT_MS="200", PREFIX_SERVER_LOG_FORMAT="json",
     )
     admin = {"Authorization": f"Bearer {ADMIN}"}
     try:
@@ -194,13 +173,13 @@ def test_sigterm_drains_the_requests_in_flight_and_exits_0(tmp_path, tiny_backbo
 
         with ThreadPoolExecutor(8) as pool:
             futures = [pool.submit(load) for _ in range(8)]
-            time.sleep(1.0)
+            wait_until(lambda: len(outcomes) >= 16, 120, "the load's first answers")  # requests in flight at SIGTERM
             proc.send_signal(signal.SIGTERM)
-            readyz = httpx.get(f"{base}/readyz", timeout=5)
+            readyz = httpx.get(f"{base}/readyz", timeout=60)
             unready.set()
             for future in futures:
                 future.result()
-            code = proc.wait(timeout=30)
+            code = proc.wait(timeout=120)
         assert readyz.status_code == 503 and "shutting down" in readyz.text
         assert code == 0, (tmp_path / "server.log").read_text()[-3000:]
         assert outcomes and all(outcome == 200 for outcome in outcomes), [o for o in outcomes if o != 200][:5]

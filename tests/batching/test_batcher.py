@@ -1,4 +1,8 @@
-"""The batcher: one queue owner, cross-task batches, fairness, backpressure, deadlines, cancellation."""
+"""The batcher: one queue owner, cross-task batches, fairness, backpressure, deadlines, cancellation.
+
+The tests synchronise on events, never on time: the spy engine says when a forward pass has begun
+(`entered`) and holds it until the test lets it go (`release`), and a test waits for requests to
+reach the queue by polling it with a deadline."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import threading
 import numpy as np
 import pytest
 
+from harness.processes import wait_until_async
 from server.artifact import ProblemType, artifact_to_bytes
 from server.batching import Batcher, BatchLimits, ClassifyJob, DeadlineExceeded, Overloaded, PrefixCache
 from server.engine import TokenBatch
@@ -16,6 +21,7 @@ from server.engine.scoring import TASK_SCORE_FUNCTION
 from tests.helpers import make_artifact
 
 TOL = 1e-5
+WAIT_S = 60.0  # only a broken test waits this long
 
 
 class Store:
@@ -36,17 +42,25 @@ class Store:
 
 
 class SpyEngine:
-    """Wraps the real engine, recording every forward pass; can be paused to build up a queue."""
+    """Wraps the real engine, recording every forward pass. `entered` is set when a forward pass begins;
+    after `hold()`, forward passes wait until `release` is set, so a test builds up a queue behind a
+    batch it knows is running."""
 
     def __init__(self, engine):
-        self.engine, self.batches, self.gate = engine, [], threading.Event()
-        self.gate.set()
+        self.engine, self.batches = engine, []
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.release.set()
 
     def __getattr__(self, name):
         return getattr(self.engine, name)
 
+    def hold(self) -> None:
+        self.release.clear()
+
     def score(self, batch: TokenBatch):
-        self.gate.wait(10)
+        self.entered.set()
+        if not self.release.wait(WAIT_S):
+            raise RuntimeError(f"the test held a forward pass for {WAIT_S:g} s and never released it")
         self.batches.append(batch)
         return self.engine.score(batch)
 
@@ -60,6 +74,16 @@ def score_alone(engine, encoded, task) -> list[float]:
     """The scores of one input of a cached task, in a batch of its own."""
     batch = TokenBatch.of([encoded], [task.handle], [task.facts.head], [TASK_SCORE_FUNCTION[task.facts.problem_type]])
     return engine.score(batch).split(batch, [task.facts.num_labels])[0]
+
+
+def queued_rows(batcher) -> int:
+    """Inputs in the batcher's queues, waiting for a batch (`queued_inputs` also counts the ones being
+    admitted and the ones in the forward pass)."""
+    return batcher._queues.queued_inputs()
+
+
+async def until(predicate, what: str):
+    return await wait_until_async(predicate, WAIT_S, what)
 
 
 def make_batcher(engine, store, **limits):
@@ -86,14 +110,12 @@ def test_tenants_and_tasks_share_one_forward_pass_and_match_alone(tiny_engine):
     texts = ["good movie", ("is it?", "yes"), "terrible, boring and long"]
 
     async def main():
-        batcher, spy, cache = make_batcher(tiny_engine, store)
+        # A batch closes when it is full (3) and not on time before that: the three requests meet in the
+        # queue however slowly they arrive.
+        batcher, spy, cache = make_batcher(tiny_engine, store, max_batch_size=3, max_wait_ms=WAIT_S * 1000)
         batcher.start()
-        spy.gate.clear()  # hold the first forward so all requests queue up together
         calls = [batcher.classify(job(f"tenant{i}", task, [text])) for i, (task, text) in enumerate(zip(tasks, texts))]
-        gathered = asyncio.gather(*calls)
-        await asyncio.sleep(0.2)
-        spy.gate.set()
-        results = await gathered
+        results = await asyncio.gather(*calls)
         await batcher.stop()
         return results, spy.batches, cache
 
@@ -112,12 +134,12 @@ def test_a_flooding_tenant_does_not_hold_back_another(tiny_engine):
     async def main():
         batcher, spy, _ = make_batcher(tiny_engine, store, max_batch_size=8)
         batcher.start()
-        spy.gate.clear()
+        spy.hold()
         flood = asyncio.ensure_future(batcher.classify(job("flood", task, ["spam"] * 200)))
-        await asyncio.sleep(0.1)
+        await until(spy.entered.is_set, "the flood's first batch to reach the engine")
         single = asyncio.ensure_future(batcher.classify(job("quiet", task, ["hello"])))
-        await asyncio.sleep(0.1)
-        spy.gate.set()
+        await until(lambda: queued_rows(batcher) == 200 - 8 + 1, "the quiet request to queue behind the flood")
+        spy.release.set()
         await asyncio.gather(single, flood)
         await batcher.stop()
         hello = tiny_engine.encode(["hello"], 4)[0].input_ids.tolist()
@@ -136,14 +158,14 @@ def test_queue_bounds_give_overloaded(tiny_engine):
     async def main():
         batcher, spy, _ = make_batcher(tiny_engine, store, max_queued_inputs=10)
         batcher.start()
-        spy.gate.clear()
+        spy.hold()
         first = asyncio.ensure_future(batcher.classify(job("a", task, ["x"] * 8)))
-        await asyncio.sleep(0.05)
+        await until(spy.entered.is_set, "the first request's batch to reach the engine")  # its 8 inputs hold their room
         with pytest.raises(Overloaded, match="queue is full"):
             await batcher.classify(job("b", task, ["y"] * 3))
         with pytest.raises(Overloaded, match="tenant 'a'"):
             await batcher.classify(job("a", task, ["y"], tenant_max_queued=8))
-        spy.gate.set()
+        spy.release.set()
         await first
         assert batcher.queued_inputs == 0
         await batcher.classify(job("b", task, ["y"] * 3))  # room again once the first ran
@@ -159,20 +181,20 @@ def test_expired_and_cancelled_requests_are_dropped_before_compute(tiny_engine):
     async def main():
         batcher, spy, _ = make_batcher(tiny_engine, store, max_batch_size=4)
         batcher.start()
-        spy.gate.clear()
+        spy.hold()
         blocker = asyncio.ensure_future(batcher.classify(job("a", task, ["first"] * 4)))
-        await asyncio.sleep(0.1)  # the blocker's batch is now inside the (paused) forward pass
+        await until(spy.entered.is_set, "the blocker's batch to reach the (held) engine")
         expiring = asyncio.ensure_future(batcher.classify(job("b", task, ["expire me"], timeout_s=0.05)))
         cancelled = asyncio.ensure_future(batcher.classify(job("c", task, ["cancel me"])))
-        await asyncio.sleep(0.1)
+        await until(lambda: queued_rows(batcher) == 2, "both requests to queue behind the blocker")
         cancelled.cancel()
         with pytest.raises(DeadlineExceeded):
             await expiring
-        spy.gate.set()
+        spy.release.set()
         await blocker
-        await asyncio.sleep(0.1)
+        # Dropping an input gives its room back: at 0 the loop has dropped both, and nothing else is left.
+        await until(lambda: batcher.queued_inputs == 0, "the batcher to drop the expired and the cancelled inputs")
         computed = [ids for batch in spy.batches for ids in rows_ids(batch)]
-        assert batcher.queued_inputs == 0
         await batcher.stop()
         return computed
 
@@ -188,11 +210,7 @@ def test_batches_respect_size_and_token_budget(tiny_engine):
     async def main():
         batcher, spy, _ = make_batcher(tiny_engine, store, max_batch_size=64, max_batch_tokens=32 * 5)
         batcher.start()
-        spy.gate.clear()
-        pending = asyncio.ensure_future(batcher.classify(job("a", task, [text] * 12)))
-        await asyncio.sleep(0.1)
-        spy.gate.set()
-        await pending
+        await batcher.classify(job("a", task, [text] * 12))  # one request: its inputs queue together
         await batcher.stop()
         return [batch.rows for batch in spy.batches]
 
@@ -210,11 +228,7 @@ def test_token_budget_counts_real_tokens_not_padding(tiny_engine):
     async def main():
         batcher, spy, _ = make_batcher(tiny_engine, store, max_batch_size=64, max_batch_tokens=72 + 13 * 6)
         batcher.start()
-        spy.gate.clear()
-        pending = asyncio.ensure_future(batcher.classify(job("a", task, [long_text] + [short_text] * 10)))
-        await asyncio.sleep(0.1)
-        spy.gate.set()
-        await pending
+        await batcher.classify(job("a", task, [long_text] + [short_text] * 10))  # one request: its inputs queue together
         await batcher.stop()
         return [batch.rows for batch in spy.batches]
 
@@ -242,17 +256,19 @@ def test_per_task_baseline_puts_one_task_in_each_forward_pass(tiny_engine):
     async def main():
         batcher, spy, _ = make_batcher(tiny_engine, store, per_task_batches=True, max_batch_size=4)
         batcher.start()
-        spy.gate.clear()
+        spy.hold()
+        blocker = asyncio.ensure_future(batcher.classify(job("t0", tasks[0], ["w"])))
+        await until(spy.entered.is_set, "the blocker's batch to reach the (held) engine")
         calls = [batcher.classify(job(f"t{i % 2}", task, ["x", "y", "z"])) for i, task in enumerate(tasks * 2)]
         gathered = asyncio.gather(*calls)
-        await asyncio.sleep(0.2)
-        spy.gate.set()
-        await gathered
+        await until(lambda: queued_rows(batcher) == 18, "all six requests to queue, mixed, behind the blocker")
+        spy.release.set()
+        await asyncio.gather(blocker, gathered)
         await batcher.stop()
         return spy.batches
 
     batches = run(main())
-    assert sum(batch.rows for batch in batches) == 18
+    assert sum(batch.rows for batch in batches) == 1 + 18
     assert all(len(set(batch.tasks.tolist())) == 1 for batch in batches)
 
 
@@ -286,20 +302,23 @@ def test_a_pipelining_engine_gets_the_next_batch_while_one_runs_and_never_a_thir
     async def main():
         spy = PipelinedSpy(tiny_engine)
         cache = PrefixCache(tiny_engine, store.read, 1 << 30)
+        for sha, _ in tasks:
+            cache.get(sha)  # resident: every request is queued in the loop turn it starts, so each batch is full
         batcher = Batcher(spy, cache, BatchLimits(max_batch_size=2, max_wait_ms=1.0), tiny_engine.encoder)
         batcher.start()
-        spy.gate.clear()  # the first batches hold: what does the batcher send meanwhile?
+        spy.hold()  # the first batches hold: what does the batcher send meanwhile?
         calls = [batcher.classify(job(f"t{i % 3}", tasks[i % 2], [text])) for i, text in enumerate(texts)]
         gathered = asyncio.gather(*calls)
-        await asyncio.sleep(0.3)
-        held = spy.outstanding
-        spy.gate.set()
+        # The next batch is sent while the first runs (a timeout here means it was not) ...
+        await until(lambda: spy.outstanding == 2, "a second batch sent while the first is held in the engine")
+        # ... and with the rest queued, a third is not (the count would reach 3 before the release).
+        await until(lambda: queued_rows(batcher) == len(texts) - 4, "the other requests to queue")
+        spy.release.set()
         results = await gathered
         await batcher.stop()
-        return held, spy, cache, results
+        return spy, cache, results
 
-    held, spy, cache, results = run(main())
-    assert held == 2, f"expected the next batch sent while the first runs, {held} outstanding"
+    spy, cache, results = run(main())
     assert spy.most_outstanding == 2 and len(spy.batches) == 6
     for i, (text, (scores,)) in enumerate(zip(texts, results)):
         sha, prefix_len = tasks[i % 2]

@@ -9,6 +9,7 @@ import threading
 
 import pytest
 
+from harness.processes import wait_until_async
 from server.batching import Batcher, BatchLimits, ClassifyJob, PrefixCache, ShuttingDown
 from server.batching.queues import InputQueues, PendingRequest, QueuedInput
 from server.engine import InputRefused
@@ -50,10 +51,7 @@ def job(tenant, task, inputs, tenant_max_queued=10_000):
 
 
 async def until(predicate, what: str) -> None:
-    async with asyncio.timeout(WAIT_S):
-        while not predicate():
-            await asyncio.sleep(0.005)  # a poll: the deadline bounds the wait, not the pace
-    assert predicate(), what
+    await wait_until_async(predicate, WAIT_S, what)
 
 
 def test_draining_finishes_requests_whole_started_first_then_the_oldest(tiny_engine):

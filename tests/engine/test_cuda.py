@@ -1,14 +1,14 @@
 """The GPU path on a GPU (`pytest -m cuda`; skipped without one): parity with transformers BertModel +
 DynamicCache (float32 within 1e-5 with TF32 off; float16 within 1e-2 and bfloat16 within 3e-2 of the
 float32 reference, equal labels), a row batched equals the row alone, the attention paths agree.
-The checks live in cuda_checks.py, which scripts/gpu_check.py also runs on the device machine."""
+The checks live in harness/cuda_checks.py, which scripts/gpu_check.py also runs on the device machine."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tests.engine import cuda_checks
+from harness import cuda_checks
 
 pytestmark = [
     pytest.mark.cuda,

@@ -102,7 +102,7 @@ def test_the_worker_launches_the_waiting_batch_before_it_collects_the_running_on
     while len(replies) < 5:
         reply = wire.decode_header(ours.recv_bytes())
         replies[reply["id"]] = (reply, wire.decode_scores(ours.recv_bytes()) if reply["payload"] else None)
-    server.join(10)
+    server.join(60)
     # Batch n is collected only after batch n+1 is on its way; a batch that fails to launch is answered
     # at once and leaves the one in flight in flight.
     assert engine.events == ["launch 7", "launch 8", "wait 7", "launch 9", "wait 8", "wait 9"]
@@ -120,10 +120,10 @@ def test_without_a_waiting_batch_the_running_one_is_collected_at_once():
     server.start()
     for message in _score_message(0, 7):
         ours.send_bytes(message)
-    assert ours.poll(10), "a lone batch must be answered without a next one to push it out"
+    assert ours.poll(60), "a lone batch must be answered without a next one to push it out"
     assert wire.decode_header(ours.recv_bytes())["ok"]
     ours.recv_bytes()
     assert engine.events == ["launch 7", "wait 7"]
     ours.send_bytes(wire.encode_header({"op": "stop", "id": 1, "payload": False}))
-    server.join(10)
+    server.join(60)
     assert not server.is_alive()

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from harness.processes import process_gone, wait_until
 from server.artifact import ProblemType, artifact_to_bytes
 from server.batching import PrefixCache
 from server.engine import EngineProcess, EngineUnavailable, ScoreFunction, TokenBatch
-from tests.helpers import load_task, make_artifact, process_gone, score_rows
+from tests.helpers import load_task, make_artifact, score_rows
 
 TEXTS = ["a fine film", ("is it good?", "yes it is"), "the plot is a mess and the actors look bored", "ok"]
 
@@ -26,13 +27,6 @@ def engine_process(tiny_backbone_dir):
     process = EngineProcess(str(tiny_backbone_dir), max_restarts=3)
     yield process
     process.close()
-
-
-def _wait_until(predicate, timeout_s=60.0):
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def _tasks(shape):
@@ -84,10 +78,11 @@ def test_a_killed_engine_process_is_replaced(engine_process, tiny_engine):
     old_pid, generation = engine_process.pid, engine_process.generation
 
     os.kill(old_pid, signal.SIGKILL)
-    _wait_until(lambda: not engine_process.alive or engine_process.generation != generation)
+    wait_until(lambda: not engine_process.alive or engine_process.generation != generation, 60,
+               "the server to notice its engine died")
     with pytest.raises((EngineUnavailable, RuntimeError)):
         engine_process.score(batch(task))  # down, or up again without this task
-    _wait_until(lambda: engine_process.alive)
+    wait_until(lambda: engine_process.alive, 120, "a new engine process")
     assert engine_process.pid != old_pid and engine_process.restarts >= 1
     assert task.stale  # the batcher refuses its rows with EngineUnavailable (tests/batching)
     with pytest.raises(RuntimeError, match=f"task handle {task.handle} is not loaded"):
@@ -114,7 +109,7 @@ def test_the_engine_process_exits_when_the_server_is_killed(tiny_backbone_dir):
         assert not process_gone(engine_pid)
         server.kill()  # SIGKILL: no close(), no finalizers, only the kernel closing its end of the pipe
         server.wait(timeout=30)
-        _wait_until(lambda: process_gone(engine_pid), timeout_s=30)
+        wait_until(lambda: process_gone(engine_pid), 60, "the engine process to exit after its server")
     finally:
         server.kill()
 

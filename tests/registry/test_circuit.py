@@ -4,10 +4,10 @@ probes always ask, one ordinary call per interval is a trial, and any answer clo
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
+from harness.processes import wait_until
 from server.registry.circuit import Circuit, CircuitOpen
 
 
@@ -64,14 +64,7 @@ def test_a_probe_always_asks_and_its_answer_closes_the_circuit():
 def test_one_ordinary_call_per_interval_is_let_through_as_a_trial():
     circuit = Circuit("the store", trial_every_s=0.05)
     circuit.unanswered("refused")
-    deadline = time.monotonic() + 5
-    while True:  # refused until the interval has passed
-        try:
-            circuit.admit()
-            break
-        except CircuitOpen:
-            assert time.monotonic() < deadline, "no trial was let through"
-            time.sleep(0.01)
+    wait_until(lambda: _admitted(circuit), 5, "a trial to be let through once the interval has passed")
     assert circuit.may_connect()
     assert isinstance(in_thread(circuit.admit), CircuitOpen)  # one trial per interval
     circuit.release()
@@ -84,3 +77,11 @@ def test_an_answer_to_any_call_closes_it():
     in_thread(circuit.answered)  # e.g. a call admitted before the circuit opened got its answer late
     assert not circuit.is_open
     circuit.admit()
+
+
+def _admitted(circuit) -> bool:
+    try:
+        circuit.admit()
+    except CircuitOpen:
+        return False
+    return True

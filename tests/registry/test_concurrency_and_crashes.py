@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import queue
 import random
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from server.registry.database import Database
 from tests.registry.support import LIMITS, SHAPE, artifact_bytes, blob_files, sha256_hex, temp_files
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+ROUND_TIMEOUT_S = 180.0  # for the uploader's answers: only a broken run waits this long
 
 
 def test_concurrent_uploads_get_distinct_consecutive_versions(open_registry):
@@ -54,9 +56,10 @@ def test_concurrent_uploads_get_distinct_consecutive_versions(open_registry):
 # The uploader: imports the registry once (torch makes that the slow part), then for each line on stdin
 # forks a child that uploads in a loop until the test SIGKILLs it, prints the child's pid and reaps it.
 # Every upload has new bytes, so each one goes through the whole blob write and commit. Task "main"
-# only grows; task "scratch" is also re-routed and deleted, so kills land inside those paths too.
+# only grows; task "scratch" is also re-routed and deleted, so kills land inside those paths too. The
+# child prints how long each step of its loop took, so the test kills at a random point of a step.
 UPLOADER = r"""
-import dataclasses, json, os, sys
+import dataclasses, json, os, sys, time
 from pathlib import Path
 from server.artifact import BackboneShape, artifact_to_bytes, read_artifact
 from server.registry import Route, SqlRegistry, TenantLimits
@@ -72,6 +75,7 @@ def upload_forever():
     registry.ensure_tenant("crash")
     step = int.from_bytes(os.urandom(4), "little")
     while True:
+        began = time.monotonic()
         step += 1
         data = artifact_to_bytes(dataclasses.replace(base, extra_metadata={"step": str(step)}))
         registry.add_version("crash", "main", data)
@@ -80,6 +84,7 @@ def upload_forever():
             registry.set_route("crash", "scratch", Route(weights={scratch.version - 1: 0.5, scratch.version: 0.5}))
         if step % 5 == 0:
             registry.delete_task("crash", "scratch")
+        print(f"step {time.monotonic() - began:.6f}", flush=True)
 
 for _ in sys.stdin:
     pid = os.fork()
@@ -135,14 +140,41 @@ def start_uploader(database_url: str, tmp_path: Path, log_file) -> subprocess.Po
     )
 
 
-def kill_one_uploading_child(uploader: subprocess.Popen, delay_s: float, log_path: Path) -> None:
+class Lines:
+    """The uploader's stdout, line by line, each read with a deadline (a thread does the blocking reads)."""
+
+    def __init__(self, stream) -> None:
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self._lines.put(line.strip())
+
+    def next(self, what: str, log_path: Path) -> str:
+        try:
+            return self._lines.get(timeout=ROUND_TIMEOUT_S)
+        except queue.Empty:
+            raise TimeoutError(f"waited {ROUND_TIMEOUT_S:g} s for {what}: {log_path.read_text()[-2000:]}") from None
+
+
+def kill_one_uploading_child(uploader: subprocess.Popen, lines: Lines, rng: random.Random, log_path: Path) -> None:
+    """Starts a child, waits for its first step, then SIGKILLs it at a random point of a step's duration."""
     uploader.stdin.write("go\n")
     uploader.stdin.flush()
-    pid_line = uploader.stdout.readline()
-    assert pid_line.strip().isdigit(), f"uploader failed to start: {log_path.read_text()[-2000:]}"
-    time.sleep(delay_s)
-    os.kill(int(pid_line), signal.SIGKILL)
-    ending = uploader.stdout.readline().strip()
+    pid, step_s = None, None
+    while pid is None or step_s is None:
+        line = lines.next("the uploading child's pid and its first step", log_path)
+        if line.isdigit():
+            pid = int(line)
+        else:
+            assert line.startswith("step "), f"uploader said {line!r}: {log_path.read_text()[-2000:]}"
+            step_s = float(line.split()[1])
+    time.sleep(rng.uniform(0, step_s))  # the scenario's random moment, scaled to this machine
+    os.kill(pid, signal.SIGKILL)
+    ending = lines.next("the uploader to reap its child", log_path)
+    while ending.startswith("step "):
+        ending = lines.next("the uploader to reap its child", log_path)
     # Anything but our SIGKILL means the child stopped by itself: an upload raised.
     assert ending == f"signal {signal.SIGKILL.value}", f"child ended with {ending!r}: {log_path.read_text()[-2000:]}"
 
@@ -153,9 +185,10 @@ def test_kill_9_at_random_moments_leaves_a_consistent_state(tmp_path, database_u
     sizes = []
     with log_path.open("w") as log_file:
         uploader = start_uploader(database_url, tmp_path, log_file)
+        lines = Lines(uploader.stdout)
         try:
             for _ in range(5):
-                kill_one_uploading_child(uploader, rng.uniform(0.1, 0.45), log_path)
+                kill_one_uploading_child(uploader, lines, rng, log_path)
                 sizes.append(assert_consistent(database_url, tmp_path / "data"))
         finally:
             uploader.stdin.close()
@@ -163,5 +196,5 @@ def test_kill_9_at_random_moments_leaves_a_consistent_state(tmp_path, database_u
                 uploader.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 uploader.kill()
-    # Task "main" only ever grows; it must have grown at all, or no kill hit a running upload loop.
-    assert sizes == sorted(sizes) and sizes[-1] >= 2, f"main's versions after each kill: {sizes}"
+    # Task "main" only ever grows: each child finished a step (one upload of main) before its kill.
+    assert sizes == sorted(sizes) and sizes[-1] >= 5, f"main's versions after each kill: {sizes}"

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from harness.processes import wait_until
 from server.registry import Change, NotFound, RegistryUnavailable
 from server.registry.blobs import BlobStoreUnavailable, open_blob_store
 from tests.registry.support import artifact_bytes, sha256_hex
@@ -29,15 +30,6 @@ def timed_failure(expected: type[Exception], call) -> tuple[Exception, float]:
     with pytest.raises(expected) as caught:
         call()
     return caught.value, time.monotonic() - started
-
-
-def poll(predicate, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 @pytest.mark.postgres
@@ -61,11 +53,12 @@ def test_a_hung_database(open_registry, postgres_server):
         assert writer.health()["database"] is False  # the probe asks even so, within its bound
         assert time.monotonic() - started < WRITE_ANSWER_WITHIN_S
     resumed = time.monotonic()
-    assert poll(lambda: writer.health()["database"] and reader.health()["database"], WHOLE_WITHIN_S)
+    wait_until(lambda: writer.health()["database"] and reader.health()["database"], WHOLE_WITHIN_S,
+               "both registries to see the database again")
     with pytest.raises(NotFound):
         writer.get_task("acme", "t")  # the refused upload left nothing behind
     assert writer.add_version("acme", "t", artifact_bytes(seed=2)).version == 1
-    assert poll(lambda: Change("task", "acme", "t") in heard, WHOLE_WITHIN_S), heard  # the listener is back too
+    wait_until(lambda: Change("task", "acme", "t") in heard, WHOLE_WITHIN_S, "the listener to hear a change again")
     assert time.monotonic() - resumed < WHOLE_WITHIN_S + 1.0
 
 
@@ -89,7 +82,7 @@ def test_a_hung_blob_store(s3_server, s3_url, s3_client, tmp_path):
             _, took = timed_failure(BlobStoreUnavailable, store.ping)  # the probe asks, within its bound
             assert took < WRITE_ANSWER_WITHIN_S, took
         resumed = time.monotonic()
-        assert poll(lambda: _answers(store), WHOLE_WITHIN_S)
+        wait_until(lambda: _answers(store), WHOLE_WITHIN_S, "the blob store to answer again")
         store.put(new, new_data)
         assert store.read(remote) == remote_data and store.read(new) == new_data
         assert time.monotonic() - resumed < WHOLE_WITHIN_S + 1.0

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+import harness.processes
 from tests.replicas.cluster import create_tenant, start_replicas, wait_until
 from tests.replicas.conftest import new_bucket
 
@@ -65,7 +66,7 @@ def test_a_route_and_a_canary_split_on_a_are_seen_on_b_within_a_second(cluster, 
     key = create_tenant(a, "routes")
     for seed in (1, 2):
         assert upload(a, key, "t", make_artifact_bytes(seed)).status_code == 201
-    wait_until(lambda: answered_version(b, key, "t") == 2, 5)
+    harness.processes.wait_until(lambda: answered_version(b, key, "t") == 2, 60, "B to answer with version 2")
     with a.client(key) as client:
         assert client.put("/v1/tasks/t/route", json={"version": 1}).status_code == 200
     seen, took = wait_until(lambda: answered_version(b, key, "t") == 1, SEEN_WITHIN_S * 3)
@@ -82,7 +83,7 @@ def test_a_rotated_key_and_a_deleted_tenant_are_refused_on_b_within_a_second(clu
     a, b = cluster
     old_key = create_tenant(a, "rotates")
     assert upload(a, old_key, "t", make_artifact_bytes(7)).status_code == 201
-    wait_until(lambda: classify(b, old_key, "t").status_code == 200, 5)  # B knows (caches) the old key
+    harness.processes.wait_until(lambda: classify(b, old_key, "t").status_code == 200, 60, "B to accept the old key")  # B caches it
     with a.client() as admin:
         new_key = admin.post("/v1/admin/tenants/rotates/keys").json()["api_key"]
     refused, took = wait_until(lambda: classify(b, old_key, "t").status_code == 401, SEEN_WITHIN_S * 3)

@@ -1,0 +1,60 @@
+"""The harness (harness/) and where it may be used: only tests/ imports `tests`, the product (server/)
+imports neither the tests nor the harness, and `wait_until` says what it waited for when it gives up."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.processes import free_port, kill_tree, stop_process, wait_until, wait_until_async
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imported_packages(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_only_the_tests_import_tests_and_the_product_imports_no_harness():
+    wrong = []
+    for folder in ("server", "harness", "scripts"):
+        files = sorted((ROOT / folder).rglob("*.py"))
+        assert files, folder
+        for path in files:
+            imported = _imported_packages(path)
+            if "tests" in imported:
+                wrong.append(f"{path.relative_to(ROOT)} imports tests")
+            if folder == "server" and "harness" in imported:
+                wrong.append(f"{path.relative_to(ROOT)} imports harness (the wheel leaves it out)")
+    assert wrong == []
+
+
+def test_wait_until_returns_the_value_or_names_what_it_waited_for():
+    calls = []
+    assert wait_until(lambda: calls.append(1) or (len(calls) >= 3 and "done"), 30, "three calls", interval_s=0) == "done"
+    with pytest.raises(TimeoutError, match=r"waited 0\.05 s for the moon to turn blue; last saw False"):
+        wait_until(lambda: False, 0.05, "the moon to turn blue")
+    with pytest.raises(TimeoutError, match="the loop to agree"):
+        asyncio.run(wait_until_async(lambda: 0, 0.05, "the loop to agree"))
+
+
+def test_stop_process_falls_back_to_sigkill():
+    ignores_sigterm = "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); time.sleep(600)"
+    proc = subprocess.Popen([sys.executable, "-c", ignores_sigterm], stdout=subprocess.PIPE, text=True)
+    proc.stdout.readline()  # the handler is in place
+    assert stop_process(proc, timeout_s=0.5) == -9
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    kill_tree(proc)
+    assert proc.returncode == -9
+    assert 0 < free_port() < 65536

@@ -24,8 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from server.artifact import ProblemType
-from server.training.data import load_dataset
-from server.training.metrics import single_label_metrics
+from training.data import load_dataset
+from training.metrics import single_label_metrics
 
 try:
     from sklearn.linear_model import LogisticRegressionCV
@@ -83,7 +83,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     from transformers import AutoModel, AutoTokenizer
 
-    from server.engine.random_backbone import default_backbone_dir
+    from server.engine.backbone import default_backbone_dir
 
     folder = str(args.backbone or default_backbone_dir())
     model, tokenizer = AutoModel.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)

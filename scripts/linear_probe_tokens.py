@@ -4,7 +4,7 @@ backbone's last hidden state at each word's first sub-token (no prefix), same wo
 with the same entity-level micro F1 (seqeval) as `prefix-server train --head token`.
 
 Requires scikit-learn and seqeval, which are NOT dependencies of the server: `pip install scikit-learn
-seqeval`. Words are found exactly as the trainer and the server find them (server/training/words.py):
+seqeval`. Words are found exactly as the trainer and the server find them (training/words.py):
 the row's words joined by spaces, each word's first token whose character span starts inside it. A
 word the truncation cut off is predicted `O`. The regularisation strength C is picked on a held-out
 tenth of the training sentences (by entity F1), then the probe is refitted on all of them.
@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from server.training.token_trainer import token_metrics
-from server.training.words import OUTSIDE, EncodedWordSet, WordDataset, load_word_dataset
+from training.token_trainer import token_metrics
+from training.words import OUTSIDE, EncodedWordSet, WordDataset, load_word_dataset
 
 try:
     from sklearn.linear_model import LogisticRegression
@@ -84,7 +84,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     from transformers import AutoModel, AutoTokenizer
 
-    from server.engine.random_backbone import default_backbone_dir
+    from server.engine.backbone import default_backbone_dir
 
     folder = str(args.backbone or default_backbone_dir())
     model, tokenizer = AutoModel.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness.random_backbone import write_random_backbone
 from server.engine import Engine
 from server.engine.backbone import default_backbone_dir
-from server.engine.random_backbone import write_random_backbone
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -1,5 +1,6 @@
-"""The harness (harness/) and where it may be used: only tests/ imports `tests`, the product (server/)
-imports neither the tests nor the harness, and `wait_until` says what it waited for when it gives up."""
+"""The floor plan's borders and the harness (harness/): only tests/ imports `tests`; the serving package
+(server/) imports neither the tests, the harness nor the benchmarks, and the trainer (training/) only
+from its command; the wheel ships server/ and training/ alone; `wait_until` says what it waited for."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import ast
 import asyncio
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -28,16 +30,26 @@ def _imported_packages(path: Path) -> set[str]:
 
 def test_only_the_tests_import_tests_and_the_product_imports_no_harness():
     wrong = []
-    for folder in ("server", "harness", "scripts"):
+    for folder in ("server", "training", "harness", "benchmarks", "scripts"):
         files = sorted((ROOT / folder).rglob("*.py"))
         assert files, folder
         for path in files:
-            imported = _imported_packages(path)
+            imported, name = _imported_packages(path), str(path.relative_to(ROOT))
             if "tests" in imported:
-                wrong.append(f"{path.relative_to(ROOT)} imports tests")
-            if folder == "server" and "harness" in imported:
-                wrong.append(f"{path.relative_to(ROOT)} imports harness (the wheel leaves it out)")
+                wrong.append(f"{name} imports tests")
+            if folder in ("server", "training") and imported & {"harness", "benchmarks"}:
+                wrong.append(f"{name} imports {sorted(imported & {'harness', 'benchmarks'})} (the wheel leaves them out)")
+            if folder == "server" and "training" in imported and name != "server/commands/train.py":
+                wrong.append(f"{name} imports training (only the train command may)")
     assert wrong == []
+
+
+def test_the_wheel_ships_the_server_and_the_trainer_only():
+    from setuptools import find_packages
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    tops = {name.split(".")[0] for name in find_packages(str(ROOT), include=include)}
+    assert tops == {"server", "training"}
 
 
 def test_wait_until_returns_the_value_or_names_what_it_waited_for():

@@ -83,9 +83,9 @@ def run_train(args: argparse.Namespace) -> int:
 
     from server.artifact import write_artifact
     from server.engine import BackboneError
-    from server.training import DataError, UploadError, train, upload_artifact
-    from server.training.token_trainer import train_token
-    from server.training.upload import check_upload_target
+    from training import DataError, UploadError, train, upload_artifact
+    from training.token_trainer import train_token
+    from training.upload import check_upload_target
 
     api_key = args.api_key or os.environ.get(API_KEY_VARIABLE)
     try:
@@ -124,7 +124,7 @@ def _backbone_fingerprint(folder: Path | None) -> str:
 
 
 def _config(args: argparse.Namespace):
-    from server.training import TrainConfig
+    from training import TrainConfig
 
     return TrainConfig(
         train=args.train, eval=args.eval, backbone=args.backbone, labels=args.labels,

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from harness.random_backbone import write_random_roberta_backbone
 from server.artifact import HeadKind, artifact_to_bytes
 from server.engine.backbone import read_backbone_folder
-from server.engine.random_backbone import write_random_roberta_backbone
 from tests.api.conftest import make_settings, running_client, upload
 from tests.helpers import make_artifact, reference_scores
 

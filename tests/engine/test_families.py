@@ -10,10 +10,10 @@ import dataclasses
 import pytest
 import torch
 
+from harness.random_backbone import write_random_roberta_backbone
 from server.artifact import ArtifactError, HeadKind, ProblemType, artifact_to_bytes, read_artifact
 from server.engine import Engine
 from server.engine.backbone import read_backbone_folder
-from server.engine.random_backbone import write_random_roberta_backbone
 from tests.helpers import Loaded, load_task, make_artifact, reference_scores, score_rows
 
 TOL = 1e-5

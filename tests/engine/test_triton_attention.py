@@ -166,7 +166,7 @@ def test_engine_triton_path_matches_sdpa(tiny_engine):
 def test_engine_ragged_path_runs_every_task_kind_as_sdpa(tmp_path):
     """The head-pool / ragged path (CUDA's) on mixed batches of sentence, own-pooler and token tasks,
     both families: equal to the sdpa path."""
-    from server.engine.random_backbone import write_random_backbone, write_random_roberta_backbone
+    from harness.random_backbone import write_random_backbone, write_random_roberta_backbone
     from tests.engine.test_families import TEXTS, _all_kinds
 
     for writer in (write_random_backbone, write_random_roberta_backbone):

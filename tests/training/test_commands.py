@@ -14,10 +14,10 @@ import pytest
 from server.artifact import read_artifact_file
 from server.client import Client
 from server.commands import train as train_command
-from server.training import UploadError, upload_artifact
-from server.training.upload import check_upload_target
 from tests.api.test_server_process import ADMIN, start_server
 from tests.training.tiny_data import single_label_rows, write_rows
+from training import UploadError, upload_artifact
+from training.upload import check_upload_target
 
 
 @pytest.fixture

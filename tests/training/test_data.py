@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from server.artifact import ProblemType
-from server.training.data import DataError, load_dataset
+from training.data import DataError, load_dataset
 
 
 def _jsonl(path, rows):

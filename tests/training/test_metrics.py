@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from server.training.metrics import multi_label_metrics, regression_metrics, single_label_metrics
+from training.metrics import multi_label_metrics, regression_metrics, single_label_metrics
 
 
 def test_single_label():

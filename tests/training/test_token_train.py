@@ -14,11 +14,11 @@ from transformers import AutoTokenizer, BertModel, DynamicCache
 
 from server.artifact import HeadKind, artifact_to_bytes, read_artifact, read_artifact_file
 from server.commands import train as train_command
-from server.training import DataError, TrainConfig
-from server.training.token_model import token_logits
-from server.training.token_trainer import token_metrics, train_token
-from server.training.words import IGNORE, EncodedWordSet, first_subtokens, load_word_dataset, order_labels
 from tests.helpers import past
+from training import DataError, TrainConfig
+from training.token_model import token_logits
+from training.token_trainer import token_metrics, train_token
+from training.words import IGNORE, EncodedWordSet, first_subtokens, load_word_dataset, order_labels
 
 NAMES = ["Alice", "Bob", "Carol", "Dave"]
 PLACES = ["Paris", "London", "Berlin", "Madrid"]
@@ -172,8 +172,8 @@ def test_roberta_token_training_equals_transformers(tmp_path):
     """On a RoBERTa backbone without a pooler: positions padding_idx + 1 + P + i, one token type."""
     from transformers import RobertaModel
 
+    from harness.random_backbone import write_random_roberta_backbone
     from server.engine import Engine
-    from server.engine.random_backbone import write_random_roberta_backbone
 
     folder = write_random_roberta_backbone(tmp_path / "tiny-roberta", with_pooler=False)
     engine = Engine.from_folder(folder)

@@ -10,9 +10,9 @@ import torch
 
 from server.artifact import ProblemType, artifact_to_bytes, read_artifact, read_artifact_file, write_artifact
 from server.artifact.layout import flat_to_key_values
-from server.training import TrainConfig, train
-from server.training.prefix_encoder import PrefixEncoder
 from tests.training.tiny_data import multi_label_rows, regression_rows, single_label_rows, write_rows
+from training import TrainConfig, train
+from training.prefix_encoder import PrefixEncoder
 
 TEXTS = [
     "great film",
@@ -107,7 +107,7 @@ def test_same_seed_same_artifact(tiny_engine, tmp_path):
 
 def test_prefix_dropout_is_drawn_per_row(tiny_engine):
     """As in the seed, where the prefix is looked up per row before the dropout."""
-    from server.training.model import PrefixClassifier
+    from training.model import PrefixClassifier
 
     g = tiny_engine.files.geometry
     model = PrefixClassifier(tiny_engine.model, PrefixEncoder(4, g.num_layers, g.hidden_size), 2, dropout=0.5)

@@ -34,6 +34,7 @@ WORKDIR /app
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL:-$TORCH_INDEX_URL_DEFAULT}"
 COPY pyproject.toml README.md ./
 COPY server ./server
+COPY training ./training
 COPY prefixes ./prefixes
 # The image serves one server or a replica of many (PostgreSQL + S3): the replicas extra is in it.
 RUN pip install ".[replicas]" \

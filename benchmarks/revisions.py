@@ -24,7 +24,7 @@ from benchmarks.http_servers import ServerProcess, install_tasks, launch_server,
 from benchmarks.workload import build_tasks, load_text_pools, make_tasks, synthetic_pools
 from server.engine.backbone import default_backbone_dir, read_backbone_folder
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def calls_for(server: ServerProcess, tasks, texts: list[str], count: int, seed: int) -> list[Call]:

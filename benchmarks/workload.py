@@ -40,7 +40,7 @@ def default_data_dir() -> Path:
     """$PREFIX_SERVER_BENCH_DATA, else ../shared/data next to the repository."""
     if os.environ.get(DATA_ENV):
         return Path(os.environ[DATA_ENV])
-    return Path(__file__).resolve().parents[3] / "shared" / "data"
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @dataclass(frozen=True)

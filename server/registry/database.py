@@ -36,7 +36,6 @@ from sqlalchemy.engine import make_url
 
 from server.registry.base import Change, RegistryUnavailable
 from server.registry.circuit import Circuit, CircuitOpen
-from server.registry.postgres import create_postgres_engine, reported
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +67,8 @@ class Database:
         if self._circuit is None:
             self.engine = _create_sqlite(url, busy_timeout_s)
         else:
+            from server.registry.postgres import create_postgres_engine  # psycopg: the [replicas] extra
+
             self.engine = create_postgres_engine(url, self._circuit)
         self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
         self._subscribers: list[Callable[[Change], None]] = []
@@ -187,7 +188,7 @@ class Database:
             answered = False
             raise RegistryUnavailable("database", _first_line(error)) from error
         except exc.DBAPIError as error:
-            answered = reported(error.orig)
+            answered = circuit is None or _reported(error.orig)
             if isinstance(error, (exc.OperationalError, exc.InterfaceError)):
                 raise RegistryUnavailable("database", _first_line(error.orig or error)) from error
             if error.connection_invalidated:
@@ -233,3 +234,9 @@ def _create_sqlite(url: str, busy_timeout_s: float) -> Engine:
         connection.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+def _reported(error: BaseException | None) -> bool:
+    from server.registry.postgres import reported  # only with a circuit, i.e. on PostgreSQL
+
+    return reported(error)

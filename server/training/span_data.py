@@ -70,7 +70,7 @@ def _questions(record: object, where: str) -> list[Question]:
     if not isinstance(record, dict) or not isinstance(record.get("context"), str):
         raise DataError(f"{where}: expected an object with 'context' and 'qas' or 'question', got {str(record)[:80]}")
     context = record["context"]
-    qas = record["qas"] if "qas" in record else [record]
+    qas = record.get("qas", [record])
     out = []
     for qa in qas:
         question = qa.get("question")

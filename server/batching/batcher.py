@@ -171,6 +171,13 @@ class Batcher:
             elif not request.future.done():
                 request.cancelled = True  # queued items are dropped, and their room released, by the loop
 
+    async def head_of(self, sha256: str) -> HeadKind:
+        """The head of a task version, as the engine reports it (loading the version if not resident)."""
+        task = self.cache.peek(sha256)
+        if task is None:
+            task = await asyncio.get_running_loop().run_in_executor(self._prep_pool, self.cache.get, sha256)
+        return task.facts.head
+
     async def _expand(self, job: ClassifyJob, head: HeadKind) -> list[InputRows]:
         """The inputs' rows, tokenized here when short (and the tokenizer free), else in the prep pool."""
         fit = self.engine.shape.max_tokens(job.prefix_len)

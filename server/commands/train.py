@@ -23,8 +23,10 @@ examples:
       --prefix-len 16 --lr 3e-2 --steps 1000 --dtype float16 --out sentiment.safetensors
   prefix-server train --head token --train conll03.train.jsonl --eval conll03.dev.jsonl \\
       --prefix-len 16 --lr 3e-2 --steps 1200 --dtype float16 --out entities.safetensors
-  prefix-server train --head span --train squad.train.jsonl --eval squad.eval.jsonl --max-length 256 \
-      --prefix-len 16 --lr 3e-2 --steps 1000 --dtype float16 --out answers.safetensors
+  prefix-server train --head span --train squad.train.jsonl --eval squad.eval.jsonl --max-length 192 \\
+      --doc-stride 64 --prefix-len 16 --lr 3e-2 --steps 900 --batch-size 16 --dtype float16 --out answers.safetensors
+  prefix-server train --head choice --train copa.train.jsonl --eval copa.dev.jsonl \\
+      --prefix-len 16 --lr 3e-2 --steps 500 --batch-size 16 --dtype float16 --out plausible-choice.safetensors
 """
 
 

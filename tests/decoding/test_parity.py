@@ -32,8 +32,9 @@ def roberta_engine(tmp_path_factory):
     return Engine.from_folder(write_random_roberta_backbone(tmp_path_factory.mktemp("tiny-roberta-qa")))
 
 
-def serve(engine, artifact, inputs, head, options=SpanOptions()):
+def serve(engine, artifact, inputs, head, options=None):
     """Each input's result as the batcher computes it: its rows scored in one batch, then finished."""
+    options = options or SpanOptions()
     task = load_task(engine, artifact)
     fit = engine.shape.max_tokens(artifact.prefix_len)
     planned = expand(inputs, head, engine.encoder, fit, True, options)

@@ -63,7 +63,8 @@ def test_bert_qa_checkpoint_answers_as_the_pipeline(tiny_engine, tiny_backbone_d
     folder = tmp_path / "qa"
     folder.mkdir()
     torch.save(state, folder / "pytorch_model.bin")
-    (folder / "config.json").write_text(json.dumps({"architectures": ["BertPrefixForQuestionAnswering"], "id2label": {"0": "LABEL_0", "1": "LABEL_1"}}))
+    config = {"architectures": ["BertPrefixForQuestionAnswering"], "id2label": {"0": "LABEL_0", "1": "LABEL_1"}}
+    (folder / "config.json").write_text(json.dumps(config))
     artifact = import_checkpoint(folder, shape, backbone_weights=weights)
     assert artifact.head is HeadKind.SPAN and artifact.labels == ("start", "end") and artifact.backbone_fingerprint
     assert artifact.problem_type is ProblemType.SINGLE_LABEL and artifact.pooler_weight is None

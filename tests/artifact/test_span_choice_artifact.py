@@ -52,7 +52,8 @@ def test_span_artifact_round_trips_as_qa_outputs():
     "tensors, metadata, fragments",
     [
         (span_tensors(3), head_metadata("span"), ["'qa_outputs.weight': expected shape [2 (span head), hidden_size=32], got [3, 32]"]),
-        (good_tensors(), head_metadata("span"), ["for a span head", "missing ['qa_outputs.weight', 'qa_outputs.bias']", "unknown ['classifier.bias'"]),
+        (good_tensors(), head_metadata("span"),
+         ["for a span head", "missing ['qa_outputs.weight', 'qa_outputs.bias']", "unknown ['classifier.bias'"]),
         (span_tensors() | {"pooler.weight": torch.zeros(HIDDEN, HIDDEN), "pooler.bias": torch.zeros(HIDDEN)}, head_metadata("span"),
          ["unknown ['pooler.bias', 'pooler.weight']"]),
         (span_tensors(), head_metadata("span", problem_type="regression"), ["expected 'single_label_classification' for a span head"]),

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from server import metrics, tracing
 from server.artifact import HeadKind
-from server.batching.inputs import ChoiceInput, Input, InputRows, QuestionInput, check_shapes, count_rows, expand
+from server.batching.inputs import Input, InputRows, assemble, check_shapes, count_rows, expand, input_chars
 from server.batching.prefix_cache import PrefixCache
 from server.batching.queues import DeadlineExceeded, InputQueues, PendingRequest, QueuedInput, ShuttingDown
 from server.decoding import SpanOptions
@@ -161,8 +161,8 @@ class Batcher:
                 tracing.record_span("queue wait", request.enqueued_ns, request.batch_started_ns)
                 tracing.record_span("forward pass", request.batch_started_ns, request.batch_ended_ns)
             if head is HeadKind.SPAN:  # numpy over every window: off the event loop
-                return await loop.run_in_executor(self._prep_pool, _assemble, planned, row_results)
-            return _assemble(planned, row_results)
+                return await loop.run_in_executor(self._prep_pool, assemble, planned, row_results)
+            return assemble(planned, row_results)
         except TimeoutError:
             raise DeadlineExceeded(f"the request did not finish within {job.timeout_s:g} s") from None
         finally:
@@ -182,7 +182,7 @@ class Batcher:
         """The inputs' rows, tokenized here when short (and the tokenizer free), else in the prep pool."""
         fit = self.engine.shape.max_tokens(job.prefix_len)
         work = (job.inputs, head, self.encoder, fit, job.truncate, job.span)
-        if sum(_chars(value) for value in job.inputs) <= INLINE_CHARS:
+        if sum(input_chars(value) for value in job.inputs) <= INLINE_CHARS:
             with self.encoder.unless_busy() as free:
                 if free:
                     return expand(*work)
@@ -335,22 +335,3 @@ class _Throughput:
         """Infinite before a batch was measured: nothing is refused on a guess."""
         spent = sum(s for _, s in self._batches)
         return sum(t for t, _ in self._batches) / spent * seconds if spent > 0 else math.inf
-
-
-def _assemble(planned: list[InputRows], row_results: list) -> list:
-    """Each input's result from its rows' results (row order, inputs one after another)."""
-    out, at = [], 0
-    for plan in planned:
-        out.append(plan.finish(row_results[at : at + len(plan.rows)]))
-        at += len(plan.rows)
-    return out
-
-
-def _chars(value: Input) -> int:
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, QuestionInput):
-        return len(value.question) + len(value.context)
-    if isinstance(value, ChoiceInput):
-        return (len(value.text) + 8) * len(value.choices) + sum(len(choice) for choice in value.choices)
-    return len(value[0]) + len(value[1])

@@ -120,6 +120,26 @@ def expand(
     return [InputRows([e], _only_row) for e in encoded]
 
 
+def assemble(planned: list[InputRows], row_results: list) -> list:
+    """Each input's result from its rows' results (row order, inputs one after another)."""
+    out, at = [], 0
+    for plan in planned:
+        out.append(plan.finish(row_results[at : at + len(plan.rows)]))
+        at += len(plan.rows)
+    return out
+
+
+def input_chars(value: Input) -> int:
+    """An input's size in characters (what decides where it is tokenized)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, QuestionInput):
+        return len(value.question) + len(value.context)
+    if isinstance(value, ChoiceInput):
+        return (len(value.text) + 8) * len(value.choices) + sum(len(choice) for choice in value.choices)
+    return len(value[0]) + len(value[1])
+
+
 def _question_rows(
     encoder: TextEncoder, value: QuestionInput, max_seq_len: int, stride: int, options: SpanOptions, index: int
 ) -> InputRows:

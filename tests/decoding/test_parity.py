@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from server.artifact import HeadKind
-from server.batching.inputs import ChoiceInput, QuestionInput, expand
+from server.batching.inputs import ChoiceInput, QuestionInput, assemble, expand
 from server.decoding import SpanOptions
 from server.engine import Engine
 from server.engine.random_backbone import write_random_roberta_backbone
@@ -39,12 +39,7 @@ def serve(engine, artifact, inputs, head, options=None):
     fit = engine.shape.max_tokens(artifact.prefix_len)
     planned = expand(inputs, head, engine.encoder, fit, True, options)
     rows = [(encoded, task) for plan in planned for encoded in plan.rows]
-    results, at = score_rows(engine, rows), 0
-    out = []
-    for plan in planned:
-        out.append(plan.finish(results[at : at + len(plan.rows)]))
-        at += len(plan.rows)
-    return out, [len(plan.rows) for plan in planned]
+    return assemble(planned, score_rows(engine, rows)), [len(plan.rows) for plan in planned]
 
 
 def span_artifact(engine, seed=0, prefix_len=4):

@@ -18,26 +18,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from server.artifact import HeadKind, PrefixArtifact, ProblemType, artifact_to_bytes, read_artifact
+from server.artifact import HEAD_RULES, HeadKind, PrefixArtifact, ProblemType, artifact_to_bytes, read_artifact
 from server.decoding import choice_scores
 from server.engine import EncodedInput, Engine
 from server.training.batches import Batch, eval_batches, pad_rows
 from server.training.data import DataError
-from server.training.model import PrefixClassifier
-from server.training.trainer import (
-    DTYPES,
-    EVAL_BATCH_SIZE,
-    TrainConfig,
-    TrainResult,
-    _check_config,
-    _default_backbone,
-    _metadata,
-    _run_steps,
-    _total_steps,
-    build_model,
-)
+from server.training.fixed_heads import export_fixed_head, start_run
+from server.training.trainer import EVAL_BATCH_SIZE, TrainConfig, TrainResult, _metadata, _run_steps, _total_steps, build_model
 
-CHOICE_LABELS = ("choice",)
 MAX_CHOICES = 16
 
 
@@ -121,11 +109,7 @@ def choice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def train_choice(config: TrainConfig, engine: Engine | None = None, progress: bool = True) -> TrainResult:
     """Trains, exports and evaluates a choice head; raises DataError or ValueError on bad input."""
-    _check_config(config)
-    torch.manual_seed(config.seed)
-    engine = engine or Engine.from_folder(config.backbone or _default_backbone())
-    if not 1 <= config.prefix_len <= engine.shape.max_prefix_len:
-        raise ValueError(f"--prefix-len: expected 1..{engine.shape.max_prefix_len}, got {config.prefix_len}")
+    engine = start_run(config, engine)
     train_set = load_choice_dataset(config.train)
     eval_set = load_choice_dataset(config.eval) if config.eval else None
     max_tokens = min(config.max_length, engine.shape.max_tokens(config.prefix_len))
@@ -135,33 +119,17 @@ def train_choice(config: TrainConfig, engine: Engine | None = None, progress: bo
         items.append(ItemRows(rows[at : at + len(choices)]))
         at += len(choices)
     encoded = ChoiceSet(items, torch.tensor(train_set.labels), engine.encoder.tokenizer.pad_token_id or 0)
-    model = build_model(engine, config, len(CHOICE_LABELS))
+    model = build_model(engine, config, HEAD_RULES[HeadKind.CHOICE].fixed_outputs)
     steps = _total_steps(config, len(train_set))
     started = time.perf_counter()
     _run_steps(model, encoded, ProblemType.SINGLE_LABEL, config, steps, progress, loss=choice_loss)
     seconds = time.perf_counter() - started
-    artifact = export_choice_artifact(model, config, engine)
+    artifact = export_fixed_head(model, config, engine, HeadKind.CHOICE)
     metrics = evaluate_choices(engine, artifact, eval_set) if eval_set is not None else {}
     metadata = _metadata(config, train_set, eval_set, steps, seconds, engine, metrics)
     artifact = replace(artifact, extra_metadata=metadata)
     read_artifact(artifact_to_bytes(artifact), engine.shape)  # what we write must load; raises if not
     return TrainResult(artifact, model, metrics, steps, seconds)
-
-
-def export_choice_artifact(model: PrefixClassifier, config: TrainConfig, engine: Engine) -> PrefixArtifact:
-    model.eval()
-    with torch.no_grad():
-        key_values = model.key_values().to(DTYPES[config.dtype]).contiguous()  # [L, 2, H, P, D]
-    return PrefixArtifact(
-        key_values=key_values,
-        classifier_weight=model.classifier.weight.detach().float().clone(),  # [1, hidden]
-        classifier_bias=model.classifier.bias.detach().float().clone(),  # [1]
-        problem_type=ProblemType.SINGLE_LABEL,
-        labels=CHOICE_LABELS,
-        backbone_fingerprint=engine.shape.fingerprint,
-        head=HeadKind.CHOICE,
-        backbone_family=engine.shape.family,
-    )
 
 
 def predict_choices(engine: Engine, artifact: PrefixArtifact, dataset: ChoiceDataset) -> list[int]:

@@ -20,26 +20,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from server.artifact import HeadKind, PrefixArtifact, ProblemType, artifact_to_bytes, read_artifact
+from server.artifact import HEAD_RULES, HeadKind, PrefixArtifact, ProblemType, artifact_to_bytes, read_artifact
 from server.decoding import SpanOptions, decode_answer, span_windows
 from server.engine import Engine
 from server.training.batches import eval_batches
+from server.training.fixed_heads import export_fixed_head, start_run
 from server.training.span_data import SpanDataset, load_span_dataset, span_training_set
 from server.training.token_model import PrefixTokenClassifier
-from server.training.trainer import (
-    DTYPES,
-    EVAL_BATCH_SIZE,
-    TrainConfig,
-    TrainResult,
-    _check_config,
-    _default_backbone,
-    _metadata,
-    _run_steps,
-    _total_steps,
-    build_model,
-)
+from server.training.trainer import EVAL_BATCH_SIZE, TrainConfig, TrainResult, _metadata, _run_steps, _total_steps, build_model
 
-SPAN_LABELS = ("start", "end")
 MASKED = -1e4  # padding never takes softmax weight
 
 
@@ -58,46 +47,25 @@ def span_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def train_span(config: TrainConfig, engine: Engine | None = None, progress: bool = True) -> TrainResult:
     """Trains, exports and evaluates a span head; raises DataError or ValueError on bad input."""
-    _check_config(config)
-    torch.manual_seed(config.seed)
-    engine = engine or Engine.from_folder(config.backbone or _default_backbone())
-    if not 1 <= config.prefix_len <= engine.shape.max_prefix_len:
-        raise ValueError(f"--prefix-len: expected 1..{engine.shape.max_prefix_len}, got {config.prefix_len}")
+    engine = start_run(config, engine)
     train_set = load_span_dataset(config.train)
     eval_set = load_span_dataset(config.eval) if config.eval else None
     max_tokens = min(config.max_length, engine.shape.max_tokens(config.prefix_len))
     if not 0 <= config.doc_stride < max_tokens:
         raise ValueError(f"--doc-stride: expected 0..{max_tokens - 1} (below --max-length), got {config.doc_stride}")
     encoded = span_training_set(train_set, engine.encoder, max_tokens, config.doc_stride)
-    model = build_model(engine, config, len(SPAN_LABELS), PrefixSpanModel)
+    model = build_model(engine, config, HEAD_RULES[HeadKind.SPAN].fixed_outputs, PrefixSpanModel)
     steps = _total_steps(config, len(encoded))
     started = time.perf_counter()
     _run_steps(model, encoded, ProblemType.SINGLE_LABEL, config, steps, progress, loss=span_loss)
     seconds = time.perf_counter() - started
-    artifact = export_span_artifact(model, config, engine)
+    artifact = export_fixed_head(model, config, engine, HeadKind.SPAN)
     metrics = evaluate_spans(engine, artifact, eval_set, progress) if eval_set is not None else {}
     metadata = _metadata(config, _Rows(train_set, len(encoded)), eval_set, steps, seconds, engine, metrics)
     metadata.update(train_questions=str(len(train_set)), doc_stride=str(config.doc_stride))
     artifact = replace(artifact, extra_metadata=metadata)
     read_artifact(artifact_to_bytes(artifact), engine.shape)  # what we write must load; raises if not
     return TrainResult(artifact, model, metrics, steps, seconds)
-
-
-def export_span_artifact(model: PrefixSpanModel, config: TrainConfig, engine: Engine) -> PrefixArtifact:
-    """The SPEC 1d span artifact: the prefix folded once into --dtype, qa_outputs in float32."""
-    model.eval()
-    with torch.no_grad():
-        key_values = model.key_values().to(DTYPES[config.dtype]).contiguous()  # [L, 2, H, P, D]
-    return PrefixArtifact(
-        key_values=key_values,
-        classifier_weight=model.classifier.weight.detach().float().clone(),  # [2, hidden]
-        classifier_bias=model.classifier.bias.detach().float().clone(),  # [2]
-        problem_type=ProblemType.SINGLE_LABEL,
-        labels=SPAN_LABELS,
-        backbone_fingerprint=engine.shape.fingerprint,
-        head=HeadKind.SPAN,
-        backbone_family=engine.shape.family,
-    )
 
 
 def predict_answers(engine: Engine, artifact: PrefixArtifact, dataset: SpanDataset, progress: bool = False) -> list[str]:

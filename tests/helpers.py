@@ -14,7 +14,7 @@ from transformers import AutoModel, AutoTokenizer, DynamicCache
 
 from server.artifact import BackboneShape, HeadKind, PrefixArtifact, ProblemType, artifact_to_bytes
 from server.engine import TaskFacts, TokenBatch
-from server.engine.scoring import TASK_SCORE_FUNCTION
+from server.engine.scoring import default_score_function
 
 
 def make_artifact(
@@ -127,7 +127,7 @@ def token_batch(rows: list, functions: list | None = None) -> TokenBatch:
     """A batch of (EncodedInput, Loaded) rows, each with its task's own score function unless given."""
     return TokenBatch.of(
         [encoded for encoded, _ in rows], [task.handle for _, task in rows], [task.facts.head for _, task in rows],
-        [int(f) if f is not None else TASK_SCORE_FUNCTION[task.facts.problem_type]
+        [int(f) if f is not None else default_score_function(task.facts.head, task.facts.problem_type)
          for f, (_, task) in zip(functions or [None] * len(rows), rows)],
     )
 

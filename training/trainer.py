@@ -51,6 +51,7 @@ class TrainConfig:
     warmup_ratio: float = 0.06
     max_grad_norm: float = 1.0
     max_length: int = 128
+    doc_stride: int = 128  # span heads: context tokens consecutive training windows share
     dropout: float | None = None  # None: the backbone's hidden_dropout_prob
     seed: int = 42
     dtype: str = "float32"  # of prefix.key_values in the artifact

@@ -19,11 +19,12 @@ from server import metrics
 from server.api.deps import Caller
 from server.api.errors import ApiError, ClientDisconnected
 from server.api.state import Services
-from server.batching import ClassifyJob, DeadlineExceeded, Overloaded
+from server.artifact import HeadKind
+from server.batching import ClassifyJob, DeadlineExceeded, Input, Overloaded, SpanOptions
 from server.engine import ScoreFunction
 from server.registry.base import VersionRecord
 
-TextInput = str | tuple[str, str]  # a text, or (text, text_pair)
+SEQUENCE_ONLY = frozenset({HeadKind.SEQUENCE})
 
 
 async def classify_inputs(
@@ -31,20 +32,22 @@ async def classify_inputs(
     services: Services,
     caller: Caller,
     task: str,
-    inputs: list[TextInput],
+    inputs: list[Input],
     *,
     version: int | None = None,
     truncate: bool = True,
     score_function: ScoreFunction | None = None,
-    token_tasks: bool = False,
+    heads: frozenset[HeadKind] = SEQUENCE_ONLY,
+    span: SpanOptions | None = None,
     accept: Callable[[VersionRecord], Awaitable[None]] | None = None,
 ) -> tuple[VersionRecord, list]:
-    """The version that answered and the scores per input, in input order, columns in label order.
+    """The version that answered and the result per input, in input order: scores (columns in label
+    order), or a TokenScores, SpanAnswer or ChoiceScores for those heads.
 
     `version` runs that version for this call (NotFound if it does not exist) instead of the route's;
     `score_function` None gives the task's own (probabilities, raw values for regression).
-    `token_tasks`: the caller formats token-classification results (a TokenScores per input);
-    otherwise such a task is refused with 422.
+    `heads`: the task heads the caller formats; a task of another head is refused with 422, as is an
+    input of another shape than its task's head takes. `span`: a span task's request fields.
     `accept`: the adapter's own check of the chosen version, awaited before its inputs are queued
     (it raises to refuse).
     Raises ApiError, NotFound, Overloaded, DeadlineExceeded, InputRefused, ClientDisconnected.
@@ -70,7 +73,8 @@ async def classify_inputs(
             timeout_s=services.settings.request_timeout_s,
             tenant_max_queued=tenant.limits.max_queued_inputs,
             score_function=score_function,
-            token_tasks=token_tasks,
+            heads=heads,
+            span=span or SpanOptions(),
         )
         scores = await _unless_disconnected(services.runtime.batcher.classify(job), request)
         outcome = "ok"

@@ -4,7 +4,7 @@ tensor data extension (what `tritonclient.http` sends by default).
 Owns turning an infer request body into its BYTES inputs as Python strings, and outputs into the
 answer body: JSON `data`, or raw bytes after the JSON header (`Inference-Header-Content-Length`
 gives its length; BYTES elements are a 4-byte little-endian length and the bytes, FP32 raw
-little-endian floats). Knows nothing of tasks or what the scores mean.
+little-endian floats, INT64 raw little-endian integers). Knows nothing of tasks or what the scores mean.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ class InferRequest:
 @dataclass(frozen=True)
 class OutputTensor:
     name: str
-    datatype: str  # "FP32" or "BYTES"
+    datatype: str  # "FP32", "INT64" or "BYTES"
     shape: list[int]
-    data: list  # flattened: floats for FP32, strings for BYTES
+    data: list  # flattened: floats for FP32, integers for INT64, strings for BYTES
 
 
 def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
@@ -80,7 +80,7 @@ def render_infer_response(header: dict, outputs: list[tuple[OutputTensor, bool]]
     for tensor, binary in outputs:
         entry = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
         if binary:
-            blob = _encode_fp32(tensor.data) if tensor.datatype == "FP32" else encode_bytes_elements(tensor.data)
+            blob = _BINARY[tensor.datatype](tensor.data)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
@@ -196,6 +196,13 @@ def _requested_outputs(header: dict) -> dict[str, bool | None] | None:
 
 def _encode_fp32(values: list[float]) -> bytes:
     return struct.pack(f"<{len(values)}f", *values)
+
+
+def _encode_int64(values: list[int]) -> bytes:
+    return struct.pack(f"<{len(values)}q", *values)
+
+
+_BINARY = {"FP32": _encode_fp32, "INT64": _encode_int64, "BYTES": encode_bytes_elements}
 
 
 def _utf8(raw: memoryview, name: str, index: int) -> str:

@@ -50,7 +50,7 @@ OPERATIONS: dict[tuple[str, str], tuple[str, int, object, tuple[int, ...], bool]
     ("PUT", "/v1/tasks/{task}/route"): (V1, 200, rs.RouteSet, (*_TASK_ERRORS, 413), True),
     ("DELETE", "/v1/tasks/{task}/versions/{version}"): (V1, 204, None, (404, 409, 422, 503), True),
     ("POST", "/v1/tasks/{task}/predict"): (TEI, 200, list[rs.Ranked] | list[list[rs.Ranked]], _CLASSIFY_ERRORS, True),
-    ("POST", "/models/{task}"): (HF, 200, list[list[rs.Ranked]], _CLASSIFY_ERRORS, True),
+    ("POST", "/models/{task}"): (HF, 200, list[list[rs.Ranked]] | rs.SpanResult | list[rs.SpanResult], _CLASSIFY_ERRORS, True),
     ("GET", "/v2/health/live"): (KSERVE, 200, rs.KServeLive, (), False),
     ("GET", "/v2/health/ready"): (KSERVE, 200, rs.KServeReady, (), False),
     ("GET", "/v2"): (KSERVE, 200, rs.KServeServerMetadata, (), False),

@@ -137,10 +137,43 @@ class ClassifyResult(BaseModel):
     labels: list[str] | None = Field(None, description="multi-label tasks: those with score >= 0.5")
 
 
+class Entity(BaseModel):
+    label: str
+    score: float = Field(description="the mean of its words' scores")
+    start: int = Field(description="character offset into the input")
+    end: int = Field(description="exclusive")
+    text: str
+
+
+class EntitiesResult(BaseModel):
+    """A token task's result (SPEC 2b)."""
+
+    entities: list[Entity] = Field(description="in order of start")
+
+
+class SpanResult(BaseModel):
+    """A span task's result (SPEC 2d): the answer as transformers' question-answering pipeline gives it."""
+
+    answer: str = Field(description="context[start:end]; empty for no answer (allow_impossible)")
+    score: float
+    start: int = Field(description="character offset into the context")
+    end: int = Field(description="exclusive")
+
+
+class ChoiceResult(BaseModel):
+    """A choice task's result (SPEC 2d)."""
+
+    choice: int = Field(description="index of the best choice")
+    score: float = Field(description="its probability")
+    scores: list[float] = Field(description="every choice's probability, in choice order")
+
+
 class ClassifyResponse(BaseModel):
     task: str
     version: int = Field(description="the version that answered")
-    results: list[ClassifyResult] = Field(description="in input order")
+    results: list[ClassifyResult | EntitiesResult | SpanResult | ChoiceResult] = Field(
+        description="in input order, in the shape of the task's head"
+    )
 
 
 class Ranked(BaseModel):

@@ -15,10 +15,41 @@ class TextPair(BaseModel):
     text_pair: StrictStr | None = None
 
 
-class ClassifyRequest(BaseModel):
+class QuestionContext(BaseModel):
+    """An input of a span (extractive question answering) task."""
+
+    model_config = ConfigDict(extra="forbid")
+    question: StrictStr = Field(min_length=1)
+    context: StrictStr = Field(min_length=1)
+
+
+class TextChoices(BaseModel):
+    """An input of a choice (multiple choice) task."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: StrictStr
+    choices: list[StrictStr] = Field(min_length=2, max_length=16)
+
+
+class SpanFields(BaseModel):
+    """Span tasks' decoding fields (SPEC 2d), the question-answering pipeline's parameters."""
+
+    max_seq_len: int | None = Field(
+        None, ge=8, description="tokens per window of question and context (default 384, at most what fits beside the prefix)"
+    )
+    doc_stride: int | None = Field(None, ge=0, description="context tokens consecutive windows share (default 128)")
+    max_answer_len: int = Field(15, ge=1, description="the longest answer, in tokens")
+    allow_impossible: bool = Field(False, description="the empty answer (no answer in the context) may win")
+
+
+class ClassifyRequest(SpanFields):
     model_config = ConfigDict(extra="forbid")
     task: str = Field(pattern=NAME_PATTERN)
-    inputs: list[StrictStr | TextPair] = Field(min_length=1)
+    inputs: list[StrictStr | TextPair | QuestionContext | TextChoices] = Field(
+        min_length=1,
+        description='per the task\'s head: a text or {"text", "text_pair"} (sequence), a text (token), '
+        '{"question", "context"} (span), {"text", "choices"} (choice)',
+    )
     truncate: bool = True
     version: int | None = Field(None, ge=1, description="run this version for this call instead of the route's")
     raw_scores: bool = Field(False, description="the raw logits instead of probabilities")

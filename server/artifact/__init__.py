@@ -1,5 +1,6 @@
 """The prefix artifact: format, validation and (de)serialisation. No dependency on the engine."""
 
+from server.artifact.heads import HEAD_RULES, HeadRule
 from server.artifact.prefix import (
     FAMILIES,
     BackboneShape,
@@ -16,9 +17,11 @@ from server.artifact.safetensors_header import ArtifactError
 
 __all__ = [
     "FAMILIES",
+    "HEAD_RULES",
     "ArtifactError",
     "BackboneShape",
     "HeadKind",
+    "HeadRule",
     "PrefixArtifact",
     "ProblemType",
     "artifact_to_bytes",

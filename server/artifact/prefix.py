@@ -1,8 +1,9 @@
-"""The prefix artifact (SPEC sections 1 and 1b): one safetensors file per task version.
+"""The prefix artifact (SPEC sections 1, 1b and 1d): one safetensors file per task version.
 
 Owns reading, validating against a backbone, and writing. Two format versions are read: `1` (a
 sequence head on the backbone's pooler, SPEC 1) and `2` (adds the `head` and `backbone_family`
-metadata and an optional own pooler, SPEC 1b). A version-1 file means what it always meant: `head` or
+metadata, an optional own pooler, SPEC 1b, and the span and choice heads, SPEC 1d; what each head
+holds is heads.py's table). A version-1 file means what it always meant: `head` or
 `backbone_family` keys in it are ordinary extra metadata. Writing picks the lowest version that holds
 the artifact, so files that need nothing new stay readable by v1 servers. Every refusal is an
 `ArtifactError` whose message names what was expected and what came.
@@ -10,7 +11,6 @@ the artifact, so files that need nothing new stay readable by v1 servers. Every 
 
 from __future__ import annotations
 
-import enum
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,16 +19,14 @@ import torch
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
+from server.artifact.heads import HEAD_NAMES, HEAD_RULES, HeadKind, ProblemType
 from server.artifact.safetensors_header import ArtifactError, SafetensorsHeader, parse_header
 
 FORMAT_NAME = "ptv2-prefix"
 FORMAT_VERSIONS = ("1", "2")
 KEY_VALUES = "prefix.key_values"
-CLASSIFIER_WEIGHT = "classifier.weight"
-CLASSIFIER_BIAS = "classifier.bias"
 POOLER_WEIGHT = "pooler.weight"
 POOLER_BIAS = "pooler.bias"
-REQUIRED_TENSORS = (KEY_VALUES, CLASSIFIER_WEIGHT, CLASSIFIER_BIAS)
 POOLER_TENSORS = (POOLER_WEIGHT, POOLER_BIAS)
 FLOAT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 RESERVED_METADATA = {
@@ -36,17 +34,6 @@ RESERVED_METADATA = {
     "2": {"format", "format_version", "problem_type", "labels", "backbone_fingerprint", "head", "backbone_family"},
 }
 FAMILIES = ("bert", "roberta")
-
-
-class ProblemType(str, enum.Enum):
-    SINGLE_LABEL = "single_label_classification"
-    MULTI_LABEL = "multi_label_classification"
-    REGRESSION = "regression"
-
-
-class HeadKind(str, enum.Enum):
-    SEQUENCE = "sequence"  # one result per input, from the pooled first token
-    TOKEN = "token"  # one result per input token, from every token's final hidden state
 
 
 @dataclass(frozen=True)
@@ -83,7 +70,7 @@ class BackboneShape:
 @dataclass(frozen=True)
 class PrefixArtifact:
     key_values: torch.Tensor  # [L, 2, H, P, D]
-    classifier_weight: torch.Tensor  # [C, hidden]
+    classifier_weight: torch.Tensor  # [C, hidden]: the head's weight (stored as qa_outputs.weight for a span head)
     classifier_bias: torch.Tensor  # [C]
     problem_type: ProblemType
     labels: tuple[str, ...]
@@ -135,8 +122,8 @@ def read_artifact(data: bytes, backbone: BackboneShape) -> PrefixArtifact:
     extra = {k: v for k, v in header.metadata.items() if k not in RESERVED_METADATA[facts.version]}
     return PrefixArtifact(
         key_values=tensors[KEY_VALUES],
-        classifier_weight=tensors[CLASSIFIER_WEIGHT],
-        classifier_bias=tensors[CLASSIFIER_BIAS],
+        classifier_weight=tensors[HEAD_RULES[facts.head].weight],
+        classifier_bias=tensors[HEAD_RULES[facts.head].bias],
         problem_type=facts.problem_type,
         labels=facts.labels,
         extra_metadata=extra,
@@ -173,15 +160,16 @@ def artifact_to_bytes(artifact: PrefixArtifact) -> bytes:
         metadata["head"] = artifact.head.value
         if artifact.backbone_family:
             metadata["backbone_family"] = artifact.backbone_family
+    rule = HEAD_RULES[artifact.head]
     tensors = {
         KEY_VALUES: artifact.key_values.contiguous(),
-        CLASSIFIER_WEIGHT: artifact.classifier_weight.contiguous(),
-        CLASSIFIER_BIAS: artifact.classifier_bias.contiguous(),
+        rule.weight: artifact.classifier_weight.contiguous(),
+        rule.bias: artifact.classifier_bias.contiguous(),
     }
     if (artifact.pooler_weight is None) != (artifact.pooler_bias is None):
         raise ArtifactError("pooler: expected both pooler.weight and pooler.bias or neither, got one")
-    if artifact.pooler_weight is not None and artifact.head is HeadKind.TOKEN:
-        raise ArtifactError("pooler: expected none for a token head, got pooler.weight and pooler.bias")
+    if artifact.pooler_weight is not None and not rule.pooled:
+        raise ArtifactError(f"pooler: expected none for a {artifact.head.value} head, got pooler.weight and pooler.bias")
     if artifact.pooler_weight is not None:
         tensors[POOLER_WEIGHT] = artifact.pooler_weight.contiguous()
         tensors[POOLER_BIAS] = artifact.pooler_bias.contiguous()
@@ -198,22 +186,18 @@ def _check_metadata(metadata: dict[str, str], backbone: BackboneShape) -> _Facts
     version = metadata.get("format_version")
     if version not in FORMAT_VERSIONS:
         raise ArtifactError(f"metadata 'format_version': expected '1' or '2', got {version!r}")
-    raw_problem = metadata.get("problem_type")
-    try:
-        problem_type = ProblemType(raw_problem)
-    except ValueError:
-        allowed = ", ".join(p.value for p in ProblemType)
-        raise ArtifactError(f"metadata 'problem_type': expected one of {allowed}, got {raw_problem!r}") from None
-    labels = _parse_labels(metadata.get("labels"))
+    # `head` / `backbone_family` in a v1 file are plain extra metadata
+    head = _parse_head(metadata.get("head")) if version == "2" else HeadKind.SEQUENCE
+    problem_type, labels = _problem_and_labels(metadata, head)
     fingerprint = metadata.get("backbone_fingerprint")
     if fingerprint is not None and fingerprint != backbone.fingerprint:
         raise ArtifactError(
             f"metadata 'backbone_fingerprint': expected this server's {backbone.fingerprint!r}, got {fingerprint!r} "
             "(the prefix was trained on other backbone weights)"
         )
-    if version == "1":  # `head` / `backbone_family` in a v1 file are plain extra metadata
-        return _Facts(version, problem_type, labels, HeadKind.SEQUENCE, None)
-    head, family = _check_head(metadata.get("head"), problem_type), metadata.get("backbone_family")
+    if version == "1":
+        return _Facts(version, problem_type, labels, head, None)
+    family = metadata.get("backbone_family")
     if family is not None and family not in FAMILIES:
         raise ArtifactError(f"metadata 'backbone_family': expected 'bert' or 'roberta', got {family!r}")
     if family is not None and family != backbone.family:
@@ -224,17 +208,38 @@ def _check_metadata(metadata: dict[str, str], backbone: BackboneShape) -> _Facts
     return _Facts(version, problem_type, labels, head, family)
 
 
-def _check_head(raw: str | None, problem_type: ProblemType) -> HeadKind:
+def _parse_head(raw: str | None) -> HeadKind:
     try:
-        head = HeadKind(raw if raw is not None else HeadKind.SEQUENCE.value)
+        return HeadKind(raw if raw is not None else HeadKind.SEQUENCE.value)
     except ValueError:
-        raise ArtifactError(f"metadata 'head': expected 'sequence' or 'token', got {raw!r}") from None
-    if head is HeadKind.TOKEN and problem_type is not ProblemType.SINGLE_LABEL:
+        raise ArtifactError(f"metadata 'head': expected one of {HEAD_NAMES}, got {raw!r}") from None
+
+
+def _problem_and_labels(metadata: dict[str, str], head: HeadKind) -> tuple[ProblemType, tuple[str, ...]]:
+    """The problem type and labels; a head of fixed outputs (span, choice) may leave both out."""
+    rule = HEAD_RULES[head]
+    raw_problem = metadata.get("problem_type")
+    if raw_problem is None and rule.single_label_only and rule.default_labels is not None:
+        problem_type = ProblemType.SINGLE_LABEL
+    else:
+        try:
+            problem_type = ProblemType(raw_problem)
+        except ValueError:
+            allowed = ", ".join(p.value for p in ProblemType)
+            raise ArtifactError(f"metadata 'problem_type': expected one of {allowed}, got {raw_problem!r}") from None
+    if rule.single_label_only and problem_type is not ProblemType.SINGLE_LABEL:
         raise ArtifactError(
-            f"metadata 'problem_type': expected {ProblemType.SINGLE_LABEL.value!r} for a token head, "
+            f"metadata 'problem_type': expected {ProblemType.SINGLE_LABEL.value!r} for a {head.value} head, "
             f"got {problem_type.value!r}"
         )
-    return head
+    raw_labels = metadata.get("labels")
+    labels = rule.default_labels if raw_labels is None and rule.default_labels else _parse_labels(raw_labels)
+    if rule.fixed_outputs is not None and len(labels) != rule.fixed_outputs:
+        raise ArtifactError(
+            f"metadata 'labels': expected {rule.fixed_outputs} names for a {head.value} head "
+            f"(e.g. {list(rule.default_labels)}), got {list(labels)}"
+        )
+    return problem_type, labels
 
 
 def _parse_labels(raw: str | None) -> tuple[str, ...]:
@@ -255,24 +260,27 @@ def _parse_labels(raw: str | None) -> tuple[str, ...]:
 def _check_tensor_entries(header: SafetensorsHeader, backbone: BackboneShape, facts: _Facts) -> bool:
     """Checks names, dtypes and shapes; returns whether the artifact carries its own pooler."""
     names = set(header.tensors)
-    allowed = set(REQUIRED_TENSORS)
-    if facts.version == "2" and facts.head is HeadKind.SEQUENCE:
+    rule = HEAD_RULES[facts.head]
+    required = (KEY_VALUES, rule.weight, rule.bias)
+    allowed = set(required)
+    if facts.version == "2" and rule.pooled:
         allowed |= set(POOLER_TENSORS)
-    missing = [n for n in REQUIRED_TENSORS if n not in names]
+    missing = [n for n in required if n not in names]
     unknown = sorted(names - allowed)
     if missing or unknown:
         raise ArtifactError(
-            f"tensors: expected exactly {list(REQUIRED_TENSORS)}{_pooler_note(facts)}; missing {missing}, unknown {unknown}"
+            f"tensors: expected exactly {list(required)}{_pooler_note(facts)}{_head_note(facts)}; "
+            f"missing {missing}, unknown {unknown}"
         )
     has_pooler = bool(names & set(POOLER_TENSORS))
     if has_pooler and not set(POOLER_TENSORS) <= names:
         raise ArtifactError(
             f"tensors: expected both {POOLER_WEIGHT!r} and {POOLER_BIAS!r} or neither, got only {sorted(names & set(POOLER_TENSORS))}"
         )
-    if facts.head is HeadKind.SEQUENCE and not has_pooler and not backbone.pooler:
+    if rule.pooled and not has_pooler and not backbone.pooler:
         raise ArtifactError(
             f"tensors: expected {POOLER_WEIGHT!r} and {POOLER_BIAS!r} (this server's backbone has no pooler, so a "
-            "sequence task brings its own; format_version 2), got none"
+            f"{facts.head.value} task brings its own; format_version 2), got none"
         )
     for name in sorted(names):
         dtype = header.tensors[name].dtype
@@ -280,13 +288,13 @@ def _check_tensor_entries(header: SafetensorsHeader, backbone: BackboneShape, fa
             raise ArtifactError(f"tensor {name!r}: expected dtype F32, F16 or BF16, got {dtype}")
     _check_key_values_shape(header.tensors[KEY_VALUES].shape, backbone)
     hidden, num_labels = backbone.hidden_size, len(facts.labels)
-    weight_shape = header.tensors[CLASSIFIER_WEIGHT].shape
+    weight_shape = header.tensors[rule.weight].shape
     if weight_shape != (num_labels, hidden):
+        rows = f"num_labels={num_labels}" if rule.fixed_outputs is None else f"{num_labels} ({facts.head.value} head)"
         raise ArtifactError(
-            f"tensor {CLASSIFIER_WEIGHT!r}: expected shape [num_labels={num_labels}, hidden_size="
-            f"{hidden}], got {list(weight_shape)}"
+            f"tensor {rule.weight!r}: expected shape [{rows}, hidden_size={hidden}], got {list(weight_shape)}"
         )
-    expected_shapes = {CLASSIFIER_BIAS: (num_labels,), POOLER_WEIGHT: (hidden, hidden), POOLER_BIAS: (hidden,)}
+    expected_shapes = {rule.bias: (num_labels,), POOLER_WEIGHT: (hidden, hidden), POOLER_BIAS: (hidden,)}
     for name, expected in expected_shapes.items():
         if name in names and header.tensors[name].shape != expected:
             got = list(header.tensors[name].shape)
@@ -295,9 +303,16 @@ def _check_tensor_entries(header: SafetensorsHeader, backbone: BackboneShape, fa
 
 
 def _pooler_note(facts: _Facts) -> str:
-    if facts.version == "2" and facts.head is HeadKind.SEQUENCE:
+    if facts.version == "2" and HEAD_RULES[facts.head].pooled:
         return f" (and optionally {list(POOLER_TENSORS)})"
     return ""
+
+
+def _head_note(facts: _Facts) -> str:
+    """A hint when a file holds another head's tensors (a span head's qa_outputs, say, in a sequence file)."""
+    if facts.version == "1":
+        return ""
+    return f" for a {facts.head.value} head"
 
 
 def _check_key_values_shape(shape: tuple[int, ...], backbone: BackboneShape) -> None:

@@ -23,14 +23,16 @@ import math
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from server import metrics, tracing
 from server.artifact import HeadKind
+from server.batching.inputs import Input, InputRows, assemble, check_shapes, count_rows, expand, input_chars
 from server.batching.prefix_cache import PrefixCache
 from server.batching.queues import DeadlineExceeded, InputQueues, PendingRequest, QueuedInput, ShuttingDown
-from server.engine import EngineUnavailable, InputRefused, ScoreFunction, TextEncoder, TextInput, TokenBatch
-from server.engine.scoring import TASK_SCORE_FUNCTION
+from server.decoding import SpanOptions
+from server.engine import EngineUnavailable, ScoreFunction, TextEncoder, TokenBatch
+from server.engine.scoring import default_score_function
 from server.engine.surface import EngineSurface
 
 log = logging.getLogger(__name__)
@@ -57,20 +59,13 @@ class ClassifyJob:
     tenant: str
     sha256: str  # the version this request was routed to at admission
     prefix_len: int
-    inputs: list[TextInput]
+    inputs: list[Input]
     truncate: bool
     timeout_s: float
     tenant_max_queued: int
     score_function: ScoreFunction | None = None  # None: the task's own (softmax, sigmoid or raw)
-    token_tasks: bool = False  # whether the caller's protocol answers token-classification tasks
-
-
-@dataclass(frozen=True, slots=True)
-class TokenScores:
-    """A token task's result for one input: scores per token and each token's character span."""
-
-    scores: list[list[float]]  # [S][num_labels]
-    offsets: list[tuple[int, int]]  # [S]
+    heads: frozenset[HeadKind] = frozenset({HeadKind.SEQUENCE})  # the task heads the caller's protocol answers
+    span: SpanOptions = field(default_factory=SpanOptions)  # a span task's request fields (SPEC 2d)
 
 
 class Batcher:
@@ -122,11 +117,14 @@ class Batcher:
         self._prep_pool.shutdown(wait=False, cancel_futures=True)
         self._compute_pool.shutdown(wait=True)
 
-    async def classify(self, job: ClassifyJob) -> list[list[float]]:
-        """Scores per input, in input order. Raises Overloaded, DeadlineExceeded, ShuttingDown or InputRefused."""
+    async def classify(self, job: ClassifyJob) -> list:
+        """The result per input, in input order: scores, or for the heads of other shapes a TokenScores,
+        SpanAnswer or ChoiceScores (inputs.py). Raises Overloaded, DeadlineExceeded, ShuttingDown or
+        InputRefused."""
         if self._closed:
             raise ShuttingDown("the server is shutting down; retry the request (another replica will answer)")
-        self._queues.reserve(job.tenant, len(job.inputs), self.limits.max_queued_inputs, job.tenant_max_queued)
+        reserved = count_rows(job.inputs)  # a question's windows are counted once it is tokenized
+        self._queues.reserve(job.tenant, reserved, self.limits.max_queued_inputs, job.tenant_max_queued)
         request = None
         try:
             loop = asyncio.get_running_loop()
@@ -135,46 +133,53 @@ class Batcher:
             task = self.cache.peek(job.sha256)
             if task is None:
                 task = await loop.run_in_executor(self._prep_pool, self.cache.get, job.sha256)
-            token_task = task.facts.head is HeadKind.TOKEN
-            if token_task:
-                _check_token_job(job)
-            function = job.score_function if job.score_function is not None else TASK_SCORE_FUNCTION[task.facts.problem_type]
+            head = task.facts.head
+            check_shapes(job.inputs, head, job.heads)
+            function = default_score_function(head, task.facts.problem_type)
+            if job.score_function is not None and head in (HeadKind.SEQUENCE, HeadKind.TOKEN):
+                function = job.score_function
             tokenize_started_ns = tracing.now_ns() if tracing.TRACER is not None else 0
-            encoded = await self._encode(job, token_task)
+            planned = await self._expand(job, head)
+            rows = [encoded for plan in planned for encoded in plan.rows]
+            if len(rows) > reserved:
+                self._queues.reserve(job.tenant, len(rows) - reserved, self.limits.max_queued_inputs, job.tenant_max_queued)
+                reserved = len(rows)
             if self._closed:
                 raise ShuttingDown("the server is shutting down; retry the request (another replica will answer)")
-            request = PendingRequest(loop.create_future(), [None] * len(encoded), loop.time() + job.timeout_s, len(encoded))
+            request = PendingRequest(loop.create_future(), [None] * len(rows), loop.time() + job.timeout_s, len(rows))
             if tokenize_started_ns:
                 request.enqueued_ns = tracing.now_ns()
-                tracing.record_span("tokenize", tokenize_started_ns, request.enqueued_ns, {"inputs": len(encoded)})
+                tracing.record_span("tokenize", tokenize_started_ns, request.enqueued_ns, {"inputs": len(rows)})
             self._queues.push(job.tenant, job.sha256, [
-                QueuedInput(request, i, e, task, function, job.tenant) for i, e in enumerate(encoded)
+                QueuedInput(request, i, e, task, function, job.tenant) for i, e in enumerate(rows)
             ])
             metrics.QUEUED_INPUTS.set(self._queues.reserved)
             self._arrival.set()
             remaining = request.deadline - loop.time()
-            scores = await asyncio.wait_for(asyncio.shield(request.future), timeout=max(remaining, 0))
+            row_results = await asyncio.wait_for(asyncio.shield(request.future), timeout=max(remaining, 0))
             if request.enqueued_ns:
                 tracing.record_span("queue wait", request.enqueued_ns, request.batch_started_ns)
                 tracing.record_span("forward pass", request.batch_started_ns, request.batch_ended_ns)
-            return scores
+            if head is HeadKind.SPAN:  # numpy over every window: off the event loop
+                return await loop.run_in_executor(self._prep_pool, assemble, planned, row_results)
+            return assemble(planned, row_results)
         except TimeoutError:
             raise DeadlineExceeded(f"the request did not finish within {job.timeout_s:g} s") from None
         finally:
             if request is None:
-                self._release(job.tenant, len(job.inputs))  # never queued: give the room back now
+                self._release(job.tenant, reserved)  # never queued: give the room back now
             elif not request.future.done():
                 request.cancelled = True  # queued items are dropped, and their room released, by the loop
 
-    async def _encode(self, job: ClassifyJob, token_task: bool) -> list:
-        encoded, max_tokens = None, self.engine.shape.max_tokens(job.prefix_len)
-        if sum(len(text) if isinstance(text, str) else len(text[0]) + len(text[1]) for text in job.inputs) <= INLINE_CHARS:
-            encoded = self.encoder.try_encode(job.inputs, max_tokens, job.truncate, token_task)  # None: busy
-        if encoded is None:
-            encoded = await asyncio.get_running_loop().run_in_executor(
-                self._prep_pool, self.encoder.encode, job.inputs, max_tokens, job.truncate, token_task
-            )
-        return encoded
+    async def _expand(self, job: ClassifyJob, head: HeadKind) -> list[InputRows]:
+        """The inputs' rows, tokenized here when short (and the tokenizer free), else in the prep pool."""
+        fit = self.engine.shape.max_tokens(job.prefix_len)
+        work = (job.inputs, head, self.encoder, fit, job.truncate, job.span)
+        if sum(input_chars(value) for value in job.inputs) <= INLINE_CHARS:
+            with self.encoder.unless_busy() as free:
+                if free:
+                    return expand(*work)
+        return await asyncio.get_running_loop().run_in_executor(self._prep_pool, expand, *work)
 
     def _release(self, tenant: str, count: int) -> None:
         self._queues.release(tenant, count)
@@ -298,9 +303,7 @@ class Batcher:
             for item in batch:
                 item.request.fail(exc)
             return []
-        results = scores.split(rows, [i.task.facts.num_labels for i in batch])
-        return [(i, TokenScores(values, i.encoded.offsets) if i.task.facts.head is HeadKind.TOKEN else values)
-                for i, values in zip(batch, results)]
+        return list(zip(batch, scores.split(rows, [i.task.facts.num_labels for i in batch])))
 
     @staticmethod
     def _observe(batch: list[QueuedInput], seconds: float) -> None:
@@ -325,11 +328,3 @@ class _Throughput:
         """Infinite before a batch was measured: nothing is refused on a guess."""
         spent = sum(s for _, s in self._batches)
         return sum(t for t, _ in self._batches) / spent * seconds if spent > 0 else math.inf
-
-
-def _check_token_job(job: ClassifyJob) -> None:
-    if not job.token_tasks:
-        raise InputRefused("task: expected a sequence-classification task for this protocol, got a token-classification one")
-    for index, text in enumerate(job.inputs):
-        if not isinstance(text, str):
-            raise InputRefused(f"inputs[{index}]: expected a text for a token-classification task, got a text pair")

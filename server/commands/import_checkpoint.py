@@ -1,5 +1,6 @@
-"""`prefix-server import`: converts a PEFT PREFIX_TUNING adapter (folder or .zip) or an original
-P-tuning v2 checkpoint into a prefix artifact for a given backbone."""
+"""`prefix-server import`: converts a PEFT PREFIX_TUNING adapter (folder or .zip; SEQ_CLS, TOKEN_CLS,
+QUESTION_ANS) or an original P-tuning v2 checkpoint (sequence, token, question answering, multiple
+choice) into a prefix artifact for a given backbone."""
 
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ def register(subparsers) -> None:
     parser.add_argument("--problem-type", type=ProblemType, choices=list(ProblemType), metavar="T",
                         help="single_label_classification, multi_label_classification or regression")
     parser.add_argument("--backbone", type=Path, metavar="DIR", help="BERT model folder (default: the embedded MiniLM)")
-    parser.add_argument("--head", choices=["sequence", "token"],
-                        help="a P-tuning v2 checkpoint's head kind (else its config's architectures)")
+    parser.add_argument("--head", choices=["sequence", "token", "span", "choice"],
+                        help="a P-tuning v2 checkpoint's head kind (else its config's architectures; "
+                        "a multiple-choice checkpoint without them needs --head choice)")
     parser.set_defaults(func=run_import)
 
 

@@ -15,12 +15,19 @@ EPILOG = """\
 data: JSONL, JSON, CSV or TSV rows with `text`, optional `text_pair`, and `label`: an index or a
 name (single-label), a list of names (multi-label) or a number (regression). With --head token:
 JSONL rows {"tokens": [word, ...], "tags": [tag, ...]} (IOB2 tags such as B-PER, I-PER, O score
-as entities, with seqeval's micro F1).
+as entities, with seqeval's micro F1). With --head span: SQuAD data (the official JSON, or JSON lines of
+paragraphs {"context", "qas"} or of questions {"question", "context", "answers"}), scored with SQuAD's
+exact match and F1. With --head choice: JSONL rows {"text", "choices": [...], "label": index}, scored
+by accuracy.
 examples:
   prefix-server train --train sst2.train.jsonl --eval sst2.dev.jsonl --labels negative,positive \\
       --prefix-len 16 --lr 3e-2 --steps 1000 --dtype float16 --out sentiment.safetensors
   prefix-server train --head token --train conll03.train.jsonl --eval conll03.dev.jsonl \\
       --prefix-len 16 --lr 3e-2 --steps 1200 --dtype float16 --out entities.safetensors
+  prefix-server train --head span --train squad.train.jsonl --eval squad.eval.jsonl --max-length 192 \\
+      --doc-stride 64 --prefix-len 16 --lr 3e-2 --steps 900 --batch-size 16 --dtype float16 --out answers.safetensors
+  prefix-server train --head choice --train copa.train.jsonl --eval copa.dev.jsonl \\
+      --prefix-len 16 --lr 3e-2 --steps 500 --batch-size 16 --dtype float16 --out plausible-choice.safetensors
 """
 
 
@@ -41,9 +48,12 @@ def register(subparsers) -> None:
                       help="single_label_classification, multi_label_classification or regression "
                       "(else from the kind of labels)")
     data.add_argument("--max-length", type=int, default=128, metavar="N", help="tokens per training row (default 128)")
+    data.add_argument("--doc-stride", type=int, default=128, metavar="N",
+                      help="span heads: context tokens that consecutive training windows share (default 128)")
     model = parser.add_argument_group("model")
-    model.add_argument("--head", choices=["sequence", "token"], default="sequence",
-                       help="sequence: one label per input (default); token: a label per word (NER)")
+    model.add_argument("--head", choices=["sequence", "token", "span", "choice"], default="sequence",
+                       help="sequence: one label per input (default); token: a label per word (NER); "
+                       "span: extractive question answering; choice: multiple choice")
     model.add_argument("--backbone", type=Path, metavar="DIR", help="BERT model folder (default: the embedded MiniLM)")
     model.add_argument("--prefix-len", type=int, default=16, metavar="N", help="prefix length P (default 16)")
     model.add_argument("--projection", action="store_true", help="reparameterise the prefix through a tanh MLP")
@@ -84,6 +94,8 @@ def run_train(args: argparse.Namespace) -> int:
     from server.artifact import write_artifact
     from server.engine import BackboneError
     from training import DataError, UploadError, train, upload_artifact
+    from training.choice_trainer import train_choice
+    from training.span_trainer import train_span
     from training.token_trainer import train_token
     from training.upload import check_upload_target
 
@@ -92,16 +104,16 @@ def run_train(args: argparse.Namespace) -> int:
         require_extra("tqdm", "train", "prefix-server train")
         if args.head == "token":
             require_extra("seqeval", "train", "prefix-server train --head token")
+        if args.head == "span":
+            require_extra("torchmetrics", "train", "prefix-server train --head span")
         if args.upload:  # before minutes of training: the server, the key, the task name, the backbone
             check_upload_target(args.upload, args.task or "", api_key, _backbone_fingerprint(args.backbone))
         elif args.task:
             raise ValueError("--task: given without --upload")
         if args.threads:
             torch.set_num_threads(args.threads)
-        if args.head == "token":
-            result = train_token(_config(args), progress=not args.quiet)
-        else:
-            result = train(_config(args), progress=not args.quiet)
+        trainers = {"sequence": train, "token": train_token, "span": train_span, "choice": train_choice}
+        result = trainers[args.head](_config(args), progress=not args.quiet)
     except (DataError, BackboneError, UploadError, ValueError, OSError) as exc:
         return _fail(exc)
     _write_atomically(args.out, result.artifact, write_artifact)
@@ -131,7 +143,7 @@ def _config(args: argparse.Namespace):
         problem_type=args.problem_type, prefix_len=args.prefix_len, projection=args.projection,
         projection_hidden=args.projection_hidden, steps=args.steps, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        warmup_ratio=args.warmup_ratio, max_length=args.max_length, dropout=args.dropout,
+        warmup_ratio=args.warmup_ratio, max_length=args.max_length, doc_stride=args.doc_stride, dropout=args.dropout,
         seed=args.seed, dtype=args.dtype,
     )
 
@@ -147,7 +159,7 @@ def _summary(path: Path, result) -> str:
     a = result.artifact
     line = (
         f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB, P={a.prefix_len}, {len(a.labels)} labels, "
-        f"{a.problem_type.value}{', token head' if a.head.value == 'token' else ''}): "
+        f"{a.problem_type.value}{'' if a.head.value == 'sequence' else f', {a.head.value} head'}): "
         f"{result.steps} steps in {result.seconds:.0f} s"
     )
     shown = {k: v for k, v in result.metrics.items() if not isinstance(v, dict)}

@@ -19,8 +19,11 @@ from server.artifact import HeadKind
 from server.engine.tokenize import EncodedInput
 
 NO_TASK = -1  # a row with no task: the bare backbone (warm-up, baselines)
-HEAD_CODES = {HeadKind.SEQUENCE: 0, HeadKind.TOKEN: 1}
-SEQUENCE, TOKEN = HEAD_CODES[HeadKind.SEQUENCE], HEAD_CODES[HeadKind.TOKEN]
+# Span rows are scored per token like token rows (start and end logits); choice rows like sequence
+# rows (one logit from the pooled first token). Their decoding is the serving side's.
+HEAD_CODES = {HeadKind.SEQUENCE: 0, HeadKind.TOKEN: 1, HeadKind.SPAN: 2, HeadKind.CHOICE: 3}
+SEQUENCE, TOKEN, SPAN, CHOICE = (HEAD_CODES[h] for h in (HeadKind.SEQUENCE, HeadKind.TOKEN, HeadKind.SPAN, HeadKind.CHOICE))
+PER_TOKEN = (TOKEN, SPAN)
 
 
 @dataclass(frozen=True)
@@ -62,26 +65,28 @@ class TokenBatch:
 
     @property
     def token_rows(self) -> np.ndarray:
-        """Indices of the rows whose head scores every token, [R]."""
-        return np.flatnonzero(self.heads == TOKEN)
+        """Indices of the rows whose head scores every token (token and span heads), [R]."""
+        return np.flatnonzero(np.isin(self.heads, PER_TOKEN))
 
 
 @dataclass(frozen=True)
 class BatchScores:
     """A batch's scores on the host: `rows` [B, labels_max] float32 (row i's first num_labels columns
-    are its task's; unused for token rows) and `tokens` [sum S of the token rows, labels_max], the
-    token rows' tokens one after another, in row order."""
+    are its task's; unused for token and span rows) and `tokens` [sum S of the token and span rows,
+    labels_max], those rows' tokens one after another, in row order."""
 
     rows: np.ndarray
     tokens: np.ndarray
 
     def split(self, batch: TokenBatch, num_labels: Sequence[int]) -> list:
-        """Per row, its scores cut to its labels: a list, or for a token row one list per token."""
+        """Per row, its scores cut to its labels: a list, for a token row one list per token, for a span
+        row its [S, 2] start and end logits as an array (decoded by the serving side as arrays)."""
         out, next_token = [], 0
         lengths = batch.lengths.tolist()
         for row, (head, n) in enumerate(zip(batch.heads.tolist(), num_labels)):
-            if head == TOKEN:
-                out.append(self.tokens[next_token : next_token + lengths[row], :n].tolist())
+            if head in PER_TOKEN:
+                values = self.tokens[next_token : next_token + lengths[row], :n]  # [S, n]
+                out.append(values.copy() if head == SPAN else values.tolist())
                 next_token += lengths[row]
             else:
                 out.append(self.rows[row, :n].tolist())

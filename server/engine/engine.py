@@ -24,7 +24,7 @@ from server.engine.heads import HeadPool, apply_heads, apply_own_poolers, head_i
 from server.engine.layout import HostIndex, PackedBatch
 from server.engine.model import PrefixBert
 from server.engine.prefix_pool import PrefixPool
-from server.engine.scoring import TASK_SCORE_FUNCTION, ScoreFunction, score_rows
+from server.engine.scoring import ScoreFunction, default_score_function, score_rows
 from server.engine.surface import TaskFacts
 from server.engine.tasks import LoadedTask, TaskTable
 from server.engine.tokenize import EncodedInput, TextEncoder, TextInput
@@ -128,7 +128,8 @@ class Engine:
         tasks = [self.task(handle) for _, handle in rows]
         batch = TokenBatch.of(
             [encoded for encoded, _ in rows], [handle for _, handle in rows], [t.head_kind for t in tasks],
-            [f if f is not None else TASK_SCORE_FUNCTION[t.problem_type] for f, t in zip(functions or [None] * len(tasks), tasks)],
+            [f if f is not None else default_score_function(t.head_kind, t.problem_type)
+             for f, t in zip(functions or [None] * len(tasks), tasks)],
         )
         return self.score(batch).split(batch, [t.num_labels for t in tasks])
 

@@ -14,7 +14,7 @@ from enum import IntEnum
 
 import torch
 
-from server.artifact import ProblemType
+from server.artifact import HeadKind, ProblemType
 
 MULTI_LABEL_THRESHOLD = 0.5
 
@@ -33,6 +33,15 @@ TASK_SCORE_FUNCTION = {
     ProblemType.MULTI_LABEL: ScoreFunction.SIGMOID,
     ProblemType.REGRESSION: ScoreFunction.NONE,
 }
+
+
+def default_score_function(head: HeadKind, problem_type: ProblemType) -> ScoreFunction:
+    """A row's score function when the caller names none: its task's, except for span and choice
+    heads, whose raw logits are normalised across a row's tokens (span) or an item's rows (choice)
+    by the serving side."""
+    if head in (HeadKind.SPAN, HeadKind.CHOICE):
+        return ScoreFunction.NONE
+    return TASK_SCORE_FUNCTION[problem_type]
 
 
 def score_rows(logits: torch.Tensor, num_labels: torch.Tensor, functions: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from server.artifact import ArtifactError, BackboneShape, HeadKind, PrefixArtifact, ProblemType, read_artifact
+from server.artifact import HEAD_RULES, ArtifactError, BackboneShape, HeadKind, PrefixArtifact, ProblemType, read_artifact
 from server.engine.batch import NO_TASK
 from server.engine.heads import HeadEntry, HeadPool
 from server.engine.prefix_pool import PoolEntry, PrefixPool
@@ -69,7 +69,7 @@ class TaskTable:
         """Parses `source` (the artifact's bytes, validated as uploads are) into the pools under `handle`."""
         artifact = read_artifact(source, self.shape) if isinstance(source, bytes | bytearray | memoryview) else source
         own_pooler = artifact.pooler_weight is not None
-        if artifact.head is HeadKind.SEQUENCE and not own_pooler and not self.backbone_has_pooler:
+        if HEAD_RULES[artifact.head].pooled and not own_pooler and not self.backbone_has_pooler:
             raise ArtifactError(  # read_artifact refuses these already; an artifact built in code may not have been read
                 "tensors: expected 'pooler.weight' and 'pooler.bias' (this server's backbone has no pooler), got none"
             )

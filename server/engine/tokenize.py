@@ -9,6 +9,7 @@ truncation (`longest_first` for pairs), so a cut input is exactly what the token
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from dataclasses import dataclass
@@ -59,8 +60,8 @@ class TextEncoder:
         self._backend = tokenizers.Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
         self._backend.no_padding()
         # The Rust tokenizer keeps its truncation settings as state, so two threads encoding with
-        # different limits would cut each other's inputs: one call at a time.
-        self._lock = threading.Lock()
+        # different limits would cut each other's inputs: one call at a time (re-entrant: see unless_busy).
+        self._lock = threading.RLock()
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> TextEncoder:
@@ -75,16 +76,41 @@ class TextEncoder:
         with self._lock:
             return self._encode(inputs, max_tokens, truncate, offsets)
 
-    def try_encode(
-        self, inputs: list[TextInput], max_tokens: int, truncate: bool = True, offsets: bool = False
-    ) -> list[EncodedInput] | None:
-        """encode, or None at once if another thread is encoding (for callers that must not wait)."""
-        if not self._lock.acquire(blocking=False):
-            return None
+    @contextlib.contextmanager
+    def unless_busy(self):
+        """Holds the tokenizer for this thread if no other thread is encoding: yields True (encode calls
+        inside run at once), or False at once (for callers that must not wait, such as the event loop)."""
+        held = self._lock.acquire(blocking=False)
         try:
-            return self._encode(inputs, max_tokens, truncate, offsets)
+            yield held
         finally:
-            self._lock.release()
+            if held:
+                self._lock.release()
+
+    def encode_windows(self, first: str, second: str, max_tokens: int, stride: int) -> list[tokenizers.Encoding]:
+        """The pair in windows of at most `max_tokens` tokens: `first` whole in each, `second` cut, with
+        `stride` tokens of it shared by consecutive windows (what `tokenizer(first, second,
+        truncation="only_second", max_length=max_tokens, stride=stride, return_overflowing_tokens=True)`
+        gives; the tests compare the two). Raises InputRefused when `first` leaves no room, or no room
+        for the stride."""
+        with self._lock:
+            self._backend.no_truncation()
+            whole = self._backend.encode(first, second, add_special_tokens=True)
+            if len(whole.ids) <= max_tokens:
+                return [whole]
+            room = max_tokens - sum(1 for s in whole.sequence_ids if s == 0) - self._pair_minimum
+            if room < 1:
+                raise InputRefused(
+                    f"expected a question of at most {max_tokens - self._pair_minimum - 1} tokens for windows of "
+                    f"{max_tokens} tokens, got {max_tokens - self._pair_minimum - room}"
+                )
+            if stride >= room:  # the Rust tokenizer panics on it
+                raise InputRefused(
+                    f"doc_stride: expected less than the {room} context tokens a window holds beside the question, got {stride}"
+                )
+            self._backend.enable_truncation(max_tokens, stride=stride, strategy="only_second")
+            cut = self._backend.encode(first, second, add_special_tokens=True)
+        return [cut, *cut.overflowing]
 
     def _encode(self, inputs: list[TextInput], max_tokens: int, truncate: bool, offsets: bool = False) -> list[EncodedInput]:
         out = self._encode_items(inputs, None, offsets)  # untruncated first: the full lengths decide what is cut

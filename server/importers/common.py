@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load as load_safetensors_bytes
 
 from server.artifact import (
+    HEAD_RULES,
     ArtifactError,
     BackboneShape,
     HeadKind,
@@ -104,9 +105,9 @@ def family_of_config(model_config: dict, what: str) -> str | None:
 
 
 def check_token_problem_type(head: HeadKind, problem_type: ProblemType) -> None:
-    if head is HeadKind.TOKEN and problem_type is not ProblemType.SINGLE_LABEL:
+    if HEAD_RULES[head].single_label_only and problem_type is not ProblemType.SINGLE_LABEL:
         raise CheckpointError(
-            f"a token head expected problem type single_label_classification, got {problem_type.value}"
+            f"a {head.value} head expected problem type single_label_classification, got {problem_type.value}"
         )
 
 
@@ -133,11 +134,11 @@ def check_flat_prefix(flat: torch.Tensor, backbone: BackboneShape, what: str) ->
         raise CheckpointError(f"{what}: prefix length expected 1..{backbone.max_prefix_len}, got {flat.shape[0]}")
 
 
-def check_head(weight: torch.Tensor, bias: torch.Tensor, backbone: BackboneShape, what: str) -> None:
-    if weight.dim() != 2 or weight.shape[1] != backbone.hidden_size:
-        raise CheckpointError(
-            f"{what}.weight: expected shape [num_labels, {backbone.hidden_size}], got {list(weight.shape)}"
-        )
+def check_head(weight: torch.Tensor, bias: torch.Tensor, backbone: BackboneShape, what: str, outputs: int | None = None) -> None:
+    """`outputs`: the head's fixed number of outputs (span 2, choice 1), None for one per label."""
+    rows = "num_labels" if outputs is None else str(outputs)
+    if weight.dim() != 2 or weight.shape[1] != backbone.hidden_size or (outputs is not None and weight.shape[0] != outputs):
+        raise CheckpointError(f"{what}.weight: expected shape [{rows}, {backbone.hidden_size}], got {list(weight.shape)}")
     if bias.shape != (weight.shape[0],):
         raise CheckpointError(f"{what}.bias: expected shape [{weight.shape[0]}], got {list(bias.shape)}")
 

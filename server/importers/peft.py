@@ -10,7 +10,8 @@ add `model.`): all of these forms are accepted.
 RoBERTa's `RobertaClassificationHead` (`SEQ_CLS`) is `classifier.dense` -> tanh -> `classifier.out_proj`
 on `<s>`: `dense` becomes the artifact's own pooler, `out_proj` its classifier (SPEC 1b). `TOKEN_CLS`
 adapters (`BertForTokenClassification`, `RobertaForTokenClassification`: one `classifier` Linear on
-every token) become `token` heads. Any other trained module is refused, because the server shares
+every token) become `token` heads, and `QUESTION_ANS` adapters (`*ForQuestionAnswering`: `qa_outputs`
+[2, hidden] on every token, saved through modules_to_save) `span` heads (SPEC 1d). Any other trained module is refused, because the server shares
 one frozen backbone (a trained backbone pooler, say, cannot be served).
 """
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from server.artifact import BackboneShape, HeadKind, PrefixArtifact, ProblemType
+from server.artifact import HEAD_RULES, BackboneShape, HeadKind, PrefixArtifact, ProblemType
 from server.importers.common import (
     CheckpointError,
     build_artifact,
@@ -42,10 +43,11 @@ MODEL_CONFIG = "config.json"  # optional: the base model's config, for id2label 
 WANTED_FILES = (ADAPTER_CONFIG, *WEIGHT_FILES, MODEL_CONFIG)
 PROMPT = "prompt_embeddings"
 _HEAD_KEY = re.compile(
-    r"^(?:base_model\.)?(?:model\.)?(?P<module>classifier|score)\.(?:modules_to_save\.(?P<adapter>[^.]+)\.)?"
+    r"^(?:base_model\.)?(?:model\.)?(?P<module>classifier|score|qa_outputs)\.(?:modules_to_save\.(?P<adapter>[^.]+)\.)?"
     r"(?:(?P<part>dense|out_proj)\.)?(?P<param>weight|bias)$"
 )
-HEAD_KINDS = {None: HeadKind.SEQUENCE, "SEQ_CLS": HeadKind.SEQUENCE, "TOKEN_CLS": HeadKind.TOKEN}
+HEAD_KINDS = {None: HeadKind.SEQUENCE, "SEQ_CLS": HeadKind.SEQUENCE, "TOKEN_CLS": HeadKind.TOKEN, "QUESTION_ANS": HeadKind.SPAN}
+SPAN_MODULE = "qa_outputs"
 
 
 def read_peft_folder(folder: Path) -> dict[str, bytes]:
@@ -74,15 +76,18 @@ def convert_peft_files(
     _check_prompt(flat, config, backbone, weights_name)
     head_kind = HEAD_KINDS[config.get("task_type")]
     head, pooler = _find_head(state, weights_name, head_kind)
-    check_head(*head, backbone, f"{weights_name}: classifier")
+    rule = HEAD_RULES[head_kind]
+    check_head(*head, backbone, f"{weights_name}: {SPAN_MODULE if head_kind is HeadKind.SPAN else 'classifier'}", rule.fixed_outputs)
     if pooler is not None:
         check_pooler(*pooler, backbone, f"{weights_name}: classifier.dense")
     model_config = parse_json(files[MODEL_CONFIG], MODEL_CONFIG) if MODEL_CONFIG in files else {}
     family = family_of_config(model_config, MODEL_CONFIG)
     if family is not None:
         check_family(family, backbone, source)
-    if head_kind is HeadKind.TOKEN:
-        problem_type = problem_type or ProblemType.SINGLE_LABEL  # token classification: cross-entropy
+    if rule.single_label_only:
+        problem_type = problem_type or ProblemType.SINGLE_LABEL  # token classification, spans: cross-entropy
+    if rule.default_labels is not None and labels is None:
+        labels = rule.default_labels
     num_labels = head[0].shape[0]
     metadata = {
         "source_format": "peft-prefix-tuning",
@@ -101,7 +106,7 @@ def convert_peft_files(
         metadata,
         head_kind=head_kind,
         pooler=pooler,
-        family=family if (family == "roberta" or head_kind is HeadKind.TOKEN) else None,  # bert SEQ_CLS stays v1
+        family=family if (family == "roberta" or head_kind is not HeadKind.SEQUENCE) else None,  # bert SEQ_CLS stays v1
     )
 
 
@@ -114,7 +119,7 @@ def _check_config(config: dict, backbone: BackboneShape) -> None:
         )
     task_type = config.get("task_type")
     if task_type not in HEAD_KINDS:
-        raise CheckpointError(f"{ADAPTER_CONFIG}: task_type expected SEQ_CLS or TOKEN_CLS, got {task_type!r}")
+        raise CheckpointError(f"{ADAPTER_CONFIG}: task_type expected SEQ_CLS, TOKEN_CLS or QUESTION_ANS, got {task_type!r}")
     if config.get("num_transformer_submodules") not in (None, 1):
         raise CheckpointError(
             f"{ADAPTER_CONFIG}: num_transformer_submodules expected 1 (an encoder), "
@@ -169,7 +174,11 @@ def _find_head(state: dict[str, torch.Tensor], name: str, head_kind: HeadKind):
         )
     if len(found) > 1:
         raise CheckpointError(f"{name}: expected one classifier head, got several: {sorted(found)}")
-    (head,) = found.values()
+    ((key, head),) = found.items()
+    span_module = key.split("/")[0] == SPAN_MODULE
+    if span_module != (head_kind is HeadKind.SPAN):
+        expected = f"{SPAN_MODULE} (QUESTION_ANS)" if head_kind is HeadKind.SPAN else "classifier"
+        raise CheckpointError(f"{name}: expected the head {expected} for task_type {head_kind.value}, got {key.split('/')[0]}")
     if set(head) == {"weight", "bias"}:
         return (head["weight"], head["bias"]), None
     two_layer = {"dense.weight", "dense.bias", "out_proj.weight", "out_proj.bias"}

@@ -1,18 +1,24 @@
 """Original P-tuning v2 checkpoints -> artifacts.
 
 The checkpoint is the state dict of one of P-tuning v2's models: `BertPrefixForSequenceClassification`
-(the seed), `RobertaPrefixForSequenceClassification`, `BertPrefixForTokenClassification` or
-`RobertaPrefixForTokenClassification`. All hold `prefix_encoder.embedding.weight` (`[P, 2L * hidden]`,
-or `[P, hidden]` when trained with `prefix_projection`, then also `prefix_encoder.trans.0.*` and
-`.trans.2.*`, the tanh MLP), the head `classifier.*`, and the frozen backbone under `bert.*` or
-`roberta.*`. The MLP is run once here, in float32 as in training, and only its output is kept.
+(the seed), `RobertaPrefixForSequenceClassification`, `BertPrefixForTokenClassification`,
+`RobertaPrefixForTokenClassification`, `BertPrefixForQuestionAnswering`, `RobertaPrefixForQuestionAnswering`,
+`BertPrefixForMultipleChoice` or `RobertaPrefixForMultipleChoice`. All hold
+`prefix_encoder.embedding.weight` (`[P, 2L * hidden]`, or `[P, hidden]` when trained with
+`prefix_projection`, then also `prefix_encoder.trans.0.*` and `.trans.2.*`, the tanh MLP), the head
+(`classifier.*`, or `qa_outputs.*` [2, hidden] for question answering: a `span` head, SPEC 1d), and the
+frozen backbone under `bert.*` or `roberta.*`. The MLP is run once here, in float32 as in training, and
+only its output is kept.
 
-The RoBERTa sequence model keeps `RobertaModel`'s pooler, which the released RoBERTa weights do not
-train: it is randomly initialised per task and frozen, so `roberta.pooler.dense.*` becomes the
-artifact's own pooler (SPEC 1b). The token models build their backbone with `add_pooling_layer=False`
-and put `classifier` on every token's final hidden state: a `token` head. The head kind comes from
-`--head`, else the config's `architectures`, else the absence of the backbone's pooler in a RoBERTa
-checkpoint; the family from the weight names, else the config's `model_type`.
+The RoBERTa sequence and multiple-choice models keep `RobertaModel`'s pooler, which the released
+RoBERTa weights do not train: it is randomly initialised per task and frozen, so `roberta.pooler.dense.*`
+becomes the artifact's own pooler (SPEC 1b). The token and question-answering models build their
+backbone with `add_pooling_layer=False` and put their head on every token's final hidden state. The
+multiple-choice models' `classifier` [1, hidden] scores each (text, choice) pair: a `choice` head. The
+head kind comes from `--head`, else the config's `architectures`, else `qa_outputs.*` (span), else the
+absence of the backbone's pooler in a RoBERTa checkpoint (token); the family from the weight names,
+else the config's `model_type`. (A multiple-choice checkpoint without `architectures` looks like a
+one-output regression classifier: name it with `--head choice`.)
 
 When the frozen backbone is present and the server's weights are given, they are compared: a prefix
 trained on other weights is refused, a matching one is pinned to this backbone.
@@ -25,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from server.artifact import BackboneShape, HeadKind, PrefixArtifact, ProblemType
+from server.artifact import HEAD_RULES, BackboneShape, HeadKind, PrefixArtifact, ProblemType
 from server.importers.common import (
     CheckpointError,
     build_artifact,
@@ -45,6 +51,12 @@ WEIGHT_FILES = ("pytorch_model.bin", "model.safetensors")
 FOREIGN_BACKBONES = ("deberta.", "deberta_v2.", "gpt2.", "transformer.")
 BACKBONE_PREFIXES = {"bert": "bert.", "roberta": "roberta."}
 ROBERTA_POOLER = ("roberta.pooler.dense.weight", "roberta.pooler.dense.bias")
+ARCHITECTURES = {
+    "ForTokenClassification": HeadKind.TOKEN,
+    "ForSequenceClassification": HeadKind.SEQUENCE,
+    "ForQuestionAnswering": HeadKind.SPAN,
+    "ForMultipleChoice": HeadKind.CHOICE,
+}
 
 
 def read_ptuning_v2(
@@ -83,10 +95,12 @@ def convert_ptuning_v2(
         raise CheckpointError(f"{source}: not a P-tuning v2 checkpoint: expected {EMBEDDING}, got {sorted(state)[:8]}")
     flat = _prefix(state, source)  # [P, 2L * hidden]
     check_flat_prefix(flat, backbone, f"{source}: prefix_encoder output")
-    if "classifier.weight" not in state or "classifier.bias" not in state:
-        raise CheckpointError(f"{source}: no classifier head: expected classifier.weight and classifier.bias")
-    head = (state["classifier.weight"], state["classifier.bias"])
-    check_head(*head, backbone, f"{source}: classifier")
+    rule = HEAD_RULES[head_kind]
+    if rule.weight not in state or rule.bias not in state:
+        module = rule.weight.removesuffix(".weight")
+        raise CheckpointError(f"{source}: no {module} head: expected {rule.weight} and {rule.bias} for a {head_kind.value} head")
+    head = (state[rule.weight], state[rule.bias])
+    check_head(*head, backbone, f"{source}: {rule.weight.removesuffix('.weight')}", rule.fixed_outputs)
     pooler = _own_pooler(state, family, head_kind, backbone, source)
     fingerprint = _check_backbone(state, backbone, backbone_weights, source, family)
     num_labels = head[0].shape[0]
@@ -95,9 +109,11 @@ def convert_ptuning_v2(
         "source": source,
         "prefix_projection": "true" if TRANS[0] in state else "false",
     }
+    if rule.default_labels is not None and labels is None:
+        labels = rule.default_labels  # a head of fixed outputs: its config's id2label names nothing useful
     labels = resolve_labels(num_labels, labels, model_config)
-    if head_kind is HeadKind.TOKEN:
-        problem_type = problem_type or ProblemType.SINGLE_LABEL  # the token models' one loss: cross-entropy
+    if rule.single_label_only:
+        problem_type = problem_type or ProblemType.SINGLE_LABEL  # these models' one loss: cross-entropy
     problem_type = resolve_problem_type(problem_type, model_config, num_labels)
     # bert sequence checkpoints stay format 1 (no family written): what every v1 server reads.
     written_family = None if (family == "bert" and head_kind is HeadKind.SEQUENCE) else family
@@ -118,10 +134,11 @@ def _family(state: dict[str, torch.Tensor], model_config: dict, backbone: Backbo
 
 def _head_kind(state: dict[str, torch.Tensor], model_config: dict, family: str) -> HeadKind:
     architectures = model_config.get("architectures") or []
-    if any(str(a).endswith("ForTokenClassification") for a in architectures):
-        return HeadKind.TOKEN
-    if any(str(a).endswith("ForSequenceClassification") for a in architectures):
-        return HeadKind.SEQUENCE
+    for suffix, kind in ARCHITECTURES.items():
+        if any(str(a).endswith(suffix) for a in architectures):
+            return kind
+    if HEAD_RULES[HeadKind.SPAN].weight in state:
+        return HeadKind.SPAN
     has_backbone = any(k.startswith("roberta.") for k in state)
     if family == "roberta" and has_backbone and ROBERTA_POOLER[0] not in state:
         return HeadKind.TOKEN  # RobertaPrefixForTokenClassification: add_pooling_layer=False
@@ -129,13 +146,13 @@ def _head_kind(state: dict[str, torch.Tensor], model_config: dict, family: str) 
 
 
 def _own_pooler(state, family: str, head_kind: HeadKind, backbone: BackboneShape, source: str):
-    """RobertaPrefixForSequenceClassification's frozen task-specific pooler; None for the others."""
-    if family != "roberta" or head_kind is HeadKind.TOKEN:
+    """The RoBERTa sequence and multiple-choice models' frozen task-specific pooler; None for the others."""
+    if family != "roberta" or not HEAD_RULES[head_kind].pooled:
         return None
     missing = [k for k in ROBERTA_POOLER if k not in state]
     if missing:
         raise CheckpointError(
-            f"{source}: a RoBERTa sequence checkpoint expected its pooler {list(ROBERTA_POOLER)}, missing {missing} "
+            f"{source}: a RoBERTa {head_kind.value} checkpoint expected its pooler {list(ROBERTA_POOLER)}, missing {missing} "
             "(P-tuning v2 initialises it at random per task: without it the head cannot be served)"
         )
     pooler = (state[ROBERTA_POOLER[0]], state[ROBERTA_POOLER[1]])

@@ -79,9 +79,9 @@ def test_token_head():
     assert artifact.head is HeadKind.TOKEN and artifact.backbone_family == "bert"
 
 
-@pytest.mark.parametrize("value", ["", "tokens", "SEQUENCE", "span"])
+@pytest.mark.parametrize("value", ["", "tokens", "SEQUENCE", "spans", "multiple_choice"])
 def test_unknown_head(value):
-    refused(save_file(metadata=v2(head=value)), "'head': expected 'sequence' or 'token'", f"got {value!r}")
+    refused(save_file(metadata=v2(head=value)), "'head': expected one of 'sequence', 'token', 'span', 'choice'", f"got {value!r}")
 
 
 @pytest.mark.parametrize("problem", [ProblemType.MULTI_LABEL, ProblemType.REGRESSION])

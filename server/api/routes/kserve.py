@@ -6,7 +6,8 @@ Inputs: `text` (BYTES, [N]) and optional `text_pair` (BYTES, [N]; an empty eleme
 tensor has no null). Outputs: `scores` (FP32, [N, num_labels], columns in label order) and, for
 single-label tasks, `label` (BYTES, [N]). Label names are in the model metadata, as the extension field
 `labels` of the `scores` output. Request parameters `truncate` and `raw_scores` (booleans) mean what
-they mean in /v1/classify. Errors are the protocol's `{"error": "<message>"}`; a request that does
+they mean in /v1/classify. Span and choice tasks take and give the tensors of kserve_heads.py; a
+model's metadata names its own. Errors are the protocol's `{"error": "<message>"}`; a request that does
 not follow the protocol is 400, the other statuses are those of /v1 (SPEC section 2).
 
 A token-classification task (SPEC 1b: entity spans, not a score row per input) is no model of this
@@ -32,6 +33,7 @@ from server.api.kserve_codec import (
     parse_infer_request,
     render_infer_response,
 )
+from server.api.kserve_heads import TEXT_INPUTS, metadata_io, output_tensors, parsed_inputs, span_options
 from server.api.lookups import version_of
 from server.api.responses import FastJSONResponse
 from server.api.state import Services
@@ -44,6 +46,8 @@ router = APIRouter(prefix="/v2", route_class=protocol_route(lambda code, message
 SINGLE_LABEL = "single_label_classification"
 PLATFORM = "prefix-server"
 OUTPUTS = ("scores", "label")
+HEADS = frozenset({HeadKind.SEQUENCE, HeadKind.SPAN, HeadKind.CHOICE})
+EVERY_OUTPUT = {"scores", "label", "answer", "score", "start", "end", "choice"}
 _HEADS: dict[str, HeadKind] = {}  # artifact sha256 -> its head: the content decides it, so it never goes stale
 _HEADS_KEPT = 65_536
 
@@ -71,19 +75,20 @@ async def server_metadata() -> dict:
 async def model_metadata(task: str, request: Request, version: str | None = None) -> dict:
     services, record = await _task(request, task)
     chosen = _chosen_version(record, version)
-    await _served_here(services, chosen)
+    head = await _served_here(services, chosen)
     labels = list(chosen.labels)
+    inputs = TEXT_INPUTS
     outputs = [{"name": "scores", "datatype": "FP32", "shape": [-1, len(labels)], "labels": labels}]
     if chosen.problem_type == SINGLE_LABEL:
         outputs.append({"name": "label", "datatype": "BYTES", "shape": [-1]})
+    other_head = metadata_io(head)
+    if other_head is not None:
+        inputs, outputs = other_head
     return {
         "name": task,
         "versions": [str(v.version) for v in record.versions] if version is None else [str(chosen.version)],
         "platform": PLATFORM,
-        "inputs": [
-            {"name": "text", "datatype": "BYTES", "shape": [-1]},
-            {"name": "text_pair", "datatype": "BYTES", "shape": [-1], "optional": True},
-        ],
+        "inputs": inputs,
         "outputs": outputs,
         "parameters": {"version": chosen.version, "problem_type": chosen.problem_type, "prefix_len": chosen.prefix_len},
     }
@@ -105,18 +110,21 @@ async def infer(task: str, request: Request, version: str | None = None):
     pinned = _version_number(version)
     body = decompress(await request.body(), request.headers.get("content-encoding"), services.settings.max_request_bytes)
     parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
-    if parsed.outputs is not None and (unknown := set(parsed.outputs) - set(OUTPUTS)):
-        raise ApiError(400, f"outputs: expected names among {list(OUTPUTS)}, got {sorted(unknown)}")
+    if parsed.outputs is not None and (unknown := set(parsed.outputs) - EVERY_OUTPUT):
+        raise ApiError(400, f"outputs: expected names among {sorted(EVERY_OUTPUT)}, got {sorted(unknown)}")
     raw = _flag(parsed.parameters, "raw_scores", False)
-    record, scores = await classify_inputs(
-        request, services, caller, task, _text_inputs(parsed), version=pinned,
+    other_inputs = parsed_inputs(parsed)
+    record, results = await classify_inputs(
+        request, services, caller, task, _text_inputs(parsed) if other_inputs is None else other_inputs, version=pinned,
         truncate=_flag(parsed.parameters, "truncate", True), score_function=ScoreFunction.NONE if raw else None,
-        accept=lambda chosen: _served_here(services, chosen),
+        heads=HEADS, span=span_options(parsed.parameters), accept=lambda chosen: _served_here(services, chosen),
     )
     header = {"model_name": task, "model_version": str(record.version)}
     if parsed.id is not None:
         header["id"] = parsed.id
-    body, json_size = render_infer_response(header, _outputs(record, scores, parsed))
+    head_tensors = output_tensors(results)
+    outputs = _outputs(record, results, parsed) if head_tensors is None else _chosen_outputs(head_tensors, parsed)
+    body, json_size = render_infer_response(header, outputs)
     if json_size is None:
         return Response(body, media_type="application/json")
     return Response(body, media_type="application/octet-stream", headers={HEADER_LENGTH: str(json_size)})
@@ -137,8 +145,8 @@ async def _task(request: Request, task: str) -> tuple[Services, TaskRecord]:
     return services, await services.lookups.task(caller.tenant.name, task)
 
 
-async def _served_here(services: Services, version: VersionRecord) -> None:
-    """Raises 404 for a token-classification version; its head is read from the artifact's header once."""
+async def _served_here(services: Services, version: VersionRecord) -> HeadKind:
+    """The version's head, read from the artifact's header once; 404 for a token-classification one."""
     head = _HEADS.get(version.sha256)
     if head is None:
         data = await run_in_threadpool(services.registry.read_artifact_bytes, version.sha256)
@@ -151,6 +159,7 @@ async def _served_here(services: Services, version: VersionRecord) -> None:
             404, f"model {version.task!r} version {version.version}: expected a sequence-classification task (KServe v2 "
             "answers a row of scores per input), got a token-classification one; its entity spans are on POST /v1/classify",
         )
+    return head
 
 
 def _chosen_version(record: TaskRecord, version: str | None) -> VersionRecord:
@@ -189,8 +198,20 @@ def _flag(parameters: dict, name: str, default: bool) -> bool:
     return value
 
 
+def _chosen_outputs(tensors: dict[str, OutputTensor], parsed: InferRequest) -> list[tuple[OutputTensor, bool]]:
+    """A span or choice model's outputs the request asked for (all by default), each binary or not."""
+    names = list(tensors) if parsed.outputs is None else list(parsed.outputs)
+    if unknown := [n for n in names if n not in tensors]:
+        raise ApiError(400, f"outputs: this model gives {list(tensors)}, got {unknown}")
+    binary_default = _flag(parsed.parameters, "binary_data_output", False)
+    requested = parsed.outputs or {}
+    return [(tensors[n], binary_default if requested.get(n) is None else requested[n]) for n in names]
+
+
 def _outputs(record: VersionRecord, scores: list[list[float]], parsed: InferRequest) -> list[tuple[OutputTensor, bool]]:
     names = list(OUTPUTS) if parsed.outputs is None else list(parsed.outputs)
+    if unknown := [n for n in names if n not in OUTPUTS]:
+        raise ApiError(400, f"outputs: this model gives {list(OUTPUTS)}, got {unknown}")
     if record.problem_type != SINGLE_LABEL:
         if parsed.outputs is not None and "label" in names:
             raise ApiError(400, f"output 'label': only single-label tasks have it, this one is {record.problem_type}")

@@ -4,8 +4,8 @@ are rows like any other, and every request's results equal the same request alon
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
-import time
 
 import pytest
 
@@ -14,7 +14,7 @@ from server.batching import ChoiceInput, ChoiceScores, ClassifyJob, QuestionInpu
 from server.batching.inputs import expand
 from server.engine import InputRefused
 from server.engine.batch import HEAD_CODES
-from tests.batching.test_batcher import make_batcher
+from tests.batching.test_batcher import make_batcher, queued_rows, until
 from tests.helpers import make_artifact
 
 TOL = 1e-5
@@ -55,13 +55,6 @@ def jobs(store: Store) -> list[ClassifyJob]:
     ]
 
 
-async def _wait_for_queued(batcher, count: int) -> None:
-    deadline = time.monotonic() + 30
-    while batcher.queued_inputs < count:
-        assert time.monotonic() < deadline, f"{batcher.queued_inputs} of {count} rows queued"
-        await asyncio.sleep(0.01)
-
-
 def assert_same(together, alone) -> None:
     for a, b in zip(together, alone):
         if isinstance(a, SpanAnswer):
@@ -86,13 +79,16 @@ def test_every_head_in_one_forward_pass_equals_each_request_alone(tiny_engine):
     async def main():
         batcher, spy, _ = make_batcher(tiny_engine, store)
         batcher.start()
-        spy.gate.clear()  # hold the forward passes so every request's rows queue up together
+        spy.hold()  # a blocker's batch holds the engine, so every request's rows queue up together behind it
+        blocker = asyncio.ensure_future(batcher.classify(dataclasses.replace(requests[0], inputs=["w"])))
+        await until(spy.entered.is_set, "the blocker's batch to reach the (held) engine")
         together = asyncio.gather(*(batcher.classify(j) for j in requests))
-        await _wait_for_queued(batcher, expected_rows)
-        rows_queued = batcher.queued_inputs
-        spy.gate.set()
+        await until(lambda: queued_rows(batcher) == expected_rows, "every request's rows to queue behind the blocker")
+        rows_queued = queued_rows(batcher)
+        spy.release.set()
+        await blocker
         mixed = await together
-        mixed_batches = list(spy.batches)
+        mixed_batches = list(spy.batches[1:])
         alone = [await batcher.classify(j) for j in requests]
         await batcher.stop()
         return mixed, alone, mixed_batches, rows_queued

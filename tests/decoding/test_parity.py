@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 
+from harness.random_backbone import write_random_roberta_backbone
 from server.artifact import HeadKind
 from server.batching.inputs import ChoiceInput, QuestionInput, assemble, expand
 from server.decoding import SpanOptions
 from server.engine import Engine
-from harness.random_backbone import write_random_roberta_backbone
 from tests.helpers import load_task, make_artifact, score_rows
 from tests.reference_heads import folder_of, reference_answer, reference_choice
 

@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from server.artifact import HeadKind, read_artifact_file
 from server.commands import train as train_command
 from server.decoding import SpanOptions
+from tests.decoding.test_parity import serve
+from tests.training.test_token_train import train_command_shape
 from training import DataError, TrainConfig
 from training.choice_trainer import choice_loss, load_choice_dataset, predict_choices, train_choice
 from training.span_data import answer_tokens, load_span_dataset, span_training_set
 from training.span_trainer import predict_answers, squad_metrics, train_span
-from tests.decoding.test_parity import serve
-from tests.training.test_token_train import train_command_shape
 
 COLORS = ["red", "green", "blue", "yellow"]
 NAMES = ["alice", "bob", "carol", "dave"]

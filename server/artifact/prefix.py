@@ -1,8 +1,9 @@
-"""The prefix artifact (SPEC sections 1 and 1b): one safetensors file per task version.
+"""The prefix artifact (SPEC sections 1, 1b and 1c): one safetensors file per task version.
 
-Owns reading, validating against a backbone, and writing. Two format versions are read: `1` (a
-sequence head on the backbone's pooler, SPEC 1) and `2` (adds the `head` and `backbone_family`
-metadata and an optional own pooler, SPEC 1b). A version-1 file means what it always meant: `head` or
+Owns reading, validating against a backbone, and writing. Three format versions are read: `1` (a
+sequence head on the backbone's pooler, SPEC 1), `2` (adds the `head` and `backbone_family`
+metadata and an optional own pooler, SPEC 1b) and `3` (adds LoRA tensors, lora.py, and makes the
+prefix optional when they are there, SPEC 1c). A version-1 file means what it always meant: `head` or
 `backbone_family` keys in it are ordinary extra metadata. Writing picks the lowest version that holds
 the artifact, so files that need nothing new stay readable by v1 servers. Every refusal is an
 `ArtifactError` whose message names what was expected and what came.
@@ -19,10 +20,11 @@ import torch
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
+from server.artifact.lora import LORA_SCALING, LoraWeights, check_lora_entries, is_lora_name, parse_scaling
 from server.artifact.safetensors_header import ArtifactError, SafetensorsHeader, parse_header
 
 FORMAT_NAME = "ptv2-prefix"
-FORMAT_VERSIONS = ("1", "2")
+FORMAT_VERSIONS = ("1", "2", "3")
 KEY_VALUES = "prefix.key_values"
 CLASSIFIER_WEIGHT = "classifier.weight"
 CLASSIFIER_BIAS = "classifier.bias"
@@ -34,6 +36,8 @@ FLOAT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat
 RESERVED_METADATA = {
     "1": {"format", "format_version", "problem_type", "labels", "backbone_fingerprint"},
     "2": {"format", "format_version", "problem_type", "labels", "backbone_fingerprint", "head", "backbone_family"},
+    "3": {"format", "format_version", "problem_type", "labels", "backbone_fingerprint", "head", "backbone_family",
+          LORA_SCALING},
 }
 FAMILIES = ("bert", "roberta")
 
@@ -65,6 +69,7 @@ class BackboneShape:
     family: str = "bert"
     position_offset: int = 0
     pooler: bool = True  # False: a RoBERTa backbone without one; sequence tasks must bring their own
+    intermediate_size: int | None = None  # the feed-forward width (LoRA on its modules is checked against it)
 
     @property
     def hidden_size(self) -> int:
@@ -82,7 +87,7 @@ class BackboneShape:
 
 @dataclass(frozen=True)
 class PrefixArtifact:
-    key_values: torch.Tensor  # [L, 2, H, P, D]
+    key_values: torch.Tensor | None  # [L, 2, H, P, D]; None: a LoRA task without a prefix (SPEC 1c)
     classifier_weight: torch.Tensor  # [C, hidden]
     classifier_bias: torch.Tensor  # [C]
     problem_type: ProblemType
@@ -93,10 +98,11 @@ class PrefixArtifact:
     pooler_weight: torch.Tensor | None = None  # [hidden, hidden]; replaces the backbone's pooler
     pooler_bias: torch.Tensor | None = None  # [hidden]
     backbone_family: str | None = None
+    lora: LoraWeights | None = None  # SPEC 1c
 
     @property
     def prefix_len(self) -> int:
-        return self.key_values.shape[3]
+        return self.key_values.shape[3] if self.key_values is not None else 0
 
     @property
     def num_labels(self) -> int:
@@ -105,6 +111,8 @@ class PrefixArtifact:
     @property
     def format_version(self) -> str:
         """The lowest format version that holds this artifact."""
+        if self.lora is not None or self.key_values is None:
+            return "3"
         uses_v2 = self.head is not HeadKind.SEQUENCE or self.pooler_weight is not None or self.backbone_family
         return "2" if uses_v2 else "1"
 
@@ -125,6 +133,8 @@ def read_artifact(data: bytes, backbone: BackboneShape) -> PrefixArtifact:
     header = parse_header(data)
     facts = _check_metadata(header.metadata, backbone)
     has_pooler = _check_tensor_entries(header, backbone, facts)
+    lora_names = [name for name in header.tensors if is_lora_name(name)]
+    scaling = parse_scaling(header.metadata.get(LORA_SCALING)) if lora_names else None
     try:
         tensors = load_safetensors_bytes(data)
     except Exception as exc:  # noqa: BLE001 — the header passed our checks, so this is a corrupt body
@@ -134,7 +144,7 @@ def read_artifact(data: bytes, backbone: BackboneShape) -> PrefixArtifact:
             raise ArtifactError(f"tensor {name!r}: expected finite values, found NaN or Inf")
     extra = {k: v for k, v in header.metadata.items() if k not in RESERVED_METADATA[facts.version]}
     return PrefixArtifact(
-        key_values=tensors[KEY_VALUES],
+        key_values=tensors.get(KEY_VALUES),
         classifier_weight=tensors[CLASSIFIER_WEIGHT],
         classifier_bias=tensors[CLASSIFIER_BIAS],
         problem_type=facts.problem_type,
@@ -145,6 +155,7 @@ def read_artifact(data: bytes, backbone: BackboneShape) -> PrefixArtifact:
         pooler_weight=tensors[POOLER_WEIGHT] if has_pooler else None,
         pooler_bias=tensors[POOLER_BIAS] if has_pooler else None,
         backbone_family=facts.backbone_family,
+        lora=LoraWeights.from_tensors({n: tensors[n] for n in lora_names}, scaling) if lora_names else None,
     )
 
 
@@ -153,6 +164,8 @@ def read_artifact_file(path: str | Path, backbone: BackboneShape) -> PrefixArtif
 
 
 def artifact_to_bytes(artifact: PrefixArtifact) -> bytes:
+    if artifact.key_values is None and artifact.lora is None:
+        raise ArtifactError(f"tensors: expected {KEY_VALUES!r}, LoRA tensors or both, got neither")
     version = artifact.format_version
     metadata = {k: v for k, v in artifact.extra_metadata.items() if k not in RESERVED_METADATA[version]}
     metadata.update(
@@ -163,15 +176,19 @@ def artifact_to_bytes(artifact: PrefixArtifact) -> bytes:
     )
     if artifact.backbone_fingerprint:
         metadata["backbone_fingerprint"] = artifact.backbone_fingerprint
-    if version == "2":
+    if version != "1":
         metadata["head"] = artifact.head.value
         if artifact.backbone_family:
             metadata["backbone_family"] = artifact.backbone_family
     tensors = {
-        KEY_VALUES: artifact.key_values.contiguous(),
         CLASSIFIER_WEIGHT: artifact.classifier_weight.contiguous(),
         CLASSIFIER_BIAS: artifact.classifier_bias.contiguous(),
     }
+    if artifact.key_values is not None:
+        tensors[KEY_VALUES] = artifact.key_values.contiguous()
+    if artifact.lora is not None:
+        metadata[LORA_SCALING] = repr(float(artifact.lora.scaling))
+        tensors.update(artifact.lora.tensors())
     if (artifact.pooler_weight is None) != (artifact.pooler_bias is None):
         raise ArtifactError("pooler: expected both pooler.weight and pooler.bias or neither, got one")
     if artifact.pooler_weight is not None and artifact.head is HeadKind.TOKEN:
@@ -191,7 +208,7 @@ def _check_metadata(metadata: dict[str, str], backbone: BackboneShape) -> _Facts
         raise ArtifactError(f"metadata 'format': expected {FORMAT_NAME!r}, got {metadata.get('format')!r}")
     version = metadata.get("format_version")
     if version not in FORMAT_VERSIONS:
-        raise ArtifactError(f"metadata 'format_version': expected '1' or '2', got {version!r}")
+        raise ArtifactError(f"metadata 'format_version': expected '1', '2' or '3', got {version!r}")
     raw_problem = metadata.get("problem_type")
     try:
         problem_type = ProblemType(raw_problem)
@@ -248,16 +265,21 @@ def _parse_labels(raw: str | None) -> tuple[str, ...]:
 
 def _check_tensor_entries(header: SafetensorsHeader, backbone: BackboneShape, facts: _Facts) -> bool:
     """Checks names, dtypes and shapes; returns whether the artifact carries its own pooler."""
-    names = set(header.tensors)
+    lora = {name: entry.shape for name, entry in header.tensors.items() if facts.version == "3" and is_lora_name(name)}
+    names = set(header.tensors) - set(lora)
     allowed = set(REQUIRED_TENSORS)
-    if facts.version == "2" and facts.head is HeadKind.SEQUENCE:
+    if facts.version != "1" and facts.head is HeadKind.SEQUENCE:
         allowed |= set(POOLER_TENSORS)
-    missing = [n for n in REQUIRED_TENSORS if n not in names]
+    required = [n for n in REQUIRED_TENSORS if not (n == KEY_VALUES and lora)]  # a LoRA task may have no prefix
+    missing = [n for n in required if n not in names]
     unknown = sorted(names - allowed)
     if missing or unknown:
         raise ArtifactError(
-            f"tensors: expected exactly {list(REQUIRED_TENSORS)}{_pooler_note(facts)}; missing {missing}, unknown {unknown}"
+            f"tensors: expected exactly {list(REQUIRED_TENSORS)}{_optional_note(facts)}; missing {missing}, unknown {unknown}"
         )
+    if LORA_SCALING in header.metadata and facts.version == "3" and not lora:
+        raise ArtifactError(f"metadata {LORA_SCALING!r}: given, but the artifact holds no lora.* tensors")
+    check_lora_entries(lora, backbone.num_layers, backbone.hidden_size, backbone.intermediate_size)
     has_pooler = bool(names & set(POOLER_TENSORS))
     if has_pooler and not set(POOLER_TENSORS) <= names:
         raise ArtifactError(
@@ -268,11 +290,12 @@ def _check_tensor_entries(header: SafetensorsHeader, backbone: BackboneShape, fa
             f"tensors: expected {POOLER_WEIGHT!r} and {POOLER_BIAS!r} (this server's backbone has no pooler, so a "
             "sequence task brings its own; format_version 2), got none"
         )
-    for name in sorted(names):
+    for name in sorted(header.tensors):
         dtype = header.tensors[name].dtype
         if dtype not in FLOAT_DTYPES:
             raise ArtifactError(f"tensor {name!r}: expected dtype F32, F16 or BF16, got {dtype}")
-    _check_key_values_shape(header.tensors[KEY_VALUES].shape, backbone)
+    if KEY_VALUES in names:
+        _check_key_values_shape(header.tensors[KEY_VALUES].shape, backbone)
     hidden, num_labels = backbone.hidden_size, len(facts.labels)
     weight_shape = header.tensors[CLASSIFIER_WEIGHT].shape
     if weight_shape != (num_labels, hidden):
@@ -288,10 +311,12 @@ def _check_tensor_entries(header: SafetensorsHeader, backbone: BackboneShape, fa
     return has_pooler
 
 
-def _pooler_note(facts: _Facts) -> str:
-    if facts.version == "2" and facts.head is HeadKind.SEQUENCE:
-        return f" (and optionally {list(POOLER_TENSORS)})"
-    return ""
+def _optional_note(facts: _Facts) -> str:
+    pooler = f"optionally {list(POOLER_TENSORS)}" if facts.version != "1" and facts.head is HeadKind.SEQUENCE else ""
+    if facts.version != "3":
+        return f" (and {pooler})" if pooler else ""
+    lora = f"LoRA tensors lora.{{layer}}.{{module}}.A/.B, with which {KEY_VALUES!r} is optional"
+    return f" (and {pooler + ', ' if pooler else ''}{lora})"
 
 
 def _check_key_values_shape(shape: tuple[int, ...], backbone: BackboneShape) -> None:

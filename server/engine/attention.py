@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -73,9 +74,11 @@ def pack(
     max_positions: int,
     device: torch.device,
     extra: HostIndex | None = None,  # the caller's own arrays (the heads' index), for the same one copy
+    row_arrays: Callable[[HostRows, np.ndarray, HostIndex], None] | None = None,  # more arrays from the layout
 ) -> PackedBatch:
     """Orders the rows by (length, prefix length), concatenates their tokens in that order and lays the
-    batch out for `path`; index math runs on the host, then everything moves to the device at once."""
+    batch out for `path`; index math runs on the host, then everything moves to the device at once.
+    `row_arrays(rows, order, index)` adds arrays that depend on the packed layout (the LoRA segments)."""
     order = np.lexsort((prefix_lens, lengths))  # [B] packed row -> caller row
     rows = HostRows.of(lengths[order], prefix_lens[order])
     caller_start = np.cumsum(lengths, dtype=np.int64) - lengths  # [B]
@@ -90,6 +93,8 @@ def pack(
     index.add("positions", rows.positions(max_positions))
     index.add("restore_order", restore)
     index.add("cls_index", rows.row_start)
+    if row_arrays is not None:
+        row_arrays(rows, order, index)
     storage = prefix_storage if slots.shape[0] else None
     if path == "sdpa":
         on_device = index.to(device)

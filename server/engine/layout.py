@@ -11,10 +11,13 @@ device in one copy (`HostIndex`: pinned and non-blocking on CUDA, views of one b
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:  # lora.py imports this module for HostRows and HostIndex
+    from server.engine.lora import LoraDeltas
 
 
 class Attention(Protocol):
@@ -123,6 +126,7 @@ class PackedBatch:
     rows: HostRows = field(repr=False)
     order: np.ndarray = field(repr=False)  # [B] the caller row of each packed row
     extra: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # the caller's arrays, same copy
+    lora: LoraDeltas | None = field(default=None, repr=False)  # None: no row has a LoRA adapter (lora.py)
 
     @property
     def num_tokens(self) -> int:

@@ -27,11 +27,25 @@ LORA_MODULES = (
 )
 MAX_RANK = 64
 LORA_SCALING = "lora_scaling"
+ADAPTATIONS = ("prefix", "lora", "lora+prefix")  # what a task adapts the backbone with (the trainer's --method)
+SHORT_NAMES = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value"}
+DEFAULT_TARGETS = ("attention.self.query", "attention.self.value")  # LoRA's own paper's choice, PEFT's for BERT
 _NAME = re.compile(r"^lora\.(?P<layer>\d+)\.(?P<module>.+)\.(?P<part>A|B)$")
 
 
 def is_lora_name(name: str) -> bool:
     return name.startswith("lora.")
+
+
+def parse_targets(value: str) -> tuple[str, ...]:
+    """`all`, or comma-separated module names of LORA_MODULES (query, key and value may be written short)."""
+    if value.strip() == "all":
+        return LORA_MODULES
+    names = tuple(SHORT_NAMES.get(name.strip(), name.strip()) for name in value.split(","))
+    unknown = [name for name in names if name not in LORA_MODULES]
+    if unknown or len(set(names)) != len(names):
+        raise ValueError(f"expected 'all' or distinct names from {list(LORA_MODULES)} (or query, key, value), got {value!r}")
+    return names
 
 
 def module_features(module: str, hidden_size: int, intermediate_size: int | None) -> tuple[int, int | None]:

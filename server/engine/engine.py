@@ -50,6 +50,8 @@ class Engine:
         if self.device.type == "cuda" and self.model.pooler is not None:  # TEI's choice: half-precision layers, a float32 pooler and heads
             self.model.pooler.float()
         self.lora_pool = LoraPool(g.num_layers, g.hidden_size, g.intermediate_size, self.device, dtype)
+        # Matmuls on contiguous runs of rows on the CPU, batched blocks on a GPU (lora.py says why).
+        self.lora_mode = "runs" if self.device.type == "cpu" else "blocks"
         self.tasks = TaskTable(files.shape(), self.prefix_pool, self.head_pool, self.model.pooler is not None, self.lora_pool)
         self._handles = itertools.count(1 << 40)  # load()'s own handles, apart from a caller's small ones
         # What one more attention call costs, in padded query-key pairs (chunked.plan_chunks). On MiniLM,
@@ -180,10 +182,10 @@ class Engine:
         prefix_lens = np.fromiter((t.prefix_len if t is not None else 0 for t in tasks), dtype=np.int64, count=len(tasks))
         row_slots = [t.pooled_prefix.slots if t is not None and t.pooled_prefix is not None else None for t in tasks]
         adapters = [t.lora if t is not None else None for t in tasks]
-        lora = LoraPlanner(adapters, self.lora_pool) if any(a is not None for a in adapters) else None
+        lora = LoraPlanner(adapters, self.lora_pool, self.lora_mode) if any(a is not None for a in adapters) else None
         packed = pack(
             batch.lengths, prefix_lens, batch.ids, batch.types, row_slots, self.prefix_pool.storage, self.attention,
-            self.merge_pairs, self.model.max_positions, self.device, extra, lora.add_arrays if lora else None,
+            self.merge_pairs, self.model.max_positions, self.device, extra, lora,
         )
         if lora is not None:
             packed.lora = lora.deltas(packed.extra)

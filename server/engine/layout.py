@@ -28,6 +28,16 @@ class Attention(Protocol):
         ...
 
 
+class RowExtras(Protocol):
+    """What a batch adds to the layout beyond attention (the LoRA plan, lora.py)."""
+
+    sort_key: np.ndarray  # [B] caller order: rows of equal length and prefix length are ordered by it
+
+    def add_arrays(self, rows: HostRows, order: np.ndarray, index: HostIndex) -> None:
+        """Adds its index arrays, which depend on the packed layout, to the batch's one copy."""
+        ...
+
+
 @dataclass(frozen=True)
 class HostRows:
     """The packed rows' geometry on the host (int64 numpy arrays)."""

@@ -1,15 +1,20 @@
 """LoRA in the forward pass (SPEC 1c): each targeted Linear runs its base matmul once for every row,
 then adds the LoRA delta `B (A x)` of the rows whose task has an adapter there, in place.
 
-The delta is computed per *segment* (the tokens of all rows of one adapter), in the batched form of
-Punica's SGMV: the segments are cut into blocks of `block` tokens, each block gathers its adapter's
-units from the pool (lora_pool.py: one index per block, never a weight copy per token), and two
-`bmm` calls compute `x_block A^T` then `(.) B^T` for every block at once; one `index_add_` puts the
-deltas back. So the work is a fixed handful of kernels per module whatever the number of adapters in
-the batch (a loop over segments costs one launch per adapter, and the per-token gather of vLLM's CPU
-path copies r x (in + out) weights per token: benchmarks/lora_kernels.py measures all three). Padding
-tokens of a block's tail are masked to zero before the second matmul, so they add exactly 0.
-When one adapter covers every token of the batch, it is two plain matmuls on the whole input.
+A batch reads its adapters' units from the pool (lora_pool.py) with one gather per Linear and layer,
+never a weight copy per token; the deltas are computed per *segment* of tokens that share an adapter,
+in one of two forms (benchmarks/lora_kernels.py measures both against vLLM's per-token gather and a
+per-adapter loop):
+- `runs` (the CPU's): rows are packed with those of the same adapter next to each other where their
+  lengths allow (a tie-break of the layout's order), so every run of consecutive rows of one adapter
+  is a contiguous token range: two matmuls on views, `y[run] += (x[run] A^T) B^T`, nothing copied. On
+  a CPU a small matmul costs microseconds while the gathers and scatters of a batched form move the
+  whole `[T, out]` delta through memory twice (the batched form was 0.89x of no LoRA where this is 0.98x);
+- `blocks` (the GPU's, Punica's SGMV in torch): each segment is cut into blocks of `block` tokens; one
+  gather of the tokens and of each block's units, two `bmm` for every block at once and one
+  `index_add_`: a fixed handful of kernel launches whatever the number of adapters. The tails of blocks
+  are padding, masked to zero before the second matmul, so they add exactly 0.
+When one adapter covers the whole batch, both are two plain matmuls on the whole input.
 
 Rows with no adapter are in no segment, so a batch without LoRA rows has no LoRA plan at all and
 runs exactly the plain path. The index arrays are built on the host, once per batch, and ride in the
@@ -29,6 +34,7 @@ from server.engine.layout import HostIndex, HostRows
 from server.engine.lora_pool import ENGINE_MODULES, LoraEntry, LoraPool
 
 MIN_BLOCK, MAX_BLOCK = 16, 128  # tokens per block: short blocks pad less, long ones gather fewer units
+MODES = ("runs", "blocks")
 
 
 class LoraDeltas(Protocol):
@@ -48,7 +54,7 @@ def adapted(linear: nn.Linear, x: torch.Tensor, lora: LoraDeltas | None, layer: 
 
 @dataclass(frozen=True)
 class _Blocks:
-    """One token grouping (shared by the modules whose adapted rows are the same)."""
+    """One token grouping in blocks (shared by the modules whose adapted rows are the same)."""
 
     name: str  # of its arrays in the HostIndex
     block: int  # tokens per block
@@ -59,18 +65,21 @@ class _Blocks:
 
 @dataclass(frozen=True)
 class _ModulePlan:
-    blocks: _Blocks | None  # None: one adapter covers every token of the batch
-    rank: int  # units per block (the widest adapter's; narrower ones pad with unit 0)
-    units_name: str
+    units_name: str  # the units in the HostIndex: [U] (whole batch, runs) or [count * rank] (blocks)
+    runs: list[tuple[int, int, int, int]] | None = None  # (first token, end, first unit, end) per run
+    blocks: _Blocks | None = None
+    rank: int = 0  # units per block (blocks mode: the widest adapter's; the others pad with unit 0)
 
 
 class LoraPlanner:
-    """Builds a batch's LoRA index arrays once the rows are laid out (attention.pack calls add_arrays),
-    then the device-side LoraBatch from them."""
+    """A batch's LoRA plan: it orders rows of one adapter next to each other and builds the index
+    arrays once the rows are laid out (attention.pack calls add_arrays), then the device-side LoraBatch."""
 
-    def __init__(self, entries: list[LoraEntry | None], pool: LoraPool):
+    def __init__(self, entries: list[LoraEntry | None], pool: LoraPool, mode: str):
         self.entries = entries  # [B] caller order; None: the row's task has no LoRA
-        self.pool = pool
+        self.pool, self.mode = pool, mode
+        first_row: dict[int, int] = {}
+        self.sort_key = np.array([first_row.setdefault(id(e), i) if e is not None else -1 for i, e in enumerate(entries)])  # [B]
         self.plans: dict[str, _ModulePlan] = {}
         self._groupings: dict[bytes, _Blocks] = {}
 
@@ -88,24 +97,37 @@ class LoraPlanner:
                     units.append(entry.units[module])
                 segment_of_row[row] = distinct[id(entry)]
             if units:
-                self.plans[module] = self._plan(module, rows, segment_of_row, units, index)
+                plan = self._runs if self.mode == "runs" or len(units) == 1 else self._blocks
+                self.plans[module] = plan(f"lora_{module}_units", rows, segment_of_row, units, index)
 
-    def _plan(self, module: str, rows: HostRows, segment_of_row: np.ndarray, units: list[np.ndarray],
+    def _runs(self, name: str, rows: HostRows, segment_of_row: np.ndarray, units: list[np.ndarray],
               index: HostIndex) -> _ModulePlan:
+        """Consecutive packed rows of one segment merge into a run of tokens."""
+        index.add(name, np.concatenate(units))  # [U]
+        unit_start = np.cumsum([0] + [u.shape[0] for u in units])  # [S + 1]
+        ends = rows.row_start + rows.lengths  # [B]
+        runs: list[tuple[int, int, int, int]] = []
+        for row, segment in enumerate(segment_of_row.tolist()):
+            if segment < 0:
+                continue
+            if runs and runs[-1][1] == rows.row_start[row] and runs[-1][2] == unit_start[segment]:
+                runs[-1] = (runs[-1][0], int(ends[row]), runs[-1][2], runs[-1][3])
+            else:
+                runs.append((int(rows.row_start[row]), int(ends[row]), int(unit_start[segment]), int(unit_start[segment + 1])))
+        return _ModulePlan(name, runs=runs)
+
+    def _blocks(self, name: str, rows: HostRows, segment_of_row: np.ndarray, units: list[np.ndarray],
+                index: HostIndex) -> _ModulePlan:
         rank = max(u.shape[0] for u in units)
         table = np.zeros((len(units), rank), dtype=np.int64)  # [S, rank], padded with unit 0
         for segment, u in enumerate(units):
             table[segment, : u.shape[0]] = u
-        name = f"lora_{module}_units"
-        if len(units) == 1 and (segment_of_row >= 0).all():
-            index.add(name, table[0])  # [rank]
-            return _ModulePlan(None, rank, name)
         key = segment_of_row.tobytes()
         if key not in self._groupings:
             self._groupings[key] = _group_tokens(rows, segment_of_row, len(units), f"lora_tokens_{len(self._groupings)}", index)
         blocks = self._groupings[key]
         index.add(name, table[blocks.segment_of_block])  # [count, rank]
-        return _ModulePlan(blocks, rank, name)
+        return _ModulePlan(name, blocks=blocks, rank=rank)
 
     def deltas(self, on_device: dict[str, torch.Tensor]) -> LoraBatch:
         storage = {module: self.pool.storage(module) for module in self.plans}  # read once: growth replaces it
@@ -122,18 +144,17 @@ def _group_tokens(rows: HostRows, segment_of_row: np.ndarray, segments: int, nam
     block = int(np.clip(1 << int(np.ceil(np.log2(max(1.0, counts.mean())))), MIN_BLOCK, MAX_BLOCK))
     blocks_per_segment = -(-counts // block)  # [S]
     first_block = np.cumsum(blocks_per_segment) - blocks_per_segment  # [S]
-    segment_start = np.cumsum(counts) - counts  # [S]
     segment = token_segment[by_segment]  # [T_a]
-    within = np.arange(by_segment.shape[0]) - segment_start[segment]  # [T_a]
+    within = np.arange(by_segment.shape[0]) - (np.cumsum(counts) - counts)[segment]  # [T_a]
     flat = (first_block[segment] + within // block) * block + within % block  # [T_a] slot in the block layout
     count = int(blocks_per_segment.sum())
     tokens = np.zeros(count * block, dtype=np.int64)  # [count * block]
     tokens[flat] = by_segment
-    mask = np.zeros(count * block, dtype=np.int64)
-    mask[flat] = 1
     masked = bool(by_segment.shape[0] != count * block)
     index.add(name, tokens)
     if masked:
+        mask = np.zeros(count * block, dtype=np.int64)  # [count * block]
+        mask[flat] = 1
         index.add(f"{name}_mask", mask)
     return _Blocks(name, block, count, masked, np.repeat(np.arange(segments), blocks_per_segment))
 
@@ -153,11 +174,13 @@ class LoraBatch:
             return y
         a_storage, b_storage = self.storage[module]
         units = self.arrays[plan.units_name]
-        a = a_storage[layer].index_select(0, units)  # [count * rank, in] (or [rank, in])
-        b = b_storage[layer].index_select(0, units)  # [count * rank, out]: B's columns, scaled
+        a = a_storage[layer].index_select(0, units)  # [U, in] (blocks: [count * rank, in])
+        b = b_storage[layer].index_select(0, units)  # [U, out]: B's columns, scaled
+        if plan.runs is not None:
+            for start, end, first, last in plan.runs:
+                y[start:end].addmm_(x[start:end] @ a[first:last].T, b[first:last])  # [run, out] += [run, r] [r, out]
+            return y
         blocks = plan.blocks
-        if blocks is None:  # one adapter for the whole batch
-            return y.addmm_(x @ a.T, b)  # [T, out]
         n, block, in_features, out_features = blocks.count, blocks.block, x.shape[1], y.shape[1]
         tokens = self.arrays[blocks.name]
         xb = x.index_select(0, tokens).view(n, block, in_features)  # [n, block, in]

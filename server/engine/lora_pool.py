@@ -69,6 +69,11 @@ class LoraPool:
         """(A [L, N, in], Bt [L, N, out]) of an engine module; read once per batch (growth replaces them)."""
         return self._storage[module]
 
+    @property
+    def modules(self) -> tuple[str, ...]:
+        """The engine modules some adapter has used (their storage exists)."""
+        return tuple(self._storage)
+
     def unit_bytes(self, module: str) -> int:
         in_features, out_features = self.features[module]
         return self.num_layers * (in_features + out_features) * torch.tensor([], dtype=self.dtype).element_size()

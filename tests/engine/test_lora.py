@@ -84,10 +84,13 @@ def test_every_kind_of_task_equals_its_reference(family):
             assert close(got, reference(text)), (name, text)
 
 
-def test_a_mixed_batch_equals_each_request_alone(family):
+@pytest.mark.parametrize("mode", ["runs", "blocks"])
+def test_a_mixed_batch_equals_each_request_alone(family, mode, monkeypatch):
     """Prefix-only, LoRA-only and LoRA+prefix rows of both heads in one forward; tasks repeat over rows
-    (segments of several rows, longer than a block) and adapters of different ranks meet."""
+    (segments of several rows, longer than a block) and adapters of different ranks meet. Both ways of
+    computing the deltas (lora.py: the CPU's runs, the GPU's blocks) run here."""
     _, engine, tasks = family
+    monkeypatch.setattr(engine, "lora_mode", mode)
     loaded = {name: load_task(engine, artifact) for name, (artifact, _) in tasks.items()}
     rng = np.random.default_rng(0)
     plan = [(name, TEXTS[i]) for name in tasks for i in rng.choice(len(TEXTS), size=3, replace=False)]

@@ -64,9 +64,20 @@ class _Blocks:
 
 
 @dataclass(frozen=True)
+class _Runs:
+    """Runs mode: the tokens cut into pieces (runs, and the gaps of rows without an adapter between
+    them) and the gathered units cut per adapter; each run pairs a piece with an adapter."""
+
+    token_pieces: list[int]  # sizes, summing to T
+    unit_pieces: list[int]  # sizes, summing to U: each adapter's rank
+    pairs: list[tuple[int, int]]  # (token piece, adapter) per run
+    spans: list[tuple[int, int]] | None  # each adapter's consecutive units (views of the pool); None: gathered
+
+
+@dataclass(frozen=True)
 class _ModulePlan:
-    units_name: str  # the units in the HostIndex: [U] (whole batch, runs) or [count * rank] (blocks)
-    runs: list[tuple[int, int, int, int]] | None = None  # (first token, end, first unit, end) per run
+    units_name: str  # the units in the HostIndex: [U] (runs, unless spans) or [count * rank] (blocks)
+    runs: _Runs | None = None
     blocks: _Blocks | None = None
     rank: int = 0  # units per block (blocks mode: the widest adapter's; the others pad with unit 0)
 
@@ -88,36 +99,42 @@ class LoraPlanner:
         for module in ENGINE_MODULES:
             distinct: dict[int, int] = {}  # id(entry) -> segment
             segment_of_row = np.full(len(packed_entries), -1, dtype=np.int64)  # [B]
-            units = []
+            adapters: list[LoraEntry] = []
             for row, entry in enumerate(packed_entries):
                 if entry is None or module not in entry.units:
                     continue
                 if id(entry) not in distinct:
-                    distinct[id(entry)] = len(units)
-                    units.append(entry.units[module])
+                    distinct[id(entry)] = len(adapters)
+                    adapters.append(entry)
                 segment_of_row[row] = distinct[id(entry)]
-            if units:
-                plan = self._runs if self.mode == "runs" or len(units) == 1 else self._blocks
-                self.plans[module] = plan(f"lora_{module}_units", rows, segment_of_row, units, index)
+            if adapters:
+                plan = self._runs if self.mode == "runs" or len(adapters) == 1 else self._blocks
+                self.plans[module] = plan(module, rows, segment_of_row, adapters, index)
 
-    def _runs(self, name: str, rows: HostRows, segment_of_row: np.ndarray, units: list[np.ndarray],
+    def _runs(self, module: str, rows: HostRows, segment_of_row: np.ndarray, adapters: list[LoraEntry],
               index: HostIndex) -> _ModulePlan:
         """Consecutive packed rows of one segment merge into a run of tokens."""
-        index.add(name, np.concatenate(units))  # [U]
-        unit_start = np.cumsum([0] + [u.shape[0] for u in units])  # [S + 1]
-        ends = rows.row_start + rows.lengths  # [B]
-        runs: list[tuple[int, int, int, int]] = []
-        for row, segment in enumerate(segment_of_row.tolist()):
-            if segment < 0:
+        name, units = f"lora_{module}_units", [entry.units[module] for entry in adapters]
+        spans = [entry.span(module) for entry in adapters]
+        if any(span is None for span in spans):  # some adapter's units are scattered: gather them all
+            index.add(name, np.concatenate(units))  # [U]
+            spans = None
+        pieces: list[int] = []  # token piece sizes: runs and gaps, in order
+        pairs: list[tuple[int, int]] = []
+        previous = -1  # the segment of the piece last added (-1: a gap)
+        for length, segment in zip(rows.lengths.tolist(), segment_of_row.tolist()):
+            if pieces and segment == previous:
+                pieces[-1] += length  # the same adapter (or the same gap) goes on
                 continue
-            if runs and runs[-1][1] == rows.row_start[row] and runs[-1][2] == unit_start[segment]:
-                runs[-1] = (runs[-1][0], int(ends[row]), runs[-1][2], runs[-1][3])
-            else:
-                runs.append((int(rows.row_start[row]), int(ends[row]), int(unit_start[segment]), int(unit_start[segment + 1])))
-        return _ModulePlan(name, runs=runs)
+            if segment >= 0:
+                pairs.append((len(pieces), segment))
+            pieces.append(length)
+            previous = segment
+        return _ModulePlan(name, runs=_Runs(pieces, [u.shape[0] for u in units], pairs, spans))
 
-    def _blocks(self, name: str, rows: HostRows, segment_of_row: np.ndarray, units: list[np.ndarray],
+    def _blocks(self, module: str, rows: HostRows, segment_of_row: np.ndarray, adapters: list[LoraEntry],
                 index: HostIndex) -> _ModulePlan:
+        name, units = f"lora_{module}_units", [entry.units[module] for entry in adapters]
         rank = max(u.shape[0] for u in units)
         table = np.zeros((len(units), rank), dtype=np.int64)  # [S, rank], padded with unit 0
         for segment, u in enumerate(units):
@@ -172,14 +189,12 @@ class LoraBatch:
         plan = self.plans.get(module)
         if plan is None:
             return y
-        a_storage, b_storage = self.storage[module]
-        units = self.arrays[plan.units_name]
-        a = a_storage[layer].index_select(0, units)  # [U, in] (blocks: [count * rank, in])
-        b = b_storage[layer].index_select(0, units)  # [U, out]: B's columns, scaled
+        a_storage, b_storage = self.storage[module]  # [L, N, in], [L, N, out]: B's columns, scaled
         if plan.runs is not None:
-            for start, end, first, last in plan.runs:
-                y[start:end].addmm_(x[start:end] @ a[first:last].T, b[first:last])  # [run, out] += [run, r] [r, out]
-            return y
+            return self._runs(plan.runs, y, x, a_storage[layer], b_storage[layer], plan.units_name)
+        units = self.arrays[plan.units_name]
+        a = a_storage[layer].index_select(0, units)  # [count * rank, in]
+        b = b_storage[layer].index_select(0, units)  # [count * rank, out]
         blocks = plan.blocks
         n, block, in_features, out_features = blocks.count, blocks.block, x.shape[1], y.shape[1]
         tokens = self.arrays[blocks.name]
@@ -189,3 +204,19 @@ class LoraBatch:
             h.mul_(self.masks[blocks.name].view(n, block, 1))  # padding tokens: exactly 0 from here on
         delta = torch.bmm(h, b.view(n, plan.rank, out_features))  # [n, block, out]
         return y.index_add_(0, tokens, delta.view(n * block, out_features))  # [T, out]
+
+    def _runs(self, runs: _Runs, y: torch.Tensor, x: torch.Tensor, a_layer: torch.Tensor, b_layer: torch.Tensor,
+              units_name: str) -> torch.Tensor:
+        """Views all the way: of the input and output (split once), and of the pool where the adapters'
+        units are consecutive (else one gather of them)."""
+        if runs.spans is not None:
+            a_pieces = [a_layer[first:end] for first, end in runs.spans]  # each [r, in]
+            b_pieces = [b_layer[first:end] for first, end in runs.spans]  # each [r, out]
+        else:
+            units = self.arrays[units_name]
+            a_pieces = a_layer.index_select(0, units).split(runs.unit_pieces)
+            b_pieces = b_layer.index_select(0, units).split(runs.unit_pieces)
+        y_pieces, x_pieces = y.split(runs.token_pieces), x.split(runs.token_pieces)
+        for piece, adapter in runs.pairs:
+            y_pieces[piece].addmm_(x_pieces[piece] @ a_pieces[adapter].T, b_pieces[adapter])  # [run, out] += [run, r] [r, out]
+        return y

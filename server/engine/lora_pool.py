@@ -6,9 +6,11 @@ The engine fuses query, key and value into one projection (model.py), so adapter
 onto them). For each, the storage is one rank *unit* per slot, over all layers:
     A  [L, N, in]   (a row of A)
     Bt [L, N, out]  (the matching column of B, times the adapter's scaling: the delta is just B A x)
-An adapter of rank r on a module takes r units anywhere in the pool (paged as S-LoRA does, so mixed
-ranks waste no storage and freeing never fragments). On `qkv` its units are the query's, then the
-key's, then the value's, each unit's B column non-zero only in its own column block. Where a layer has a
+An adapter of rank r on a module takes r units of the pool (paged as S-LoRA does, so mixed ranks
+waste no storage): a free range of r consecutive units when there is one, so that a batch may read
+the adapter as a view of the storage instead of gathering it (LoraEntry.span), and any r free units
+when freeing has left no such range. On `qkv` its units are the query's, then the key's, then the
+value's (in ascending unit order), each unit's B column non-zero only in its own column block. Where a layer has a
 lower rank than the adapter's widest (PEFT's `rank_pattern`) or no LoRA on that module, its units hold
 zeros there: they add exactly nothing. Unit 0 is zero forever: batches pad ranks with it.
 
@@ -45,8 +47,14 @@ class LoraEntry:
     """The units of one loaded adapter, per engine module (absent: not adapted). Dropping the last
     reference frees them."""
 
-    units: dict[str, np.ndarray]  # engine module -> [r_m] int64 unit indices
+    units: dict[str, np.ndarray]  # engine module -> [r_m] int64 unit indices, ascending
     pool: LoraPool
+
+    def span(self, module: str) -> tuple[int, int] | None:
+        """(first, end) when the adapter's units of `module` are consecutive, else None."""
+        units = self.units[module]
+        first, last = int(units[0]), int(units[-1])
+        return (first, last + 1) if last - first + 1 == units.shape[0] else None
 
     @property
     def nbytes(self) -> int:
@@ -89,7 +97,7 @@ class LoraPool:
         with self._lock:
             for module, parts in ranks.items():
                 taken = self._take(module, sum(width for _, _, width in parts))
-                units[module] = np.array(taken, dtype=np.int64)
+                units[module] = np.array(sorted(taken), dtype=np.int64)
                 self._write(module, units[module], parts, lora)
         entry = LoraEntry(units, self)
         weakref.finalize(entry, self._release, {m: u.tolist() for m, u in units.items()})
@@ -119,13 +127,18 @@ class LoraPool:
         b_storage[:, index] = b_rows.to(self.device, self.dtype)
 
     def _take(self, module: str, count: int) -> list[int]:
+        """`count` free units: the lowest range of consecutive ones that fits, growing the pool when
+        fewer are free; scattered ones when freeing has left enough but no such range."""
         if module not in self._storage:
             self._allocate(module, max(self._initial_units, count + 1))
+        if len(self._free[module]) < count:
+            self._grow(module, count - len(self._free[module]))
         free = self._free[module]
-        if len(free) < count:
-            self._grow(module, count - len(free))
-        taken = free[len(free) - count :][::-1]
-        del free[len(free) - count :]
+        free.sort()
+        start = _first_range(free, count)
+        start = start if start is not None else 0
+        taken = free[start : start + count]
+        del free[start : start + count]
         return taken
 
     def _allocate(self, module: str, units: int) -> None:
@@ -138,7 +151,7 @@ class LoraPool:
         a[:, 0].zero_()
         b[:, 0].zero_()
         self._storage[module] = (a, b)
-        self._free[module] = list(range(units - 1, 0, -1))  # popped from the end: low units first
+        self._free[module] = list(range(1, units))
 
     def _grow(self, module: str, at_least: int) -> None:
         old_a, old_b = self._storage[module]
@@ -149,13 +162,22 @@ class LoraPool:
             new = torch.empty(tensor.shape[0], old + added, tensor.shape[2], device=tensor.device, dtype=tensor.dtype)
             new[:, :old] = tensor  # [L, N + added, features]
             grown.append(new)
-        self._free[module][:0] = range(old + added - 1, old - 1, -1)  # new units after the old free ones
+        self._free[module].extend(range(old, old + added))
         self._storage[module] = (grown[0], grown[1])
 
     def _release(self, units: dict[str, list[int]]) -> None:
         with self._lock:
             for module, taken in units.items():
                 self._free[module].extend(taken)
+
+
+def _first_range(free: list[int], count: int) -> int | None:
+    """Where in the sorted `free` the first run of `count` consecutive units starts, None if nowhere."""
+    values = np.asarray(free, dtype=np.int64)  # [F]
+    if values.shape[0] < count:
+        return None
+    fits = np.flatnonzero(values[count - 1 :] - values[: values.shape[0] - count + 1] == count - 1)  # [starts that fit]
+    return int(fits[0]) if fits.shape[0] else None
 
 
 def _unit_ranks(lora: LoraWeights, num_layers: int) -> dict[str, list[tuple[int, str, int]]]:

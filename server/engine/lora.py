@@ -1,15 +1,17 @@
 """LoRA in the forward pass (SPEC 1c): each targeted Linear runs its base matmul once for every row,
 then adds the LoRA delta `B (A x)` of the rows whose task has an adapter there, in place.
 
-A batch reads its adapters' units from the pool (lora_pool.py) with one gather per Linear and layer,
-never a weight copy per token; the deltas are computed per *segment* of tokens that share an adapter,
-in one of two forms (benchmarks/lora_kernels.py measures both against vLLM's per-token gather and a
+A batch reads its adapters' units where they lie in the pool (lora_pool.py), never a weight copy per
+request or per token; the deltas are computed per *segment* of tokens that share an adapter, in one
+of two forms (benchmarks/lora_kernels.py measures both against vLLM's per-token gather and a
 per-adapter loop):
 - `runs` (the CPU's): rows are packed with those of the same adapter next to each other where their
   lengths allow (a tie-break of the layout's order), so every run of consecutive rows of one adapter
-  is a contiguous token range: two matmuls on views, `y[run] += (x[run] A^T) B^T`, nothing copied. On
-  a CPU a small matmul costs microseconds while the gathers and scatters of a batched form move the
-  whole `[T, out]` delta through memory twice (the batched form was 0.89x of no LoRA where this is 0.98x);
+  is a contiguous token range: two matmuls on views, `y[run] += (x[run] A^T) B^T`, with A and B views
+  of the pool too (an adapter's units are consecutive unless freeing scattered them; then one gather).
+  Nothing is copied: on a CPU a small matmul costs microseconds, while the gathers and scatters of a
+  batched form move the whole `[T, out]` delta through memory twice (on MiniLM, 64 adapters in
+  batches of 32 rows: 0.98x the throughput of no LoRA this way, 0.92x batched; BENCHMARKS.md);
 - `blocks` (the GPU's, Punica's SGMV in torch): each segment is cut into blocks of `block` tokens; one
   gather of the tokens and of each block's units, two `bmm` for every block at once and one
   `index_add_`: a fixed handful of kernel launches whatever the number of adapters. The tails of blocks

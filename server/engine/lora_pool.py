@@ -1,5 +1,6 @@
-"""The device-resident LoRA pool: every loaded adapter's A and B in a few tensors, so a batch gathers
-the adapters of its rows by index, with no per-request (let alone per-token) weight copies.
+"""The device-resident LoRA pool: every loaded adapter's A and B in a few tensors, so a batch reads the
+adapters of its rows where they lie (views, or one gather by index), with no per-request (let alone
+per-token) weight copies.
 
 The engine fuses query, key and value into one projection (model.py), so adapters are stored per
 *engine* Linear: `qkv`, `attn_out`, `ffn_in`, `ffn_out` (ENGINE_TARGETS maps SPEC 1c's module names

@@ -147,3 +147,37 @@ def test_lora_bytes_count_in_the_task_and_go_back_to_the_pool(tiny_engine, tiny_
     del task
     gc.collect()
     assert tiny_engine.lora_pool.used_units == before
+
+
+def _adapter(shape, seed: int, rank: int) -> LoraWeights:
+    gen = torch.Generator().manual_seed(seed)
+    C = shape.hidden_size
+    return LoraWeights(1.5, {(layer, "attention.self.query"): (torch.randn(rank, C, generator=gen), torch.randn(C, rank, generator=gen))
+                             for layer in range(shape.num_layers)})
+
+
+@pytest.mark.parametrize("mode", ["runs", "blocks"])
+def test_adapters_on_scattered_units_after_churn(tiny_backbone_dir, mode):
+    """Adapters take consecutive units (read as views of the pool); once freeing has left no free
+    range wide enough, a new adapter takes scattered units and batches gather them: same results."""
+    engine = Engine.from_folder(tiny_backbone_dir)
+    engine.lora_mode = mode
+    base = make_artifact(engine.shape, 2, 3, seed=9)
+    handles = [engine.load(dataclasses.replace(base, lora=_adapter(engine.shape, i, 4))) for i in range(15)]
+    assert all(engine.task(h).lora.span("qkv") is not None for h in handles)
+    assert engine.lora_pool.storage("qkv")[0].shape[1] == 64  # 15 x 4 of 63 usable units: no growth yet
+    for handle in handles[1::2]:
+        engine.release_task(handle)
+    gc.collect()
+    wide = dataclasses.replace(base, lora=_adapter(engine.shape, 99, 6))
+    scattered = engine.load(wide)
+    assert engine.task(scattered).lora.span("qkv") is None and engine.lora_pool.storage("qkv")[0].shape[1] == 64
+    kept = dataclasses.replace(base, lora=_adapter(engine.shape, 0, 4))
+    rows = [(engine.encode([text], 2)[0], handle) for text in TEXTS for handle in (scattered, handles[0])]
+    together = engine.score_encoded(rows)
+    for (encoded, handle), got in zip(rows, together):
+        assert close(got, engine.score_encoded([(encoded, handle)])[0])
+    for text, got in zip(TEXTS, together[::2]):
+        assert close(got, merged_scores(tiny_backbone_dir, wide, text))
+    for text, got in zip(TEXTS, together[1::2]):
+        assert close(got, merged_scores(tiny_backbone_dir, kept, text))

@@ -17,15 +17,21 @@ from server.artifact import ProblemType
 from server.artifact.layout import flat_to_key_values
 from server.engine.model import PrefixBert
 from server.engine.scoring import score_logits
+from training.lora_adapter import TrainableLora
 from training.prefix_encoder import PrefixEncoder
 
 
 class PrefixClassifier(nn.Module):
-    def __init__(self, backbone: PrefixBert, prefix_encoder: PrefixEncoder, num_labels: int, dropout: float):
+    """The prefix (None: none), the LoRA adapter (None: none; `--method lora`) and the head on the
+    frozen backbone."""
+
+    def __init__(self, backbone: PrefixBert, prefix_encoder: PrefixEncoder | None, num_labels: int, dropout: float,
+                 lora: TrainableLora | None = None):
         super().__init__()
         g = backbone.geometry
         self.backbone = backbone.requires_grad_(False)
         self.prefix_encoder = prefix_encoder
+        self.lora = lora
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(g.hidden_size, num_labels)
         nn.init.normal_(self.classifier.weight, std=0.02)  # as BertPreTrainedModel._init_weights
@@ -44,8 +50,10 @@ class PrefixClassifier(nn.Module):
         g = self.backbone.geometry
         return flat_to_key_values(self.prefix_encoder(), g.num_layers, g.num_heads, g.head_dim)
 
-    def batch_prefix(self, batch_size: int) -> torch.Tensor:
+    def batch_prefix(self, batch_size: int) -> torch.Tensor | None:
         """The prefix broadcast over the batch, `[L, 2, B, H, P, D]`, with the prefix dropout in training."""
+        if self.prefix_encoder is None:
+            return None
         kv = self.key_values()  # [L, 2, H, P, D]
         L, _, H, P, D = kv.shape
         prefix_kv = kv[:, :, None].expand(L, 2, batch_size, H, P, D)  # [L, 2, B, H, P, D], a view
@@ -57,11 +65,12 @@ class PrefixClassifier(nn.Module):
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
         """Logits, `[B, num_labels]`."""
         B = input_ids.shape[0]
-        prefix_kv = self.batch_prefix(B)  # [L, 2, B, H, P, D]
-        prefix_lens = torch.full((B,), prefix_kv.shape[4], dtype=torch.long, device=input_ids.device)  # [B]
+        prefix_kv = self.batch_prefix(B)  # [L, 2, B, H, P, D] or None
+        P = prefix_kv.shape[4] if prefix_kv is not None else 0
+        prefix_lens = torch.full((B,), P, dtype=torch.long, device=input_ids.device)  # [B]
         # Autograd records nothing until the first op that touches the prefix (layer 0's key/value
-        # concat): the embeddings and the frozen projections of the tokens need no graph.
-        pooled = self.backbone(input_ids, token_type_ids, token_mask, prefix_kv, prefix_lens)  # [B, C]
+        # concat) or a LoRA weight: the embeddings and the frozen projections before need no graph.
+        pooled = self.backbone(input_ids, token_type_ids, token_mask, prefix_kv, prefix_lens, self.lora)  # [B, C]
         return self.classifier(self.dropout(pooled))  # [B, num_labels]
 
     @torch.no_grad()

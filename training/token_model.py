@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from server.engine.attention import pack_padded
+from server.engine.lora import LoraDeltas
 from server.engine.model import PrefixBert
 from training.model import PrefixClassifier
 from training.words import IGNORE
@@ -35,17 +36,19 @@ def unpack_tokens(packed: torch.Tensor, token_mask: torch.Tensor, restore_order:
 
 def token_logits(
     backbone: PrefixBert,
-    prefix_kv: torch.Tensor,  # [L, 2, B, H, P, D]
+    prefix_kv: torch.Tensor | None,  # [L, 2, B, H, P, D]
     classifier: nn.Module,
     input_ids: torch.Tensor,  # [B, S]
     token_type_ids: torch.Tensor,  # [B, S]
     token_mask: torch.Tensor,  # [B, S] bool
     dropout: nn.Module | None = None,
+    lora: LoraDeltas | None = None,
 ) -> torch.Tensor:
     """Logits of every token, `[B, S, num_labels]` (padding rows hold zeros)."""
-    B, P = input_ids.shape[0], prefix_kv.shape[4]
+    B, P = input_ids.shape[0], prefix_kv.shape[4] if prefix_kv is not None else 0
     prefix_lens = torch.full((B,), P, dtype=torch.long, device=input_ids.device)  # [B]
     batch = pack_padded(input_ids, token_type_ids, token_mask, prefix_kv, prefix_lens, backbone.max_positions)
+    batch.lora = lora
     hidden = backbone.hidden_states(batch)  # [T, C], packed token order
     if dropout is not None:
         hidden = dropout(hidden)
@@ -59,7 +62,7 @@ class PrefixTokenClassifier(PrefixClassifier):
         """Logits, `[B, S, num_labels]`."""
         prefix_kv = self.batch_prefix(input_ids.shape[0])  # [L, 2, B, H, P, D]
         dropout = self.dropout if self.training else None
-        return token_logits(self.backbone, prefix_kv, self.classifier, input_ids, token_type_ids, token_mask, dropout)
+        return token_logits(self.backbone, prefix_kv, self.classifier, input_ids, token_type_ids, token_mask, dropout, self.lora)
 
 
 def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

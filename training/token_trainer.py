@@ -25,7 +25,6 @@ from server.settings import require_extra
 from training.batches import eval_batches
 from training.token_model import PrefixTokenClassifier, token_loss
 from training.trainer import (
-    DTYPES,
     EVAL_BATCH_SIZE,
     TrainConfig,
     TrainResult,
@@ -35,6 +34,8 @@ from training.trainer import (
     _run_steps,
     _total_steps,
     build_model,
+    check_prefix_len,
+    exported_adaptation,
 )
 from training.words import OUTSIDE, EncodedWordSet, WordDataset, first_subtokens, is_iob2, load_word_dataset
 
@@ -48,11 +49,10 @@ def train_token(config: TrainConfig, engine: Engine | None = None, progress: boo
         )
     torch.manual_seed(config.seed)
     engine = engine or Engine.from_folder(config.backbone or _default_backbone())
-    if not 1 <= config.prefix_len <= engine.shape.max_prefix_len:
-        raise ValueError(f"--prefix-len: expected 1..{engine.shape.max_prefix_len}, got {config.prefix_len}")
+    check_prefix_len(config, engine)
     train_set = load_word_dataset(config.train, config.labels)
     eval_set = load_word_dataset(config.eval, train_set.labels) if config.eval else None
-    max_tokens = min(config.max_length, engine.shape.max_tokens(config.prefix_len))
+    max_tokens = min(config.max_length, engine.shape.max_tokens(config.served_prefix_len))
     encoded = EncodedWordSet.build(train_set, engine.encoder.tokenizer, max_tokens)
     model = build_token_model(engine, config, len(train_set.labels))
     steps = _total_steps(config, len(train_set))
@@ -75,13 +75,10 @@ def build_token_model(engine: Engine, config: TrainConfig, num_labels: int) -> P
 def export_token_artifact(
     model: PrefixTokenClassifier, labels: tuple[str, ...], config: TrainConfig, engine: Engine
 ) -> PrefixArtifact:
-    """The SPEC 1b token-head artifact (format 2, head `token`, single-label): the prefix folded once
-    into --dtype, the head in float32, no pooler."""
-    model.eval()
-    with torch.no_grad():
-        key_values = model.key_values().to(DTYPES[config.dtype]).contiguous()  # [L, 2, H, P, D]
+    """The SPEC 1b token-head artifact (format 2, or 3 with LoRA; head `token`, single-label): the
+    prefix folded once into --dtype, the head in float32, no pooler."""
     return PrefixArtifact(
-        key_values=key_values,
+        **exported_adaptation(model, config),
         classifier_weight=model.classifier.weight.detach().float().clone(),  # [C, hidden]
         classifier_bias=model.classifier.bias.detach().float().clone(),  # [C]
         problem_type=ProblemType.SINGLE_LABEL,

@@ -20,12 +20,14 @@ import torch
 from tqdm import tqdm
 
 from server.artifact import PrefixArtifact, ProblemType, artifact_to_bytes, read_artifact
+from server.artifact.lora import ADAPTATIONS, DEFAULT_TARGETS, MAX_RANK
 from server.engine import Engine
 from server.engine.backbone import DTYPES, default_backbone_dir
 from server.engine.scoring import MULTI_LABEL_THRESHOLD
 from training import metrics as metric_fns
 from training.batches import EncodedSet, epoch_batches, eval_batches
 from training.data import Dataset, load_dataset
+from training.lora_adapter import TrainableLora
 from training.model import PrefixClassifier, loss_fn
 from training.prefix_encoder import PrefixEncoder
 
@@ -55,6 +57,24 @@ class TrainConfig:
     dropout: float | None = None  # None: the backbone's hidden_dropout_prob
     seed: int = 42
     dtype: str = "float32"  # of prefix.key_values in the artifact
+    method: str = "prefix"  # what is trained besides the head: one of ADAPTATIONS
+    lora_rank: int = 8
+    lora_alpha: float = 16.0  # scaling = alpha / rank, as PEFT's
+    lora_targets: tuple[str, ...] = DEFAULT_TARGETS
+    lora_dropout: float = 0.1
+
+    @property
+    def uses_prefix(self) -> bool:
+        return self.method in ("prefix", "lora+prefix")
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.method in ("lora", "lora+prefix")
+
+    @property
+    def served_prefix_len(self) -> int:
+        """P of the exported task (0 without a prefix)."""
+        return self.prefix_len if self.uses_prefix else 0
 
 
 @dataclass
@@ -71,11 +91,10 @@ def train(config: TrainConfig, engine: Engine | None = None, progress: bool = Tr
     _check_config(config)
     torch.manual_seed(config.seed)
     engine = engine or Engine.from_folder(config.backbone or _default_backbone())
-    if not 1 <= config.prefix_len <= engine.shape.max_prefix_len:
-        raise ValueError(f"--prefix-len: expected 1..{engine.shape.max_prefix_len}, got {config.prefix_len}")
+    check_prefix_len(config, engine)
     train_set = load_dataset(config.train, config.labels, config.problem_type)
     eval_set = load_dataset(config.eval, train_set.labels, train_set.problem_type) if config.eval else None
-    max_tokens = min(config.max_length, engine.shape.max_tokens(config.prefix_len))
+    max_tokens = min(config.max_length, engine.shape.max_tokens(config.served_prefix_len))
     encoded = EncodedSet.build(train_set, engine.encoder, max_tokens)
     model = build_model(engine, config, len(train_set.labels))
     steps = _total_steps(config, len(train_set))
@@ -90,21 +109,37 @@ def train(config: TrainConfig, engine: Engine | None = None, progress: bool = Tr
     return TrainResult(artifact, model, metrics, steps, seconds)
 
 
+def check_prefix_len(config: TrainConfig, engine: Engine) -> None:
+    if config.uses_prefix and not 1 <= config.prefix_len <= engine.shape.max_prefix_len:
+        raise ValueError(f"--prefix-len: expected 1..{engine.shape.max_prefix_len}, got {config.prefix_len}")
+
+
 def build_model(engine: Engine, config: TrainConfig, num_labels: int, kind: type = PrefixClassifier) -> PrefixClassifier:
-    """A fresh prefix and head on the engine's frozen backbone; `kind` PrefixTokenClassifier for a token head."""
+    """A fresh prefix and/or LoRA adapter (config.method) and head on the engine's frozen backbone;
+    `kind` PrefixTokenClassifier for a token head."""
     g = engine.files.geometry
-    encoder = PrefixEncoder(config.prefix_len, g.num_layers, g.hidden_size, config.projection, config.projection_hidden)
+    encoder = None
+    if config.uses_prefix:
+        encoder = PrefixEncoder(config.prefix_len, g.num_layers, g.hidden_size, config.projection, config.projection_hidden)
+    lora = None
+    if config.uses_lora:
+        lora = TrainableLora(g, config.lora_rank, config.lora_alpha, config.lora_targets, config.lora_dropout)
     dropout = config.dropout if config.dropout is not None else _backbone_dropout(engine)
-    return kind(engine.model, encoder, num_labels, dropout)
+    return kind(engine.model, encoder, num_labels, dropout, lora)
+
+
+def exported_adaptation(model: PrefixClassifier, config: TrainConfig) -> dict:
+    """The trained prefix (folded once into --dtype) and LoRA weights, as PrefixArtifact fields."""
+    model.eval()
+    with torch.no_grad():
+        key_values = model.key_values().to(DTYPES[config.dtype]).contiguous() if config.uses_prefix else None  # [L, 2, H, P, D]
+    return {"key_values": key_values, "lora": model.lora.weights() if config.uses_lora else None}
 
 
 def export_artifact(model: PrefixClassifier, train_set: Dataset, config: TrainConfig, engine: Engine) -> PrefixArtifact:
     """Folds the reparameterisation once into prefix.key_values; the head stays float32."""
-    model.eval()
-    with torch.no_grad():
-        key_values = model.key_values().to(DTYPES[config.dtype]).contiguous()  # [L, 2, H, P, D]
     return PrefixArtifact(
-        key_values=key_values,
+        **exported_adaptation(model, config),
         classifier_weight=model.classifier.weight.detach().float().clone(),
         classifier_bias=model.classifier.bias.detach().float().clone(),
         problem_type=train_set.problem_type,
@@ -188,6 +223,10 @@ def _check_config(config: TrainConfig) -> None:
         ("--max-length", config.max_length, config.max_length >= 3, ">= 3"),
         ("--projection-hidden", config.projection_hidden, config.projection_hidden >= 1, ">= 1"),
         ("--dtype", config.dtype, config.dtype in DTYPES, f"one of {sorted(DTYPES)}"),
+        ("--method", config.method, config.method in ADAPTATIONS, f"one of {list(ADAPTATIONS)}"),
+        ("--lora-rank", config.lora_rank, 1 <= config.lora_rank <= MAX_RANK, f"1..{MAX_RANK}"),
+        ("--lora-alpha", config.lora_alpha, config.lora_alpha > 0, "> 0"),
+        ("--lora-dropout", config.lora_dropout, 0 <= config.lora_dropout < 1, "in [0, 1)"),
     ]
     for flag, value, ok, expected in checks:
         if not ok:
@@ -208,10 +247,15 @@ def _metadata(config, train_set, eval_set, steps, seconds, engine, metrics) -> d
         "lr": repr(config.lr),
         "seed": str(config.seed),
         "max_length": str(config.max_length),
-        "prefix_projection": "true" if config.projection else "false",
         "train_seconds": f"{seconds:.1f}",
+        "method": config.method,
     }
-    if config.projection:
+    if config.uses_prefix:
+        meta["prefix_projection"] = "true" if config.projection else "false"
+    if config.uses_lora:
+        meta.update(lora_rank=str(config.lora_rank), lora_alpha=repr(config.lora_alpha),
+                    lora_targets=",".join(config.lora_targets), lora_dropout=repr(config.lora_dropout))
+    if config.projection and config.uses_prefix:
         meta["projection_hidden"] = str(config.projection_hidden)
     if eval_set is not None:
         meta.update(eval_data=eval_set.source.name, eval_rows=str(len(eval_set)))

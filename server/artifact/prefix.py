@@ -1,9 +1,10 @@
-"""The prefix artifact (SPEC sections 1, 1b and 1d): one safetensors file per task version.
+"""The prefix artifact (SPEC sections 1, 1b, 1c and 1d): one safetensors file per task version.
 
-Owns reading, validating against a backbone, and writing. Two format versions are read: `1` (a
-sequence head on the backbone's pooler, SPEC 1) and `2` (adds the `head` and `backbone_family`
+Owns reading, validating against a backbone, and writing. Three format versions are read: `1` (a
+sequence head on the backbone's pooler, SPEC 1), `2` (adds the `head` and `backbone_family`
 metadata, an optional own pooler, SPEC 1b, and the span and choice heads, SPEC 1d; what each head
-holds is heads.py's table). A version-1 file means what it always meant: `head` or
+holds is heads.py's table) and `3` (adds LoRA tensors, lora.py, and makes the prefix optional when
+they are there, SPEC 1c). A version-1 file means what it always meant: `head` or
 `backbone_family` keys in it are ordinary extra metadata. Writing picks the lowest version that holds
 the artifact, so files that need nothing new stay readable by v1 servers. Every refusal is an
 `ArtifactError` whose message names what was expected and what came.
@@ -20,10 +21,11 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from server.artifact.heads import HEAD_NAMES, HEAD_RULES, HeadKind, ProblemType
+from server.artifact.lora import LORA_SCALING, LoraWeights, check_lora_entries, is_lora_name, parse_scaling
 from server.artifact.safetensors_header import ArtifactError, SafetensorsHeader, parse_header
 
 FORMAT_NAME = "ptv2-prefix"
-FORMAT_VERSIONS = ("1", "2")
+FORMAT_VERSIONS = ("1", "2", "3")
 KEY_VALUES = "prefix.key_values"
 POOLER_WEIGHT = "pooler.weight"
 POOLER_BIAS = "pooler.bias"
@@ -32,6 +34,8 @@ FLOAT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat
 RESERVED_METADATA = {
     "1": {"format", "format_version", "problem_type", "labels", "backbone_fingerprint"},
     "2": {"format", "format_version", "problem_type", "labels", "backbone_fingerprint", "head", "backbone_family"},
+    "3": {"format", "format_version", "problem_type", "labels", "backbone_fingerprint", "head", "backbone_family",
+          LORA_SCALING},
 }
 FAMILIES = ("bert", "roberta")
 
@@ -52,6 +56,7 @@ class BackboneShape:
     family: str = "bert"
     position_offset: int = 0
     pooler: bool = True  # False: a RoBERTa backbone without one; sequence tasks must bring their own
+    intermediate_size: int | None = None  # the feed-forward width (LoRA on its modules is checked against it)
 
     @property
     def hidden_size(self) -> int:
@@ -69,7 +74,7 @@ class BackboneShape:
 
 @dataclass(frozen=True)
 class PrefixArtifact:
-    key_values: torch.Tensor  # [L, 2, H, P, D]
+    key_values: torch.Tensor | None  # [L, 2, H, P, D]; None: a LoRA task without a prefix (SPEC 1c)
     classifier_weight: torch.Tensor  # [C, hidden]: the head's weight (stored as qa_outputs.weight for a span head)
     classifier_bias: torch.Tensor  # [C]
     problem_type: ProblemType
@@ -80,10 +85,11 @@ class PrefixArtifact:
     pooler_weight: torch.Tensor | None = None  # [hidden, hidden]; replaces the backbone's pooler
     pooler_bias: torch.Tensor | None = None  # [hidden]
     backbone_family: str | None = None
+    lora: LoraWeights | None = None  # SPEC 1c
 
     @property
     def prefix_len(self) -> int:
-        return self.key_values.shape[3]
+        return self.key_values.shape[3] if self.key_values is not None else 0
 
     @property
     def num_labels(self) -> int:
@@ -92,6 +98,8 @@ class PrefixArtifact:
     @property
     def format_version(self) -> str:
         """The lowest format version that holds this artifact."""
+        if self.lora is not None or self.key_values is None:
+            return "3"
         uses_v2 = self.head is not HeadKind.SEQUENCE or self.pooler_weight is not None or self.backbone_family
         return "2" if uses_v2 else "1"
 
@@ -112,6 +120,8 @@ def read_artifact(data: bytes, backbone: BackboneShape) -> PrefixArtifact:
     header = parse_header(data)
     facts = _check_metadata(header.metadata, backbone)
     has_pooler = _check_tensor_entries(header, backbone, facts)
+    lora_names = [name for name in header.tensors if is_lora_name(name)]
+    scaling = parse_scaling(header.metadata.get(LORA_SCALING)) if lora_names else None
     try:
         tensors = load_safetensors_bytes(data)
     except Exception as exc:  # noqa: BLE001 — the header passed our checks, so this is a corrupt body
@@ -121,7 +131,7 @@ def read_artifact(data: bytes, backbone: BackboneShape) -> PrefixArtifact:
             raise ArtifactError(f"tensor {name!r}: expected finite values, found NaN or Inf")
     extra = {k: v for k, v in header.metadata.items() if k not in RESERVED_METADATA[facts.version]}
     return PrefixArtifact(
-        key_values=tensors[KEY_VALUES],
+        key_values=tensors.get(KEY_VALUES),
         classifier_weight=tensors[HEAD_RULES[facts.head].weight],
         classifier_bias=tensors[HEAD_RULES[facts.head].bias],
         problem_type=facts.problem_type,
@@ -132,6 +142,7 @@ def read_artifact(data: bytes, backbone: BackboneShape) -> PrefixArtifact:
         pooler_weight=tensors[POOLER_WEIGHT] if has_pooler else None,
         pooler_bias=tensors[POOLER_BIAS] if has_pooler else None,
         backbone_family=facts.backbone_family,
+        lora=LoraWeights.from_tensors({n: tensors[n] for n in lora_names}, scaling) if lora_names else None,
     )
 
 
@@ -146,6 +157,8 @@ def read_artifact_file(path: str | Path, backbone: BackboneShape) -> PrefixArtif
 
 
 def artifact_to_bytes(artifact: PrefixArtifact) -> bytes:
+    if artifact.key_values is None and artifact.lora is None:
+        raise ArtifactError(f"tensors: expected {KEY_VALUES!r}, LoRA tensors or both, got neither")
     version = artifact.format_version
     metadata = {k: v for k, v in artifact.extra_metadata.items() if k not in RESERVED_METADATA[version]}
     metadata.update(
@@ -156,16 +169,20 @@ def artifact_to_bytes(artifact: PrefixArtifact) -> bytes:
     )
     if artifact.backbone_fingerprint:
         metadata["backbone_fingerprint"] = artifact.backbone_fingerprint
-    if version == "2":
+    if version != "1":
         metadata["head"] = artifact.head.value
         if artifact.backbone_family:
             metadata["backbone_family"] = artifact.backbone_family
     rule = HEAD_RULES[artifact.head]
     tensors = {
-        KEY_VALUES: artifact.key_values.contiguous(),
         rule.weight: artifact.classifier_weight.contiguous(),
         rule.bias: artifact.classifier_bias.contiguous(),
     }
+    if artifact.key_values is not None:
+        tensors[KEY_VALUES] = artifact.key_values.contiguous()
+    if artifact.lora is not None:
+        metadata[LORA_SCALING] = repr(float(artifact.lora.scaling))
+        tensors.update(artifact.lora.tensors())
     if (artifact.pooler_weight is None) != (artifact.pooler_bias is None):
         raise ArtifactError("pooler: expected both pooler.weight and pooler.bias or neither, got one")
     if artifact.pooler_weight is not None and not rule.pooled:
@@ -185,9 +202,9 @@ def _check_metadata(metadata: dict[str, str], backbone: BackboneShape) -> _Facts
         raise ArtifactError(f"metadata 'format': expected {FORMAT_NAME!r}, got {metadata.get('format')!r}")
     version = metadata.get("format_version")
     if version not in FORMAT_VERSIONS:
-        raise ArtifactError(f"metadata 'format_version': expected '1' or '2', got {version!r}")
+        raise ArtifactError(f"metadata 'format_version': expected '1', '2' or '3', got {version!r}")
     # `head` / `backbone_family` in a v1 file are plain extra metadata
-    head = _parse_head(metadata.get("head")) if version == "2" else HeadKind.SEQUENCE
+    head = _parse_head(metadata.get("head")) if version != "1" else HeadKind.SEQUENCE
     problem_type, labels = _problem_and_labels(metadata, head)
     fingerprint = metadata.get("backbone_fingerprint")
     if fingerprint is not None and fingerprint != backbone.fingerprint:
@@ -259,19 +276,23 @@ def _parse_labels(raw: str | None) -> tuple[str, ...]:
 
 def _check_tensor_entries(header: SafetensorsHeader, backbone: BackboneShape, facts: _Facts) -> bool:
     """Checks names, dtypes and shapes; returns whether the artifact carries its own pooler."""
-    names = set(header.tensors)
+    lora = {name: entry.shape for name, entry in header.tensors.items() if facts.version == "3" and is_lora_name(name)}
+    names = set(header.tensors) - set(lora)
     rule = HEAD_RULES[facts.head]
-    required = (KEY_VALUES, rule.weight, rule.bias)
-    allowed = set(required)
-    if facts.version == "2" and rule.pooled:
+    allowed = {KEY_VALUES, rule.weight, rule.bias}
+    if facts.version != "1" and rule.pooled:
         allowed |= set(POOLER_TENSORS)
+    required = [n for n in (KEY_VALUES, rule.weight, rule.bias) if not (n == KEY_VALUES and lora)]  # LoRA: prefix optional
     missing = [n for n in required if n not in names]
     unknown = sorted(names - allowed)
     if missing or unknown:
         raise ArtifactError(
-            f"tensors: expected exactly {list(required)}{_pooler_note(facts)}{_head_note(facts)}; "
+            f"tensors: expected exactly {list(required)}{_optional_note(facts)}{_head_note(facts)}; "
             f"missing {missing}, unknown {unknown}"
         )
+    if LORA_SCALING in header.metadata and facts.version == "3" and not lora:
+        raise ArtifactError(f"metadata {LORA_SCALING!r}: given, but the artifact holds no lora.* tensors")
+    check_lora_entries(lora, backbone.num_layers, backbone.hidden_size, backbone.intermediate_size)
     has_pooler = bool(names & set(POOLER_TENSORS))
     if has_pooler and not set(POOLER_TENSORS) <= names:
         raise ArtifactError(
@@ -282,11 +303,12 @@ def _check_tensor_entries(header: SafetensorsHeader, backbone: BackboneShape, fa
             f"tensors: expected {POOLER_WEIGHT!r} and {POOLER_BIAS!r} (this server's backbone has no pooler, so a "
             f"{facts.head.value} task brings its own; format_version 2), got none"
         )
-    for name in sorted(names):
+    for name in sorted(header.tensors):
         dtype = header.tensors[name].dtype
         if dtype not in FLOAT_DTYPES:
             raise ArtifactError(f"tensor {name!r}: expected dtype F32, F16 or BF16, got {dtype}")
-    _check_key_values_shape(header.tensors[KEY_VALUES].shape, backbone)
+    if KEY_VALUES in names:
+        _check_key_values_shape(header.tensors[KEY_VALUES].shape, backbone)
     hidden, num_labels = backbone.hidden_size, len(facts.labels)
     weight_shape = header.tensors[rule.weight].shape
     if weight_shape != (num_labels, hidden):
@@ -302,10 +324,12 @@ def _check_tensor_entries(header: SafetensorsHeader, backbone: BackboneShape, fa
     return has_pooler
 
 
-def _pooler_note(facts: _Facts) -> str:
-    if facts.version == "2" and HEAD_RULES[facts.head].pooled:
-        return f" (and optionally {list(POOLER_TENSORS)})"
-    return ""
+def _optional_note(facts: _Facts) -> str:
+    pooler = f"optionally {list(POOLER_TENSORS)}" if facts.version != "1" and HEAD_RULES[facts.head].pooled else ""
+    if facts.version != "3":
+        return f" (and {pooler})" if pooler else ""
+    lora = f"LoRA tensors lora.{{layer}}.{{module}}.A/.B, with which {KEY_VALUES!r} is optional"
+    return f" (and {pooler + ', ' if pooler else ''}{lora})"
 
 
 def _head_note(facts: _Facts) -> str:

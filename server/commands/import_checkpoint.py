@@ -1,6 +1,6 @@
-"""`prefix-server import`: converts a PEFT PREFIX_TUNING adapter (folder or .zip; SEQ_CLS, TOKEN_CLS,
-QUESTION_ANS) or an original P-tuning v2 checkpoint (sequence, token, question answering, multiple
-choice) into a prefix artifact for a given backbone."""
+"""`prefix-server import`: converts a PEFT PREFIX_TUNING or LORA adapter (folder or .zip; SEQ_CLS,
+TOKEN_CLS, QUESTION_ANS) or an original P-tuning v2 checkpoint (sequence, token, question answering,
+multiple choice) into an artifact for a given backbone."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from server.commands.train import parse_labels
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "import",
-        help="convert a PEFT prefix-tuning adapter or a P-tuning v2 checkpoint into an artifact",
-        description="Convert a PEFT PREFIX_TUNING adapter (folder or .zip) or an original P-tuning v2 "
-        "checkpoint (folder or weights file) into a prefix artifact.",
+        help="convert a PEFT prefix-tuning or LoRA adapter or a P-tuning v2 checkpoint into an artifact",
+        description="Convert a PEFT PREFIX_TUNING or LORA adapter (folder or .zip) or an original P-tuning v2 "
+        "checkpoint (folder or weights file) into an artifact.",
     )
     parser.add_argument("source", type=Path, metavar="SRC", help="adapter folder, .zip, checkpoint folder or file")
     parser.add_argument("--out", type=Path, required=True, metavar="DST", help="the artifact to write (.safetensors)")
@@ -53,10 +53,18 @@ def run_import(args: argparse.Namespace) -> int:
     print(
         f"wrote {args.out} (P={artifact.prefix_len}, labels {list(artifact.labels)}, "
         f"{artifact.problem_type.value}, {artifact.head.value} head"
-        f"{', own pooler' if artifact.pooler_weight is not None else ''}, "
+        f"{', own pooler' if artifact.pooler_weight is not None else ''}{_lora_summary(artifact)}, "
         f"{artifact.extra_metadata.get('source_format')}, {pinned})"
     )
     return 0
+
+
+def _lora_summary(artifact) -> str:
+    if artifact.lora is None:
+        return ""
+    modules = sorted({module for _, module in artifact.lora.modules})
+    ranks = sorted({a.shape[0] for a, _ in artifact.lora.modules.values()})
+    return f", LoRA rank {'/'.join(map(str, ranks))} on {', '.join(modules)} (scaling {artifact.lora.scaling:g})"
 
 
 def _default_backbone() -> Path:

@@ -1,5 +1,5 @@
-"""`prefix-server train`: trains a P-tuning v2 prefix and its head on the server's own model code,
-writes the artifact, and optionally uploads it (`PUT /v1/tasks/{task}`)."""
+"""`prefix-server train`: trains a P-tuning v2 prefix, a LoRA adapter or both, and a head, on the
+server's own model code, writes the artifact, and optionally uploads it (`PUT /v1/tasks/{task}`)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from server.artifact import ProblemType
+from server.artifact.lora import ADAPTATIONS, DEFAULT_TARGETS, parse_targets
 from server.settings import API_KEY_VARIABLE, require_extra
 
 EPILOG = """\
@@ -28,6 +29,8 @@ examples:
       --doc-stride 64 --prefix-len 16 --lr 3e-2 --steps 900 --batch-size 16 --dtype float16 --out answers.safetensors
   prefix-server train --head choice --train copa.train.jsonl --eval copa.dev.jsonl \\
       --prefix-len 16 --lr 3e-2 --steps 500 --batch-size 16 --dtype float16 --out plausible-choice.safetensors
+  prefix-server train --method lora --lora-rank 8 --lora-alpha 16 --lora-targets query,value \\
+      --train sst2.train.jsonl --eval sst2.dev.jsonl --lr 1e-3 --steps 1000 --out sentiment-lora.safetensors
 """
 
 
@@ -55,12 +58,20 @@ def register(subparsers) -> None:
                        help="sequence: one label per input (default); token: a label per word (NER); "
                        "span: extractive question answering; choice: multiple choice")
     model.add_argument("--backbone", type=Path, metavar="DIR", help="BERT model folder (default: the embedded MiniLM)")
+    model.add_argument("--method", choices=list(ADAPTATIONS), default="prefix",
+                       help="what adapts the frozen backbone: a deep prefix (default), a LoRA adapter, or both")
     model.add_argument("--prefix-len", type=int, default=16, metavar="N", help="prefix length P (default 16)")
     model.add_argument("--projection", action="store_true", help="reparameterise the prefix through a tanh MLP")
     model.add_argument("--projection-hidden", type=int, default=512, metavar="N", help="the MLP's width (default 512)")
     model.add_argument("--dropout", type=float, metavar="X", help="prefix and head dropout (default: the backbone's)")
     model.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                        help="dtype of prefix.key_values in the artifact (default float32)")
+    model.add_argument("--lora-rank", type=int, default=8, metavar="R", help="LoRA rank r, 1..64 (default 8)")
+    model.add_argument("--lora-alpha", type=float, default=16.0, metavar="A", help="LoRA alpha: scaling = alpha / r (default 16)")
+    model.add_argument("--lora-targets", type=_targets, default=DEFAULT_TARGETS, metavar="M,...",
+                       help="the layers' Linears to adapt: query,key,value,attention.output.dense,intermediate.dense,"
+                       "output.dense, or all (default query,value)")
+    model.add_argument("--lora-dropout", type=float, default=0.1, metavar="X", help="dropout on LoRA's input (default 0.1)")
     run = parser.add_argument_group("optimisation")
     length = run.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, metavar="N", help="optimizer steps")
@@ -86,6 +97,13 @@ def parse_labels(value: str) -> tuple[str, ...]:
     if len(set(labels)) != len(labels):
         raise argparse.ArgumentTypeError(f"expected distinct names, got {value!r}")
     return labels
+
+
+def _targets(value: str) -> tuple[str, ...]:
+    try:
+        return parse_targets(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -144,7 +162,8 @@ def _config(args: argparse.Namespace):
         projection_hidden=args.projection_hidden, steps=args.steps, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio, max_length=args.max_length, doc_stride=args.doc_stride, dropout=args.dropout,
-        seed=args.seed, dtype=args.dtype,
+        seed=args.seed, dtype=args.dtype, method=args.method, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+        lora_targets=args.lora_targets, lora_dropout=args.lora_dropout,
     )
 
 
@@ -158,7 +177,7 @@ def _write_atomically(path: Path, artifact, write) -> None:
 def _summary(path: Path, result) -> str:
     a = result.artifact
     line = (
-        f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB, P={a.prefix_len}, {len(a.labels)} labels, "
+        f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB, P={a.prefix_len}{_lora(a)}, {len(a.labels)} labels, "
         f"{a.problem_type.value}{'' if a.head.value == 'sequence' else f', {a.head.value} head'}): "
         f"{result.steps} steps in {result.seconds:.0f} s"
     )
@@ -169,6 +188,13 @@ def _summary(path: Path, result) -> str:
     if per_type:
         line += "\nF1 per type: " + ", ".join(f"{k} {v:.4f}" for k, v in per_type.items())
     return line
+
+
+def _lora(artifact) -> str:
+    if artifact.lora is None:
+        return ""
+    ranks = {a.shape[0] for a, _ in artifact.lora.modules.values()}
+    return f", LoRA r={'/'.join(map(str, sorted(ranks)))} on {len(artifact.lora.modules)} Linears"
 
 
 def _fail(exc: BaseException) -> int:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from server.engine.chunked import ChunkedAttention
-from server.engine.layout import HostIndex, HostRows, PackedBatch
+from server.engine.layout import HostIndex, HostRows, PackedBatch, RowExtras
 from server.engine.ragged import RaggedAttention, add_ragged_arrays
 
 ATTENTION_CHOICES = ("auto", "triton", "varlen", "sdpa")
@@ -73,10 +73,12 @@ def pack(
     max_positions: int,
     device: torch.device,
     extra: HostIndex | None = None,  # the caller's own arrays (the heads' index), for the same one copy
+    extras: RowExtras | None = None,  # the LoRA plan: a tie-break of the row order, arrays from the layout
 ) -> PackedBatch:
     """Orders the rows by (length, prefix length), concatenates their tokens in that order and lays the
     batch out for `path`; index math runs on the host, then everything moves to the device at once."""
-    order = np.lexsort((prefix_lens, lengths))  # [B] packed row -> caller row
+    keys = (prefix_lens, lengths) if extras is None else (extras.sort_key, prefix_lens, lengths)
+    order = np.lexsort(keys)  # [B] packed row -> caller row
     rows = HostRows.of(lengths[order], prefix_lens[order])
     caller_start = np.cumsum(lengths, dtype=np.int64) - lengths  # [B]
     token_source = np.repeat(caller_start[order] - rows.row_start, rows.lengths) + np.arange(rows.num_tokens)  # [T]
@@ -90,6 +92,8 @@ def pack(
     index.add("positions", rows.positions(max_positions))
     index.add("restore_order", restore)
     index.add("cls_index", rows.row_start)
+    if extras is not None:
+        extras.add_arrays(rows, order, index)
     storage = prefix_storage if slots.shape[0] else None
     if path == "sdpa":
         on_device = index.to(device)

@@ -123,6 +123,7 @@ class BackboneFiles:
         return BackboneShape(
             g.num_layers, g.num_heads, g.head_dim, g.max_position_embeddings, self.fingerprint,
             family=g.family_name, position_offset=g.position_offset, pooler="pooler.dense.weight" in self.state_dict,
+            intermediate_size=g.intermediate_size,
         )
 
 

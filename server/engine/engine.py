@@ -1,4 +1,5 @@
-"""The engine: one forward pass over rows that each carry their own task (prefix and head) and text.
+"""The engine: one forward pass over rows that each carry their own task (prefix and/or LoRA adapter,
+and head) and text.
 
 Owns the device-resident model, the tasks loaded into its pools (tasks.py) and the step from an array
 batch (batch.py) to scores: pack the rows (attention.pack: no padding in the dense layers), run the
@@ -22,6 +23,8 @@ from server.engine.backbone import BackboneFiles, read_backbone_folder
 from server.engine.batch import BatchScores, TokenBatch
 from server.engine.heads import HeadPool, apply_heads, apply_own_poolers, head_index, token_scores
 from server.engine.layout import HostIndex, PackedBatch
+from server.engine.lora import LoraPlanner
+from server.engine.lora_pool import LoraPool
 from server.engine.model import PrefixBert
 from server.engine.prefix_pool import PrefixPool
 from server.engine.scoring import ScoreFunction, default_score_function, score_rows
@@ -46,7 +49,10 @@ class Engine:
         self.head_pool = HeadPool(g.hidden_size, self.device)
         if self.device.type == "cuda" and self.model.pooler is not None:  # TEI's choice: half-precision layers, a float32 pooler and heads
             self.model.pooler.float()
-        self.tasks = TaskTable(files.shape(), self.prefix_pool, self.head_pool, self.model.pooler is not None)
+        self.lora_pool = LoraPool(g.num_layers, g.hidden_size, g.intermediate_size, self.device, dtype)
+        # Matmuls on contiguous runs of rows on the CPU, batched blocks on a GPU (lora.py says why).
+        self.lora_mode = "runs" if self.device.type == "cpu" else "blocks"
+        self.tasks = TaskTable(files.shape(), self.prefix_pool, self.head_pool, self.model.pooler is not None, self.lora_pool)
         self._handles = itertools.count(1 << 40)  # load()'s own handles, apart from a caller's small ones
         # What one more attention call costs, in padded query-key pairs (chunked.plan_chunks). On MiniLM,
         # 2-core CPU, throughput was flat within noise from 0 to 32768 (BENCHMARKS.md, merge_pairs
@@ -175,11 +181,16 @@ class Engine:
 
     def _pack(self, batch: TokenBatch, tasks: list[LoadedTask | None], extra: HostIndex | None = None) -> PackedBatch:
         prefix_lens = np.fromiter((t.prefix_len if t is not None else 0 for t in tasks), dtype=np.int64, count=len(tasks))
-        row_slots = [t.pooled_prefix.slots if t is not None else None for t in tasks]
-        return pack(
+        row_slots = [t.pooled_prefix.slots if t is not None and t.pooled_prefix is not None else None for t in tasks]
+        adapters = [t.lora if t is not None else None for t in tasks]
+        lora = LoraPlanner(adapters, self.lora_pool, self.lora_mode) if any(a is not None for a in adapters) else None
+        packed = pack(
             batch.lengths, prefix_lens, batch.ids, batch.types, row_slots, self.prefix_pool.storage, self.attention,
-            self.merge_pairs, self.model.max_positions, self.device, extra,
+            self.merge_pairs, self.model.max_positions, self.device, extra, lora,
         )
+        if lora is not None:
+            packed.lora = lora.deltas(packed.extra)
+        return packed
 
     def _pooled(self, hidden: torch.Tensor, packed: PackedBatch, tasks: list[LoadedTask | None]) -> torch.Tensor:
         """Each row's pooled output [B, C] float32, caller order: the backbone's pooler, or its task's own."""

@@ -11,10 +11,13 @@ device in one copy (`HostIndex`: pinned and non-blocking on CUDA, views of one b
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:  # lora.py imports this module for HostRows and HostIndex
+    from server.engine.lora import LoraDeltas
 
 
 class Attention(Protocol):
@@ -22,6 +25,16 @@ class Attention(Protocol):
 
     def attend(self, layer: int, qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
         """One layer's attention output [T, C] from its fused projection qkv [T, 3C]."""
+        ...
+
+
+class RowExtras(Protocol):
+    """What a batch adds to the layout beyond attention (the LoRA plan, lora.py)."""
+
+    sort_key: np.ndarray  # [B] caller order: rows of equal length and prefix length are ordered by it
+
+    def add_arrays(self, rows: HostRows, order: np.ndarray, index: HostIndex) -> None:
+        """Adds its index arrays, which depend on the packed layout, to the batch's one copy."""
         ...
 
 
@@ -123,6 +136,7 @@ class PackedBatch:
     rows: HostRows = field(repr=False)
     order: np.ndarray = field(repr=False)  # [B] the caller row of each packed row
     extra: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # the caller's arrays, same copy
+    lora: LoraDeltas | None = field(default=None, repr=False)  # None: no row has a LoRA adapter (lora.py)
 
     @property
     def num_tokens(self) -> int:

@@ -7,7 +7,10 @@ family's rules are in family.py). Batches arrive packed (layout.py): dense layer
 tokens, and each layer's attention is the batch's own path (chunked `scaled_dot_product_attention` on
 the CPU, chunked.py; with no padding on CUDA, the Triton kernel reading each row's prefix in the pool,
 ragged.py). Nothing here depends on transformers' caches.
-The same module serves inference (under inference_mode) and training (gradients flow into the prefix).
+Rows whose task has LoRA adapters (SPEC 1c) get their deltas added to each adapted Linear's output
+(lora.py; nothing at all when no row has one).
+The same module serves inference (under inference_mode) and training (gradients flow into the prefix
+or the LoRA weights).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from torch import nn
 from server.engine.attention import pack_padded
 from server.engine.backbone import BackboneError, BertGeometry
 from server.engine.layout import PackedBatch
+from server.engine.lora import LoraDeltas, adapted
 
 
 class EncoderLayer(nn.Module):
@@ -36,10 +40,12 @@ class EncoderLayer(nn.Module):
         self.activation = _activation(g.hidden_act)
 
     def forward(self, x: torch.Tensor, batch: PackedBatch, layer_index: int) -> torch.Tensor:  # x: [T, C]
-        qkv = self.qkv(x)  # [T, 3C]: per token [queries | keys | values], head h at h*D in each
-        y = batch.attention.attend(layer_index, qkv, self.num_heads)  # [T, C]: each row over [its prefix ; its tokens]
-        x = self.attn_norm(x + self.attn_out(y))
-        return self.ffn_norm(x + self.ffn_out(self.activation(self.ffn_in(x))))
+        lora, i = batch.lora, layer_index  # each Linear adds the LoRA deltas of the rows that have them
+        qkv = adapted(self.qkv, x, lora, i, "qkv")  # [T, 3C]: per token [queries | keys | values], head h at h*D in each
+        y = batch.attention.attend(i, qkv, self.num_heads)  # [T, C]: each row over [its prefix ; its tokens]
+        x = self.attn_norm(x + adapted(self.attn_out, y, lora, i, "attn_out"))
+        h = self.activation(adapted(self.ffn_in, x, lora, i, "ffn_in"))  # [T, I]
+        return self.ffn_norm(x + adapted(self.ffn_out, h, lora, i, "ffn_out"))
 
 
 class PrefixBert(nn.Module):
@@ -62,9 +68,11 @@ class PrefixBert(nn.Module):
         token_mask: torch.Tensor,  # [B, S] bool, False on padding
         prefix_kv: torch.Tensor | None,  # [L, 2, B, H, P_max, D] or None for the bare backbone
         prefix_lens: torch.Tensor,  # [B] long, each row's true P (0 without a prefix)
+        lora: LoraDeltas | None = None,  # one trainable adapter for every row (training)
     ) -> torch.Tensor:
         """The padded interface (training, tests): the pooled output [B, C], rows in the caller's order."""
         batch = pack_padded(input_ids, token_type_ids, token_mask, prefix_kv, prefix_lens, self.max_positions)
+        batch.lora = lora
         return self.forward_packed(batch)
 
     @property

@@ -1,7 +1,7 @@
 """Converting checkpoints of other tools into prefix artifacts (`prefix-server import`).
 
-Owns the PEFT PREFIX_TUNING adapter (folder or .zip; SEQ_CLS and TOKEN_CLS, BERT and RoBERTa) and
-the original P-tuning v2 checkpoint readers (BERT and RoBERTa, sequence and token classification).
+Owns the PEFT PREFIX_TUNING and LORA adapters (folder or .zip; SEQ_CLS and TOKEN_CLS, BERT and RoBERTa)
+and the original P-tuning v2 checkpoint readers (BERT and RoBERTa, sequence and token classification).
 Every refusal is a `CheckpointError`, an `ArtifactError` whose message says why. Never imports the
 API or batching layers.
 """
@@ -15,6 +15,7 @@ import torch
 from server.artifact import BackboneShape, HeadKind, PrefixArtifact, ProblemType, artifact_to_bytes, read_artifact
 from server.importers.common import CheckpointError
 from server.importers.peft import ADAPTER_CONFIG, convert_peft_files, read_peft_folder
+from server.importers.peft_adapter import convert_peft_adapter
 from server.importers.ptuning_v2 import convert_ptuning_v2, read_ptuning_v2
 from server.importers.zip import convert_peft_zip, read_peft_zip
 
@@ -38,10 +39,10 @@ def import_checkpoint(
 
 def _convert(source: Path, backbone, labels, problem_type, backbone_weights, head) -> PrefixArtifact:
     if source.is_dir() and (source / ADAPTER_CONFIG).is_file():
-        return convert_peft_files(read_peft_folder(source), backbone, labels, problem_type, source=source.name)
+        return convert_peft_adapter(read_peft_folder(source), backbone, labels, problem_type, source=source.name)
     if source.is_file() and source.suffix.lower() == ".zip":
         files = read_peft_zip(source.read_bytes())
-        return convert_peft_files(files, backbone, labels, problem_type, source=source.name)
+        return convert_peft_adapter(files, backbone, labels, problem_type, source=source.name)
     if source.name.startswith("adapter_model") or (source.is_dir() and any(source.glob("adapter_model.*"))):
         raise CheckpointError(f"{source}: PEFT adapter weights need their {ADAPTER_CONFIG}: pass the adapter folder")
     return read_ptuning_v2(source, backbone, labels, problem_type, backbone_weights, head)
@@ -49,6 +50,7 @@ def _convert(source: Path, backbone, labels, problem_type, backbone_weights, hea
 
 __all__ = [
     "CheckpointError",
+    "convert_peft_adapter",
     "convert_peft_files",
     "convert_peft_zip",
     "convert_ptuning_v2",

@@ -1,4 +1,4 @@
-"""PEFT `PREFIX_TUNING` adapters -> artifacts.
+"""PEFT `PREFIX_TUNING` adapters -> artifacts (`LORA` adapters: peft_lora.py; which is which: peft_adapter.py).
 
 PEFT saves `adapter_config.json` and `adapter_model.safetensors` (or `adapter_model.bin`) holding
 `prompt_embeddings` `[P, L * 2 * hidden]` (the prefix encoder's output, with any projection MLP
@@ -75,11 +75,8 @@ def convert_peft_files(
     flat = state.pop(PROMPT)  # [P, L * 2 * hidden]
     _check_prompt(flat, config, backbone, weights_name)
     head_kind = HEAD_KINDS[config.get("task_type")]
-    head, pooler = _find_head(state, weights_name, head_kind)
+    head, pooler = find_head(state, weights_name, head_kind, backbone)
     rule = HEAD_RULES[head_kind]
-    check_head(*head, backbone, f"{weights_name}: {SPAN_MODULE if head_kind is HeadKind.SPAN else 'classifier'}", rule.fixed_outputs)
-    if pooler is not None:
-        check_pooler(*pooler, backbone, f"{weights_name}: classifier.dense")
     model_config = parse_json(files[MODEL_CONFIG], MODEL_CONFIG) if MODEL_CONFIG in files else {}
     family = family_of_config(model_config, MODEL_CONFIG)
     if family is not None:
@@ -114,8 +111,8 @@ def _check_config(config: dict, backbone: BackboneShape) -> None:
     peft_type = config.get("peft_type")
     if peft_type != "PREFIX_TUNING":
         raise CheckpointError(
-            f"{ADAPTER_CONFIG}: peft_type expected PREFIX_TUNING, got {peft_type!r} "
-            "(only prefix tuning adapters can share the frozen backbone here)"
+            f"{ADAPTER_CONFIG}: peft_type expected PREFIX_TUNING or LORA, got {peft_type!r} "
+            "(only prefix tuning and LoRA adapters can share the frozen backbone here)"
         )
     task_type = config.get("task_type")
     if task_type not in HEAD_KINDS:
@@ -150,8 +147,19 @@ def _check_prompt(flat: torch.Tensor, config: dict, backbone: BackboneShape, nam
         raise CheckpointError(f"{name}: {PROMPT} expected {virtual} rows (num_virtual_tokens), got {flat.shape[0]}")
 
 
-def _find_head(state: dict[str, torch.Tensor], name: str, head_kind: HeadKind):
-    """(classifier weight, bias) and, for RobertaClassificationHead, its dense layer as the pooler."""
+def find_head(state: dict[str, torch.Tensor], name: str, head_kind: HeadKind, backbone: BackboneShape,
+              adapter: str = PROMPT):
+    """(classifier weight, bias) and, for RobertaClassificationHead, its dense layer as the pooler,
+    checked against the backbone; `state` holds the head and nothing else but `adapter`'s tensors."""
+    head, pooler = _find_head(state, name, head_kind, adapter)
+    module = SPAN_MODULE if head_kind is HeadKind.SPAN else "classifier"
+    check_head(*head, backbone, f"{name}: {module}", HEAD_RULES[head_kind].fixed_outputs)
+    if pooler is not None:
+        check_pooler(*pooler, backbone, f"{name}: classifier.dense")
+    return head, pooler
+
+
+def _find_head(state: dict[str, torch.Tensor], name: str, head_kind: HeadKind, adapter: str):
     found: dict[str, dict[str, torch.Tensor]] = {}
     others = []
     for key, tensor in state.items():
@@ -164,7 +172,7 @@ def _find_head(state: dict[str, torch.Tensor], name: str, head_kind: HeadKind):
         found.setdefault(f"{match['module']}/{match['adapter']}", {})[part + match["param"]] = tensor
     if others:
         raise CheckpointError(
-            f"{name}: expected only {PROMPT} and the classifier head, got also {sorted(others)[:8]} "
+            f"{name}: expected only {adapter} and the classifier head, got also {sorted(others)[:8]} "
             "(other trained modules cannot be served on the shared frozen backbone)"
         )
     if not found:

@@ -16,7 +16,8 @@ import zipfile
 
 from server.artifact import BackboneShape, ProblemType, artifact_to_bytes
 from server.importers.common import CheckpointError
-from server.importers.peft import ADAPTER_CONFIG, WANTED_FILES, convert_peft_files
+from server.importers.peft import ADAPTER_CONFIG, WANTED_FILES
+from server.importers.peft_adapter import convert_peft_adapter
 
 MAX_ZIP_BYTES = 256 * 1024 * 1024
 MAX_MEMBER_BYTES = 256 * 1024 * 1024  # one adapter file; a BERT-large prefix of P=512 is ~100 MB
@@ -30,7 +31,7 @@ def convert_peft_zip(
     labels: tuple[str, ...] | list[str] | None = None,
     problem_type: ProblemType | str | None = None,
 ) -> bytes:
-    """Converts a zipped PEFT PREFIX_TUNING folder into artifact bytes; raises CheckpointError."""
+    """Converts a zipped PEFT PREFIX_TUNING or LORA folder into artifact bytes; raises CheckpointError."""
     try:
         problem_type = ProblemType(problem_type) if problem_type is not None else None
     except ValueError:
@@ -44,7 +45,7 @@ def convert_peft_zip(
             "on it where it was made and upload the artifact"
         )
     labels = tuple(labels) if labels is not None else None
-    return artifact_to_bytes(convert_peft_files(files, backbone, labels, problem_type, source="uploaded zip"))
+    return artifact_to_bytes(convert_peft_adapter(files, backbone, labels, problem_type, source="uploaded zip"))
 
 
 def read_peft_zip(data: bytes) -> dict[str, bytes]:

@@ -186,9 +186,9 @@ def test_format_must_be_ptv2_prefix(value):
     refused(save_file(metadata=good_metadata(format=value)), "'format': expected 'ptv2-prefix'", f"got {value!r}")
 
 
-@pytest.mark.parametrize("value", [None, "3", "1.0", "v1", "2.0"])
-def test_format_version_must_be_1_or_2(value):
-    refused(save_file(metadata=good_metadata(format_version=value)), "'format_version': expected '1' or '2'", repr(value))
+@pytest.mark.parametrize("value", [None, "4", "1.0", "v1", "2.0"])
+def test_format_version_must_be_1_2_or_3(value):
+    refused(save_file(metadata=good_metadata(format_version=value)), "'format_version': expected '1', '2' or '3'", repr(value))
 
 
 def test_no_metadata_at_all():
@@ -242,5 +242,5 @@ def test_metadata_is_checked_before_the_body_is_read(monkeypatch):
         raise AssertionError("the body was read for a refused artifact")
 
     monkeypatch.setattr(prefix_module, "load_safetensors_bytes", forbidden)
-    refused(save_file(metadata=good_metadata(format_version="3")), "format_version")
+    refused(save_file(metadata=good_metadata(format_version="4")), "format_version")
     refused(with_tensor("classifier.bias", torch.zeros(5)), "classifier.bias")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from server.artifact import ArtifactError, ProblemType
-from server.importers import CheckpointError, convert_peft_files, import_checkpoint
+from server.importers import CheckpointError, convert_peft_adapter, convert_peft_files, import_checkpoint
 from tests.helpers import reference_scores
 from tests.importers.builders import (
     peft_adapter_config,
@@ -68,7 +68,7 @@ def test_labels_and_problem_type_from_flags(tiny_engine):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (dict(config={"peft_type": "LORA"}), "peft_type expected PREFIX_TUNING, got 'LORA'"),
+        (dict(config={"peft_type": "IA3"}), "peft_type expected PREFIX_TUNING or LORA, got 'IA3'"),
         (dict(config={"task_type": "CAUSAL_LM"}), "task_type expected SEQ_CLS"),
         (dict(config={"num_layers": 12}), "num_layers expected 2 \\(this backbone\\), got 12"),
         (dict(config={"num_virtual_tokens": 9}), "expected 9 rows \\(num_virtual_tokens\\), got 6"),
@@ -94,7 +94,7 @@ def test_unconvertible_adapters_are_refused(tiny_engine, change, message):
 
         files["adapter_model.safetensors"] = save({**load(files["adapter_model.safetensors"]), **change["extra"]})
     with pytest.raises(CheckpointError, match=message):
-        convert_peft_files(files, shape, change.get("labels"))
+        convert_peft_adapter(files, shape, change.get("labels"))
     assert issubclass(CheckpointError, ArtifactError)
 
 

@@ -114,9 +114,9 @@ def test_prefix_dropout_is_drawn_per_row(tiny_engine):
     seen = []
     original = tiny_engine.model.forward
 
-    def spy(input_ids, token_type_ids, token_mask, prefix_kv, prefix_lens):
+    def spy(input_ids, token_type_ids, token_mask, prefix_kv, prefix_lens, lora=None):
         seen.append(prefix_kv)
-        return original(input_ids, token_type_ids, token_mask, prefix_kv, prefix_lens)
+        return original(input_ids, token_type_ids, token_mask, prefix_kv, prefix_lens, lora)
 
     model.backbone.forward = spy
     try:

@@ -51,7 +51,7 @@ async def upload_version(
     task: TaskName,
     caller: CallerDep,
     services: ReadyServices,
-    file: UploadFile = File(..., description="a .safetensors artifact, or a PEFT PREFIX_TUNING folder as .zip"),
+    file: UploadFile = File(..., description="a .safetensors artifact, or a PEFT PREFIX_TUNING or LORA folder as .zip"),
     labels: str | None = Form(None, description="for a .zip: label names, comma-separated or a JSON list"),
     problem_type: str | None = Form(None, description="for a .zip: overrides the adapter's problem type"),
 ):

@@ -14,6 +14,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import (
     AutoModel,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     AutoTokenizer,
@@ -22,8 +23,12 @@ from transformers import (
 
 from server.artifact import HeadKind, PrefixArtifact
 
-TASK_MODELS = {HeadKind.SEQUENCE: AutoModelForSequenceClassification, HeadKind.TOKEN: AutoModelForTokenClassification}
-TASK_TYPES = {HeadKind.SEQUENCE: "SEQ_CLS", HeadKind.TOKEN: "TOKEN_CLS"}
+TASK_MODELS = {
+    HeadKind.SEQUENCE: AutoModelForSequenceClassification,
+    HeadKind.TOKEN: AutoModelForTokenClassification,
+    HeadKind.SPAN: AutoModelForQuestionAnswering,
+}
+TASK_TYPES = {HeadKind.SEQUENCE: "SEQ_CLS", HeadKind.TOKEN: "TOKEN_CLS", HeadKind.SPAN: "QUESTION_ANS"}
 QUERY_VALUE = ["query", "value"]
 ALL_LINEAR = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
 
@@ -78,11 +83,13 @@ def _prefix_inputs(model, tokenizer, text, key_values: torch.Tensor | None) -> d
 @torch.no_grad()
 def peft_scores(backbone: str | Path, adapter: str | Path, head: HeadKind, num_labels: int, text,
                 key_values: torch.Tensor | None = None) -> list:
-    """What PeftModel computes (single-label softmax), with the prefix as past key/values if given:
-    [labels] for a sequence head, [S, labels] for a token head."""
+    """What PeftModel computes, with the prefix as past key/values if given: [labels] (softmax) for a
+    sequence head, [S, labels] for a token head, [S, 2] raw start and end logits for a span head."""
     model, tokenizer = _peft_model(str(backbone), str(adapter), head, num_labels)
-    logits = model(**_prefix_inputs(model, tokenizer, text, key_values)).logits[0]
-    return logits.softmax(-1).tolist()
+    out = model(**_prefix_inputs(model, tokenizer, text, key_values))
+    if head is HeadKind.SPAN:
+        return torch.stack([out.start_logits[0], out.end_logits[0]], dim=-1).tolist()  # [S, 2]
+    return out.logits[0].softmax(-1).tolist()
 
 
 @functools.lru_cache(maxsize=4)

@@ -178,7 +178,7 @@ def _find_head(state: dict[str, torch.Tensor], name: str, head_kind: HeadKind, a
     if not found:
         raise CheckpointError(
             f"{name}: no classifier head: expected base_model.classifier.weight and .bias "
-            "(train with task_type SEQ_CLS or TOKEN_CLS, which save the head through modules_to_save)"
+            "(train with task_type SEQ_CLS, TOKEN_CLS or QUESTION_ANS, which save the head through modules_to_save)"
         )
     if len(found) > 1:
         raise CheckpointError(f"{name}: expected one classifier head, got several: {sorted(found)}")

@@ -23,7 +23,7 @@ from collections import Counter
 
 import torch
 
-from server.artifact import BackboneShape, HeadKind, PrefixArtifact, ProblemType
+from server.artifact import HEAD_RULES, BackboneShape, HeadKind, PrefixArtifact, ProblemType
 from server.artifact.lora import LORA_MODULES, MAX_RANK, LoraWeights, module_features
 from server.importers.common import (
     CheckpointError,
@@ -58,7 +58,7 @@ def convert_peft_lora(
     problem_type: ProblemType | None,
     source: str,
 ) -> PrefixArtifact:
-    head_kind = _check_config(config)
+    head_kind = _check_config(config, backbone)
     weights_name = next((name for name in WEIGHT_FILES if name in files), None)
     if weights_name is None:
         raise CheckpointError(f"{source}: expected {' or '.join(WEIGHT_FILES)}, found neither")
@@ -72,8 +72,11 @@ def convert_peft_lora(
     family = family_of_config(model_config, MODEL_CONFIG)
     if family is not None:
         check_family(family, backbone, source)
-    if head_kind is HeadKind.TOKEN:
-        problem_type = problem_type or ProblemType.SINGLE_LABEL
+    rule = HEAD_RULES[head_kind]
+    if rule.single_label_only:
+        problem_type = problem_type or ProblemType.SINGLE_LABEL  # token classification, spans: cross-entropy
+    if rule.default_labels is not None and labels is None:
+        labels = rule.default_labels
     num_labels = head[0].shape[0]
     problem_type = resolve_problem_type(problem_type, model_config, num_labels)
     check_token_problem_type(head_kind, problem_type)
@@ -96,15 +99,23 @@ def convert_peft_lora(
     )
 
 
-# Span and choice heads read the same hidden states, but a LoRA adapter for them has not been tested
-# end to end against PEFT; they are refused with the task types that are.
-LORA_TASK_TYPES = ("SEQ_CLS", "TOKEN_CLS")
+# PEFT's task types whose heads the server serves (a choice head has no PEFT task type).
+LORA_TASK_TYPES = ("SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS")
 
 
-def _check_config(config: dict) -> HeadKind:
+def _check_config(config: dict, backbone: BackboneShape) -> HeadKind:
     task_type = config.get("task_type")
     if task_type not in LORA_TASK_TYPES:
-        raise CheckpointError(f"{ADAPTER_CONFIG}: task_type expected SEQ_CLS or TOKEN_CLS, got {task_type!r}")
+        raise CheckpointError(f"{ADAPTER_CONFIG}: task_type expected SEQ_CLS, TOKEN_CLS or QUESTION_ANS, got {task_type!r}")
+    if task_type == "QUESTION_ANS" and backbone.family != "roberta":
+        # PeftModelForQuestionAnswering (peft 0.21) drops token_type_ids for LoRA: such an adapter was
+        # trained and answers in PEFT with every token in segment 0, which BERT's question/context
+        # windows (context in segment 1) on the shared backbone would not reproduce. RoBERTa has no
+        # segments, so there the two agree.
+        raise CheckpointError(
+            f"{ADAPTER_CONFIG}: task_type QUESTION_ANS with LoRA expected a RoBERTa backbone, got {backbone.family} "
+            "(PEFT drops token_type_ids for LoRA question answering, so the adapter never saw BERT's segment ids)"
+        )
     if config.get("use_dora"):
         raise CheckpointError(
             f"{ADAPTER_CONFIG}: use_dora expected false, got true (DoRA rescales each adapted weight by a trained "

@@ -114,6 +114,12 @@ def test_what_cannot_be_served_is_refused(tiny_engine, tiny_backbone_dir, tmp_pa
         convert_peft_zip(zip_folder(adapter), tiny_engine.shape)
 
 
+def test_question_answering_lora_is_refused_on_bert(tiny_engine, tiny_backbone_dir, tmp_path):
+    adapter = make_peft_adapter(tiny_backbone_dir, tmp_path / "adapter", HeadKind.SPAN, num_labels=2)
+    with pytest.raises(CheckpointError, match="QUESTION_ANS with LoRA expected a RoBERTa backbone, got bert"):
+        import_checkpoint(adapter, tiny_engine.shape)
+
+
 def test_dora_tensors_are_refused_whatever_the_config_says(tiny_engine, tiny_backbone_dir, tmp_path):
     adapter = _edit_config(make_peft_adapter(tiny_backbone_dir, tmp_path / "adapter", use_dora=True), use_dora=False)
     with pytest.raises(CheckpointError, match="lora_magnitude_vector: a DoRA magnitude"):
@@ -137,7 +143,7 @@ def test_a_roberta_adapter_on_a_bert_server_is_refused(tiny_engine, roberta_dir,
     ("changes", "message"),
     [
         (dict(r=5), "r / rank_pattern says rank 5, the tensors have rank 4"),
-        (dict(task_type="CAUSAL_LM"), "task_type expected SEQ_CLS or TOKEN_CLS, got 'CAUSAL_LM'"),
+        (dict(task_type="CAUSAL_LM"), "task_type expected SEQ_CLS, TOKEN_CLS or QUESTION_ANS, got 'CAUSAL_LM'"),
         (dict(lora_alpha="8"), "lora_alpha / alpha_pattern expected a number, got '8'"),
         (dict(layer_replication=[[0, 1]]), "layer_replication expected unset"),
     ],

@@ -38,7 +38,7 @@ def test_a_held_fetch_holds_up_only_its_own_requests(tiny_engine, fails):
     store.cold, store.fail = cold[0], fails
 
     async def main():
-        batcher, spy, _ = make_batcher(tiny_engine, store)
+        batcher, _, _ = make_batcher(tiny_engine, store)
         batcher.start()
         await batcher.classify(job("a", warm, ["warm up"]))  # resident from here on
         cold_requests = [asyncio.create_task(batcher.classify(job("b", cold, [f"cold {i}"]))) for i in range(5)]

@@ -78,8 +78,9 @@ def test_each_task_stays_on_one_replica_and_a_death_moves_only_its_share(
     replicas = start_replicas(["a", "b", "c"], tmp_path, **args)
     address = {f"127.0.0.1:{r.port}": r for r in replicas}
     port = free_port()
-    nginx = subprocess.Popen(["nginx", "-c", str(nginx_config(tmp_path, [r.port for r in replicas], port)), "-p", str(tmp_path)],
-                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "nginx.stderr", "wb"))
+    config = nginx_config(tmp_path, [r.port for r in replicas], port)
+    with open(tmp_path / "nginx.stderr", "wb") as stderr:  # nginx's own complaints before its error_log opens
+        nginx = subprocess.Popen(["nginx", "-c", str(config), "-p", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         key = create_tenant(replicas[0], "acme")
         with replicas[0].client(key) as direct:

@@ -236,9 +236,9 @@ def _sample(traffic: _Traffic, server, at_s: float) -> dict:
 
 
 def _cache_gauges(server) -> dict:
-    """The prefix cache's entries, bytes and misses so far (/metrics): whether memory follows the cache."""
-    names = {"prefix_server_prefix_cache_entries": "cache_entries", "prefix_server_prefix_cache_bytes": "cache_mb",
-             "prefix_server_prefix_cache_misses_total": "cache_misses"}
+    """The device tier's entries, bytes and misses so far (/metrics): whether memory follows the cache."""
+    names = {'prefix_server_tier_entries{tier="device"}': "cache_entries", 'prefix_server_tier_bytes{tier="device"}': "cache_mb",
+             'prefix_server_tier_misses_total{tier="device"}': "cache_misses"}
     try:
         # Multi-tenant, /metrics answers the admin token only (every tenant's traffic is on it).
         response = httpx.get(f"{server.base}/metrics", headers={"Authorization": f"Bearer {http_servers.ADMIN_TOKEN}"}, timeout=10)
@@ -250,7 +250,7 @@ def _cache_gauges(server) -> dict:
     for line in text.splitlines():
         name, _, value = line.partition(" ")
         if name in names:
-            values[names[name]] = round(float(value) / (2**20 if name.endswith("bytes") else 1), 1)
+            values[names[name]] = round(float(value) / (2**20 if names[name] == "cache_mb" else 1), 1)
     return values
 
 

@@ -33,11 +33,19 @@ BATCH_TASKS = Histogram(
     "prefix_server_batch_tasks", "Distinct prefixes per forward pass", buckets=(1, 2, 4, 8, 16, 32, 64)
 )
 QUEUED_INPUTS = Gauge("prefix_server_queued_inputs", "Inputs waiting for a batch")
-CACHE_HITS = Counter("prefix_server_prefix_cache_hits_total", "Prefix cache hits")
-CACHE_MISSES = Counter("prefix_server_prefix_cache_misses_total", "Prefix cache misses (loads from the registry)")
-CACHE_EVICTIONS = Counter("prefix_server_prefix_cache_evictions_total", "Prefixes evicted from the cache")
-CACHE_BYTES = Gauge("prefix_server_prefix_cache_bytes", "Bytes of prefixes resident in the cache")
-CACHE_ENTRIES = Gauge("prefix_server_prefix_cache_entries", "Prefixes resident in the cache")
+# Residency per tier (SPEC 6): "device" is the engine's prefix cache, "host" the artifact bytes kept in
+# this process's memory. Series per tier, never per task, so /metrics stays the same size at 10^6 tasks.
+TIER_ENTRIES = Gauge("prefix_server_tier_entries", "Tasks resident in the tier", ["tier"])
+TIER_BYTES = Gauge("prefix_server_tier_bytes", "Bytes resident in the tier", ["tier"])
+TIER_BUDGET_BYTES = Gauge("prefix_server_tier_budget_bytes", "The tier's budget in bytes", ["tier"])
+TIER_HITS = Counter("prefix_server_tier_hits_total", "Lookups the tier answered", ["tier"])
+TIER_MISSES = Counter("prefix_server_tier_misses_total", "Lookups that went to the tier below", ["tier"])
+TIER_EVICTIONS = Counter("prefix_server_tier_evictions_total", "Tasks evicted from the tier to fit its budget", ["tier"])
+STORE_FETCH_SECONDS = Histogram(
+    "prefix_server_store_fetch_seconds",
+    "A miss of every tier: reading the artifact from the blob store (its disk cache included)",
+    buckets=_LATENCY_BUCKETS,
+)
 REGISTRY_UP = Gauge(
     "prefix_server_registry_up",
     "1 while the registry's component (database, blobs) answers its probe, 0 while it is unreachable",

@@ -88,8 +88,13 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, description="past it, 504; queued inputs of expired requests are dropped")
     per_task_batches: bool = Field(False, description="baseline for benchmarks: one task per forward pass")
 
-    # Prefix cache
-    prefix_cache_bytes: int = Field(512 * 1024 * 1024, ge=1, description="bound of the device-resident prefix LRU")
+    # Tiers (SPEC 6): a task is resident on the device (loaded in the engine), else in host memory (its
+    # artifact's bytes), else fetched from the blob store on first use.
+    device_cache_bytes: int = Field(512 * 1024 * 1024, ge=1, description="budget of the device tier: prefixes loaded in the engine, LRU")
+    host_cache_bytes: int = Field(
+        256 * 1024 * 1024, ge=0, description="budget of the host tier: artifacts' bytes in memory below the device, LRU; 0 turns it off"
+    )
+    prefix_cache_bytes: int | None = Field(None, ge=1, description="the former name of device_cache_bytes, read when that is unset")
 
     # Per-tenant defaults (an admin may override them per tenant)
     tenant_max_tasks: int = Field(1000, ge=1, description="tasks per tenant (default limit)")
@@ -133,6 +138,12 @@ class Settings(BaseSettings):
     def _ports_differ(self):
         if self.metrics_port and self.metrics_port == self.port:
             raise ValueError(f"metrics_port: expected a port other than port's, got {self.metrics_port} for both")
+        return self
+
+    @model_validator(mode="after")
+    def _former_names(self):
+        if self.prefix_cache_bytes is not None and "device_cache_bytes" not in self.model_fields_set:
+            self.device_cache_bytes = self.prefix_cache_bytes
         return self
 
     @model_validator(mode="after")

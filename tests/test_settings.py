@@ -73,3 +73,12 @@ def test_serving_the_embedded_default_imports_no_extra():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_device_budgets_former_name_still_sets_it(monkeypatch):
+    for name in [n for n in os.environ if n.upper().startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("PREFIX_SERVER_PREFIX_CACHE_BYTES", "1000")
+    assert Settings(backbone="unused").device_cache_bytes == 1000
+    monkeypatch.setenv("PREFIX_SERVER_DEVICE_CACHE_BYTES", "2000")  # the SPEC 6 name wins when both are set
+    assert Settings(backbone="unused").device_cache_bytes == 2000

@@ -100,9 +100,9 @@ async def _bring_up(services: Services) -> None:
             s.max_batch_size, s.max_batch_tokens, s.max_wait_ms, s.max_queued_inputs, s.per_task_batches
         )
         runtime = await run_in_threadpool(
-            build_runtime, s.backbone, s.device, s.dtype, limits, s.prefix_cache_bytes,
+            build_runtime, s.backbone, s.device, s.dtype, limits, s.device_cache_bytes,
             lambda sha256: services.registry.read_artifact_bytes(sha256), s.engine_process, s.torch_threads,
-            attention=s.attention, log_json=s.log_format == "json",
+            attention=s.attention, log_json=s.log_format == "json", host_cache_bytes=s.host_cache_bytes,
         )
         backbone = runtime.info()
         metrics.BUILD_INFO.info({"version": __version__, "backbone": str(backbone["name"]), "fingerprint": str(backbone["fingerprint"])})

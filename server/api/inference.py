@@ -25,6 +25,8 @@ from server.engine import ScoreFunction
 from server.registry.base import VersionRecord
 
 SEQUENCE_ONLY = frozenset({HeadKind.SEQUENCE})
+# SPEC 6: the task's name where a load balancer can hash on it (nginx `hash $http_x_prefix_task`).
+TASK_HEADER = "x-prefix-task"
 
 
 async def classify_inputs(
@@ -61,6 +63,9 @@ async def classify_inputs(
             raise ApiError(422, f"inputs: expected at most {limit} per request, got {len(inputs)}")
         if not inputs:
             raise ApiError(422, "inputs: expected at least one input, got none")
+        named = request.headers.get(TASK_HEADER)
+        if named is not None and named != task:
+            raise ApiError(422, f"header X-Prefix-Task: expected the request's task {task!r}, got {named!r}")
         record = await services.lookups.version(tenant.name, task, version)
         if accept is not None:
             await accept(record)

@@ -23,6 +23,7 @@ from server.engine.surface import EngineSurface, TaskFacts
 
 log = logging.getLogger(__name__)
 _handles = itertools.count(1)  # never reused, across engine restarts too
+TIER = "device"
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,6 +65,7 @@ class PrefixCache:
         self._bytes = 0
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}  # one loader per sha256: concurrent misses load once
+        metrics.TIER_BUDGET_BYTES.labels(TIER).set(max_bytes)
 
     @property
     def resident_bytes(self) -> int:
@@ -89,9 +91,13 @@ class PrefixCache:
                 hit = self._lookup(sha256)  # another thread may have loaded it meanwhile
                 if hit is not None:
                     return hit
-            metrics.CACHE_MISSES.inc()
-            data = self._read_bytes(sha256)
-            prefix = load_task(self._engine, data)  # parsed once, by the engine
+            metrics.TIER_MISSES.labels(TIER).inc()
+            try:
+                prefix = load_task(self._engine, self._read_bytes(sha256))  # parsed once, by the engine
+            except BaseException:
+                with self._lock:
+                    self._loading.pop(sha256, None)  # the next request tries again
+                raise
             with self._lock:
                 self._insert(sha256, prefix)
                 self._loading.pop(sha256, None)
@@ -105,7 +111,7 @@ class PrefixCache:
             return None
         if prefix is not None:
             self._entries.move_to_end(sha256)
-            metrics.CACHE_HITS.inc()
+            metrics.TIER_HITS.labels(TIER).inc()
         return prefix
 
     def _insert(self, sha256: str, prefix: ResidentTask) -> None:
@@ -115,7 +121,7 @@ class PrefixCache:
         while self._bytes > self.max_bytes and len(self._entries) > 1:
             evicted_sha, evicted = self._entries.popitem(last=False)
             self._bytes -= evicted.nbytes
-            metrics.CACHE_EVICTIONS.inc()
+            metrics.TIER_EVICTIONS.labels(TIER).inc()
             log.debug("evicted prefix %s (%d bytes)", evicted_sha[:12], evicted.nbytes)
-        metrics.CACHE_BYTES.set(self._bytes)
-        metrics.CACHE_ENTRIES.set(len(self._entries))
+        metrics.TIER_BYTES.labels(TIER).set(self._bytes)
+        metrics.TIER_ENTRIES.labels(TIER).set(len(self._entries))

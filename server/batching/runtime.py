@@ -14,6 +14,7 @@ import torch
 from server import metrics
 from server.artifact import BackboneShape
 from server.batching.batcher import Batcher, BatchLimits
+from server.batching.host_tier import HostTier
 from server.batching.prefix_cache import PrefixCache
 from server.engine import Engine, TextEncoder, TokenBatch
 from server.engine.backbone import DTYPES
@@ -26,8 +27,13 @@ log = logging.getLogger(__name__)
 @dataclass
 class Runtime:
     engine: EngineSurface
-    cache: PrefixCache
+    cache: PrefixCache  # the device tier
     batcher: Batcher
+    host: HostTier | None = None
+
+    def residency(self, sha256: str) -> dict[str, bool]:
+        """Which tiers hold the artifact (SPEC 6): for routers that send a task where it is warm."""
+        return {"device": sha256 in self.cache, "host": self.host is not None and sha256 in self.host}
 
     @property
     def encoder(self) -> TextEncoder:
@@ -74,6 +80,7 @@ def build_runtime(
     torch_threads: int = 0,
     attention: str = "auto",
     log_json: bool = False,
+    host_cache_bytes: int = 0,
 ) -> Runtime:
     """`attention`: auto | triton | varlen | sdpa (attention.py); auto is sdpa on the CPU."""
     started = time.perf_counter()
@@ -90,6 +97,7 @@ def build_runtime(
         info["name"], device, dtype, time.perf_counter() - started, info["fingerprint"],
         f"engine process {engine.pid}" if engine_process else "engine in this process",
     )
-    cache = PrefixCache(engine, read_artifact_bytes, cache_bytes)
+    host = HostTier(read_artifact_bytes, host_cache_bytes)
+    cache = PrefixCache(engine, host.get, cache_bytes)
     encoder = engine.encoder if isinstance(engine, Engine) else TextEncoder.from_folder(backbone_dir)
-    return Runtime(engine, cache, Batcher(engine, cache, limits, encoder))
+    return Runtime(engine, cache, Batcher(engine, cache, limits, encoder), host)

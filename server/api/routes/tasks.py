@@ -77,6 +77,19 @@ async def show_task(task: TaskName, caller: CallerDep, services: ReadyServices) 
     return task_json(await run_in_threadpool(services.registry.get_task, caller.tenant.name, task))
 
 
+@router.get("/{task}/residency")
+async def show_residency(task: TaskName, caller: CallerDep, services: ReadyServices) -> dict:
+    """Where this replica holds the task's routed version(s) (SPEC 6), for routers that send a task
+    where it is warm: `device` (loaded in the engine), `host` (its bytes in memory), else neither."""
+    record = await run_in_threadpool(services.registry.get_task, caller.tenant.name, task)
+    routed = {record.route.pinned} if record.route.pinned is not None else set(record.route.weights)
+    versions = [v for v in record.versions if v.version in routed]
+    return {
+        "task": task,
+        "versions": [{"version": v.version, "sha256": v.sha256, **services.runtime.residency(v.sha256)} for v in versions],
+    }
+
+
 @router.put("/{task}/route")
 async def set_route(task: TaskName, body: RouteRequest, caller: CallerDep, services: ReadyServices) -> dict:
     route = _parse_route(body)

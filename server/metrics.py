@@ -41,6 +41,14 @@ TIER_BUDGET_BYTES = Gauge("prefix_server_tier_budget_bytes", "The tier's budget 
 TIER_HITS = Counter("prefix_server_tier_hits_total", "Lookups the tier answered", ["tier"])
 TIER_MISSES = Counter("prefix_server_tier_misses_total", "Lookups that went to the tier below", ["tier"])
 TIER_EVICTIONS = Counter("prefix_server_tier_evictions_total", "Tasks evicted from the tier to fit its budget", ["tier"])
+
+
+def touch_tier(tier: str) -> None:
+    """Creates the tier's counters at zero, so no series appears later (and rates start from 0)."""
+    for counter in (TIER_HITS, TIER_MISSES, TIER_EVICTIONS):
+        counter.labels(tier)
+
+
 STORE_FETCH_SECONDS = Histogram(
     "prefix_server_store_fetch_seconds",
     "A miss of every tier: reading the artifact from the blob store (its disk cache included)",

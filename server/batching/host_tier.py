@@ -28,6 +28,7 @@ class HostTier:
         self._bytes = 0
         self._lock = threading.Lock()
         metrics.TIER_BUDGET_BYTES.labels(TIER).set(max_bytes)
+        metrics.touch_tier(TIER)  # every series of the tier from the start: /metrics keeps its size
         self._publish()
 
     @property

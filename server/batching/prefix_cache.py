@@ -66,6 +66,7 @@ class PrefixCache:
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}  # one loader per sha256: concurrent misses load once
         metrics.TIER_BUDGET_BYTES.labels(TIER).set(max_bytes)
+        metrics.touch_tier(TIER)  # every series of the tier from the start: /metrics keeps its size
 
     @property
     def resident_bytes(self) -> int:

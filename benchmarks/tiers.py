@@ -1,0 +1,273 @@
+"""Tiers at scale (issue 20, SPEC 6), in one process and one run: the serving side as `serve` builds it
+(Batcher, the device tier `PrefixCache`, the `HostTier`) over the in-process Engine (default MiniLM,
+float32), with tasks of P=16 stored in float16 (about 147 KB each, as the trainer writes them).
+
+1. cold vs warm first answer: single requests one after another, alternating a task already on the
+   device and a task never seen, read from a file blob store on the local disk; the cold side split
+   into the store read, the engine's load (parse and copy) and the rest;
+2. warm latency beside a stream of cold tasks: a closed loop over 64 resident tasks beside a stream of
+   requests one at a time, each for a new task (one fetch and load each) or, as the baseline, all for a
+   resident task (the same extra work, no fetch), rounds alternating;
+3. Zipf(s) over `--tasks` tasks whose artifacts a synthetic store makes on demand (no disk holds 10^5 of
+   them), with the host budget `--host-fraction` of all tasks' bytes and the device budget `--device-tasks`
+   tasks: hit rates per tier and throughput against the same request stream over 64 resident tasks
+   (all warm), rounds alternating;
+4. /metrics' size after touching 10 tasks and after all of the above, and the process's RSS against the
+   backbone plus the two budgets.
+
+    python -m benchmarks.tiers [--tasks 100000] [--requests 3000] [--rounds 3] [--out tiers.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import platform
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from prometheus_client import REGISTRY, generate_latest
+
+from benchmarks.stats import proc_memory
+from benchmarks.workload import DataMissing, load_text_pools, synthetic_pools
+from server.artifact import PrefixArtifact, ProblemType, artifact_to_bytes
+from server.batching import Batcher, BatchLimits, ClassifyJob, PrefixCache
+from server.batching.host_tier import HostTier
+from server.engine import Engine
+from server.engine.backbone import default_backbone_dir
+from server.registry.blobs.local import FileBlobStore
+
+PREFIX_LEN = 16
+
+
+def artifact_bytes(shape, index: int) -> bytes:
+    gen = torch.Generator().manual_seed(index)
+    return artifact_to_bytes(PrefixArtifact(
+        key_values=torch.randn(shape.num_layers, 2, shape.num_heads, PREFIX_LEN, shape.head_dim, generator=gen).half(),
+        classifier_weight=torch.randn(2, shape.hidden_size, generator=gen) * 0.5,
+        classifier_bias=torch.zeros(2), problem_type=ProblemType.SINGLE_LABEL, labels=("negative", "positive"),
+    ))
+
+
+class Timed:
+    """A store's reads, timed; the key is `synthetic-<index>` or a sha256 of the file store."""
+
+    def __init__(self, shape, files: FileBlobStore):
+        self.shape, self.files, self.read_seconds, self.reads = shape, files, [], 0
+
+    def __call__(self, key: str) -> bytes:
+        started = time.perf_counter()
+        data = artifact_bytes(self.shape, int(key.split("-")[1])) if key.startswith("synthetic-") else self.files.read(key)
+        self.read_seconds.append(time.perf_counter() - started)
+        self.reads += 1
+        return data
+
+
+class TimedEngine:
+    """The engine, with its task loads (parse, copy into the pools) timed."""
+
+    def __init__(self, engine: Engine):
+        self.engine, self.load_seconds = engine, []
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def load_task(self, handle, data):
+        started = time.perf_counter()
+        facts = self.engine.load_task(handle, data)
+        self.load_seconds.append(time.perf_counter() - started)
+        return facts
+
+
+def job(key: str, text) -> ClassifyJob:
+    return ClassifyJob("bench", key, PREFIX_LEN, [text], True, 120.0, 10**6)
+
+
+async def timed(batcher: Batcher, key: str, text) -> float:
+    started = time.perf_counter()
+    await batcher.classify(job(key, text))
+    return time.perf_counter() - started
+
+
+def pct(values: list[float], q: float) -> float:
+    return round(float(np.percentile(values, q)) * 1e3, 2)
+
+
+async def cold_vs_warm(batcher, store: Timed, engine: TimedEngine, cold_keys: list[str], texts) -> dict:
+    warm_key = "synthetic-0"
+    await timed(batcher, warm_key, texts[0])
+    store.read_seconds.clear(), engine.load_seconds.clear()
+    warm, cold = [], []
+    for i, key in enumerate(cold_keys):
+        warm.append(await timed(batcher, warm_key, texts[i % len(texts)]))
+        cold.append(await timed(batcher, key, texts[i % len(texts)]))
+    return {
+        "requests_each": len(cold_keys),
+        "warm_ms": {"p50": pct(warm, 50), "p99": pct(warm, 99)},
+        "cold_ms": {"p50": pct(cold, 50), "p99": pct(cold, 99)},
+        "cold_store_read_ms": {"p50": pct(store.read_seconds, 50), "p99": pct(store.read_seconds, 99)},
+        "cold_engine_load_ms": {"p50": pct(engine.load_seconds, 50), "p99": pct(engine.load_seconds, 99)},
+        "cold_p99_minus_warm_p99_ms": round(pct(cold, 99) - pct(warm, 99), 2),
+    }
+
+
+async def closed_loop(batcher, keys: list[str], texts, requests: int, concurrency: int) -> tuple[list[float], float]:
+    latencies, queue = [], list(range(requests))
+    started = time.perf_counter()
+
+    async def client():
+        while queue:
+            i = queue.pop()
+            latencies.append(await timed(batcher, keys[i % len(keys)], texts[i % len(texts)]))
+
+    await asyncio.gather(*[client() for _ in range(concurrency)])
+    return latencies, time.perf_counter() - started
+
+
+async def warm_beside_cold(batcher, texts, requests: int, rounds: int, first_cold: int) -> dict:
+    """Warm p99 beside a stream of one request at a time, either each for a new task (one fetch and load
+    each) or all for a resident task: the same extra work, so the ratio is the cost of the coldness."""
+    warm_keys = [f"synthetic-{i}" for i in range(1, 65)]
+    await closed_loop(batcher, [*warm_keys, "synthetic-65"], texts, 130, 8)  # all 65 resident
+    p99s: dict[bool, list[float]] = {False: [], True: []}
+    streamed: dict[bool, int] = {False: 0, True: 0}
+    next_cold = first_cold
+    for round_index in range(rounds):
+        for cold in ((False, True) if round_index % 2 == 0 else (True, False)):
+            stop = asyncio.Event()
+
+            async def stream(stop: asyncio.Event, cold: bool):
+                nonlocal next_cold
+                while not stop.is_set():
+                    next_cold += cold
+                    await timed(batcher, f"synthetic-{next_cold if cold else 65}", texts[0])
+                    streamed[cold] += 1
+
+            side = asyncio.create_task(stream(stop, cold))
+            latencies, _ = await closed_loop(batcher, warm_keys, texts, requests, 8)
+            stop.set()
+            await side
+            p99s[cold].append(pct(latencies, 99))
+    return {"warm_p99_ms_beside_a_warm_stream": p99s[False], "warm_p99_ms_beside_a_cold_stream": p99s[True],
+            "stream_requests": {"warm": streamed[False], "cold": streamed[True]},
+            "ratio_median": round(statistics.median(c / w for w, c in zip(p99s[False], p99s[True])), 3)}
+
+
+def tier_counts() -> dict:
+    names = ("hits_total", "misses_total", "evictions_total")
+    return {tier: {n: REGISTRY.get_sample_value(f"prefix_server_tier_{n}", {"tier": tier}) or 0.0 for n in names}
+            for tier in ("device", "host")}
+
+
+async def zipf(batcher, args, texts, first: int) -> dict:
+    rng = np.random.default_rng(7)
+    ranks = np.arange(1, args.tasks + 1)
+    weights = ranks ** -args.zipf
+    draws = rng.choice(args.tasks, size=args.requests * args.rounds, p=weights / weights.sum())
+    tiered, warm, hit_rates = [], [], []
+    for r in range(args.rounds):
+        stream = draws[r * args.requests:(r + 1) * args.requests]
+        for kind in (("tiered", "warm") if r % 2 == 0 else ("warm", "tiered")):
+            if kind == "warm":  # the same stream over 64 resident tasks: the same batches, no misses
+                keys = [f"synthetic-{1 + int(i) % 64}" for i in stream]
+            else:
+                keys = [f"synthetic-{first + int(i)}" for i in stream]
+            before = tier_counts()
+            _, seconds = await closed_loop(batcher, keys, texts, len(keys), 16)
+            (tiered if kind == "tiered" else warm).append(len(keys) / seconds)
+            if kind == "tiered":
+                after = tier_counts()
+                hit_rates.append({t: round((after[t]["hits_total"] - before[t]["hits_total"]) / len(keys), 3) for t in after})
+    return {"tasks": args.tasks, "zipf_s": args.zipf, "distinct_tasks_drawn": len(set(draws.tolist())),
+            "requests_per_round": args.requests, "inputs_per_s_tiered": [round(x, 1) for x in tiered],
+            "inputs_per_s_all_warm": [round(x, 1) for x in warm], "hit_rates_per_round": hit_rates,
+            "ratio_median": round(statistics.median(t / w for t, w in zip(tiered, warm)), 3)}
+
+
+def metrics_size() -> dict:
+    text = generate_latest(REGISTRY).decode()
+    return {"bytes": len(text), "series": sum(1 for line in text.splitlines() if line and not line.startswith("#"))}
+
+
+async def run(args, workdir: Path) -> dict:
+    torch.set_num_threads(args.threads)
+    rss_before = proc_memory()["rss_mb"]
+    engine = Engine.from_folder(default_backbone_dir())
+    rss_backbone = proc_memory()["rss_mb"]
+    try:
+        texts = load_text_pools().sources["sst2"]
+    except (DataMissing, KeyError):
+        texts = [t for ts in synthetic_pools().sources.values() for t in ts]
+    one_task = len(artifact_bytes(engine.shape, 0))
+    files = FileBlobStore(workdir / "blobs")
+    cold_keys = []
+    for i in range(args.cold):
+        data = artifact_bytes(engine.shape, 10**7 + i)
+        key = hashlib.sha256(data).hexdigest()
+        files.put(key, data)
+        cold_keys.append(key)
+    store, timed_engine = Timed(engine.shape, files), TimedEngine(engine)
+    host = HostTier(store, int(args.host_fraction * args.tasks * one_task))
+    probe = engine.load_task(10**9, artifact_bytes(engine.shape, 0))  # a task's bytes on the device
+    engine.release_task(10**9)
+    cache = PrefixCache(timed_engine, host.get, args.device_tasks * probe.nbytes)
+    batcher = Batcher(timed_engine, cache, BatchLimits(max_batch_size=64, max_wait_ms=2.0, max_queued_inputs=10**6), engine.encoder)
+    batcher.start()
+    try:
+        for i in range(1, 11):
+            await timed(batcher, f"synthetic-{i}", texts[0])
+        metrics_small = metrics_size()  # 10 tasks touched
+        await closed_loop(batcher, [f"synthetic-{i}" for i in range(1, 65)], texts, 256, 8)
+        rss_serving = proc_memory()["rss_mb"]  # forward passes' workspace and 64 tasks: the fixed overhead
+        first = await cold_vs_warm(batcher, store, timed_engine, cold_keys, texts)
+        beside = await warm_beside_cold(batcher, texts, args.requests // 4, args.rounds * 2, 10**6)
+        spread = await zipf(batcher, args, texts, 2 * 10**6)
+    finally:
+        await batcher.stop()
+    rss_after = proc_memory()
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, torch {torch.__version__}, {args.threads} threads",
+        "artifact_bytes": one_task, "device_task_bytes": probe.nbytes,
+        "budgets": {"device_bytes": cache.max_bytes, "device_tasks": args.device_tasks, "host_bytes": host.max_bytes,
+                    "host_tasks": int(host.max_bytes // one_task)},
+        "cold_vs_warm": first, "warm_beside_cold": beside, "zipf": spread,
+        "metrics": {"after_10_tasks": metrics_small, "after_all": metrics_size(),
+                    "store_reads": store.reads},
+        "rss_mb": {"start": rss_before, "backbone_loaded": rss_backbone, "serving_64_tasks": rss_serving,
+                   "end": rss_after["rss_mb"], "peak": rss_after["peak_rss_mb"],
+                   "serving_plus_budgets": round(rss_serving + (cache.max_bytes + host.max_bytes) / 2**20, 1)},
+        "resident": {"device": {"tasks": len(cache._entries), "bytes": cache.resident_bytes},
+                     "host": {"tasks": len(host), "bytes": host.resident_bytes}},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=100_000, help="tasks of the Zipf workload")
+    parser.add_argument("--zipf", type=float, default=1.1)
+    parser.add_argument("--requests", type=int, default=3000, help="Zipf requests per round and side")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cold", type=int, default=300, help="cold tasks on the file store, for the first-answer latency")
+    parser.add_argument("--host-fraction", type=float, default=0.05, help="host budget as a fraction of all tasks' bytes")
+    parser.add_argument("--device-tasks", type=int, default=256, help="device budget in tasks")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = asyncio.run(run(args, Path(tmp)))
+    print(json.dumps(result, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

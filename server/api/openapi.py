@@ -47,6 +47,7 @@ OPERATIONS: dict[tuple[str, str], tuple[str, int, object, tuple[int, ...], bool]
     ("PUT", "/v1/tasks/{task}"): (V1, 201, rs.Version, (409, 413, 422, 503), True),
     ("GET", "/v1/tasks/{task}"): (V1, 200, rs.TaskDetail, _TASK_ERRORS, True),
     ("DELETE", "/v1/tasks/{task}"): (V1, 204, None, _TASK_ERRORS, True),
+    ("GET", "/v1/tasks/{task}/residency"): (V1, 200, rs.Residency, _TASK_ERRORS, True),
     ("PUT", "/v1/tasks/{task}/route"): (V1, 200, rs.RouteSet, (*_TASK_ERRORS, 413), True),
     ("DELETE", "/v1/tasks/{task}/versions/{version}"): (V1, 204, None, (404, 409, 422, 503), True),
     ("POST", "/v1/tasks/{task}/predict"): (TEI, 200, list[rs.Ranked] | list[list[rs.Ranked]], _CLASSIFY_ERRORS, True),

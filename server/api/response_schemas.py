@@ -130,6 +130,18 @@ class RouteSet(BaseModel):
     route: PinnedRoute | WeightedRoute
 
 
+class VersionResidency(BaseModel):
+    version: int
+    sha256: str
+    device: bool = Field(description="loaded in the engine (the device tier)")
+    host: bool = Field(description="its artifact's bytes in this replica's memory (the host tier)")
+
+
+class Residency(BaseModel):
+    task: str
+    versions: list[VersionResidency] = Field(description="the versions the route sends traffic to")
+
+
 class ClassifyResult(BaseModel):
     scores: dict[str, float] = Field(description="every label: probabilities, raw values for regression or raw_scores")
     label: str | None = Field(None, description="single-label tasks: the top label")

@@ -73,3 +73,15 @@ def test_serving_the_embedded_default_imports_no_extra():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_gpu_gets_the_measured_defaults_unless_they_are_set(monkeypatch):
+    for name in [n for n in os.environ if n.upper().startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(name)
+    cpu = Settings(backbone="unused")
+    assert (cpu.dtype, cpu.max_batch_tokens, cpu.max_batch_size) == ("float32", 8192, 64)
+    gpu = Settings(backbone="unused", device="cuda:0")
+    assert (gpu.dtype, gpu.max_batch_tokens, gpu.max_batch_size) == ("float16", 16384, 512)
+    monkeypatch.setenv("PREFIX_SERVER_DTYPE", "bfloat16")
+    chosen = Settings(backbone="unused", device="cuda", max_batch_tokens=4096)
+    assert (chosen.dtype, chosen.max_batch_tokens, chosen.max_batch_size) == ("bfloat16", 4096, 512)

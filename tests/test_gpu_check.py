@@ -35,3 +35,15 @@ def test_gpu_check_imports_nothing_the_device_lacks():
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_gpu_mixed_check_runs_its_logic_on_the_cpu(tmp_path):
+    """scripts/gpu_mixed_check.py (LoRA rows and every head on CUDA) with --device cpu: the CPU against itself."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gpu_mixed_check.py"), "--device", "cpu", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_mixed_check.json").read_text())
+    assert report["passed"] == report["of"] == 2  # sdpa with each LoRA mode
+    assert {"lora span", "lora+prefix choice", "prefix token"} <= set(report["tasks"])

@@ -82,3 +82,15 @@ def test_the_device_budgets_former_name_still_sets_it(monkeypatch):
     assert Settings(backbone="unused").device_cache_bytes == 1000
     monkeypatch.setenv("PREFIX_SERVER_DEVICE_CACHE_BYTES", "2000")  # the SPEC 6 name wins when both are set
     assert Settings(backbone="unused").device_cache_bytes == 2000
+
+
+def test_a_gpu_gets_the_measured_defaults_unless_they_are_set(monkeypatch):
+    for name in [n for n in os.environ if n.upper().startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(name)
+    cpu = Settings(backbone="unused")
+    assert (cpu.dtype, cpu.max_batch_tokens, cpu.max_batch_size) == ("float32", 8192, 64)
+    gpu = Settings(backbone="unused", device="cuda:0")
+    assert (gpu.dtype, gpu.max_batch_tokens, gpu.max_batch_size) == ("float16", 16384, 512)
+    monkeypatch.setenv("PREFIX_SERVER_DTYPE", "bfloat16")
+    chosen = Settings(backbone="unused", device="cuda", max_batch_tokens=4096)
+    assert (chosen.dtype, chosen.max_batch_tokens, chosen.max_batch_size) == ("bfloat16", 4096, 512)

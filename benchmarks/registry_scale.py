@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import random
-import shutil
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -147,14 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(size) for size in args.sizes.split(",")]
     if args.quick:
         sizes, args.lookups, args.uploads = [10, 1000], 200, 10
-    workdir = Path(tempfile.mkdtemp(prefix="bench-registry-"))
-    try:
-        result = run(sizes, args.lookups, args.uploads, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps(result, indent=1))
+    with tempfile.TemporaryDirectory(prefix="bench-registry-", ignore_cleanup_errors=True) as workdir:
+        text = json.dumps(run(sizes, args.lookups, args.uploads, Path(workdir)), indent=1)
+    print(text)
     if args.out:
-        args.out.write_text(json.dumps(result, indent=1))
+        args.out.write_text(text + "\n")
     return 0
 
 

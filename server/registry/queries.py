@@ -6,7 +6,7 @@ transactions (and their locking) and reuses these for the SQL itself.
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, Row, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, delete, insert, select, update
 
 from server.artifact import PrefixArtifact
 from server.registry.base import LimitExceeded, NotFound, Route, TenantLimits, VersionRecord
@@ -85,25 +85,34 @@ def check_quota(
     conn: Connection, tenant: str, task: str, size: int, defaults: TenantLimits, *, lock: bool = False
 ) -> None:
     """Raises LimitExceeded if storing `size` more bytes (and maybe a new task) breaks the tenant's limits;
-    NotFound if the tenant does not exist. `lock` holds the tenant's row until commit, so concurrent
-    uploads through other replicas count what this one adds."""
-    limits = tenant_from_row(existing_tenant_row(conn, tenant, lock=lock), defaults).limits
-    if task_row(conn, tenant, task) is None:
-        task_count = conn.execute(select(func.count()).select_from(tasks).where(tasks.c.tenant == tenant)).scalar_one()
-        if task_count >= limits.max_tasks:
-            raise LimitExceeded(
-                f"tenant {tenant!r}: expected at most {limits.max_tasks} tasks, got {task_count + 1} with "
-                f"new task {task!r}; delete a task or ask the admin to raise the limit"
-            )
+    NotFound if the tenant does not exist. Reads the tenant row's counters (count_usage), never its tasks.
+    `lock` holds the tenant's row until commit, so concurrent uploads through other replicas count what
+    this one adds."""
+    row = existing_tenant_row(conn, tenant, lock=lock)
+    limits = tenant_from_row(row, defaults).limits
+    if row.task_count >= limits.max_tasks and task_row(conn, tenant, task) is None:
+        raise LimitExceeded(
+            f"tenant {tenant!r}: expected at most {limits.max_tasks} tasks, got {row.task_count + 1} with "
+            f"new task {task!r}; delete a task or ask the admin to raise the limit"
+        )
     # Each version counts its full size, even when identical bytes share one blob: simple to predict.
-    stored = conn.execute(
-        select(func.coalesce(func.sum(versions.c.size_bytes), 0)).where(versions.c.tenant == tenant)
-    ).scalar_one()
+    stored = row.artifact_bytes
     if stored + size > limits.max_artifact_bytes:
         raise LimitExceeded(
             f"tenant {tenant!r}: expected at most {limits.max_artifact_bytes} artifact bytes in all, got "
             f"{stored + size} ({stored} stored + {size} uploaded); delete a task or ask the admin to raise the limit"
         )
+
+
+def count_usage(conn: Connection, tenant: str, *, tasks: int = 0, size_bytes: int = 0) -> None:
+    """Adds to the tenant's counters what a write adds (negative: removes); the one home of their upkeep.
+    Every insert or delete of tasks or versions calls it in its transaction, holding the tenant's row lock
+    (taken first, before any task row, so writers never wait on each other in opposite orders)."""
+    conn.execute(
+        update(tenants)
+        .where(tenants.c.name == tenant)
+        .values(task_count=tenants.c.task_count + tasks, artifact_bytes=tenants.c.artifact_bytes + size_bytes)
+    )
 
 
 def insert_version(
@@ -120,6 +129,7 @@ def insert_version(
         # The route is a placeholder for the few statements until the update below pins the new version.
         conn.execute(insert(tasks).values(tenant=tenant, name=task, route={"version": 1}, created_at=now, last_version=0))
         row = task_row(conn, tenant, task, lock=True)
+        count_usage(conn, tenant, tasks=1)
     version = row.last_version + 1
     conn.execute(
         insert(versions).values(
@@ -135,6 +145,7 @@ def insert_version(
             created_at=now,
         )
     )
+    count_usage(conn, tenant, size_bytes=size)
     # SPEC: every upload becomes the active version, whatever the route was (a canary split included).
     columns = route_columns(Route(pinned=version))
     conn.execute(update(tasks).where(task_is(tenant, task)).values(last_version=version, **columns))

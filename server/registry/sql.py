@@ -148,6 +148,7 @@ class SqlRegistry(TenantOperations):
         validate_name("tenant", tenant)
         validate_name("task", task)
         with self.database.write() as conn:
+            q.tenant_row(conn, tenant, lock=True)  # the counters' lock, taken first as uploads take it
             task_row = q.existing_task_row(conn, tenant, task, lock=True)
             row = conn.execute(select(tables.versions).where(q.version_of(tenant, task, version))).first()
             if row is None:
@@ -159,6 +160,7 @@ class SqlRegistry(TenantOperations):
                     f"(route {route.to_json()}); route the traffic elsewhere first"
                 )
             conn.execute(delete(tables.versions).where(q.version_of(tenant, task, version)))
+            q.count_usage(conn, tenant, size_bytes=-row.size_bytes)
             self.database.announce(conn, Change("task", tenant, task))
         self._remove_unreferenced_blobs([row.sha256])
         log.info("tenant %r task %r: deleted version %d", tenant, task, version)
@@ -211,10 +213,15 @@ class SqlRegistry(TenantOperations):
         validate_name("tenant", tenant)
         validate_name("task", task)
         with self.database.write() as conn:
+            q.tenant_row(conn, tenant, lock=True)  # the counters' lock, taken first as uploads take it
             q.existing_task_row(conn, tenant, task, lock=True)
-            shas = set(conn.execute(select(tables.versions.c.sha256).where(q.version_of(tenant, task))).scalars())
+            stored = conn.execute(
+                select(tables.versions.c.sha256, tables.versions.c.size_bytes).where(q.version_of(tenant, task))
+            ).all()
+            shas = {row.sha256 for row in stored}
             conn.execute(delete(tables.versions).where(q.version_of(tenant, task)))
             conn.execute(delete(tables.tasks).where(q.task_is(tenant, task)))
+            q.count_usage(conn, tenant, tasks=-1, size_bytes=-sum(row.size_bytes for row in stored))
             self.database.announce(conn, Change("task", tenant, task))
         self._remove_unreferenced_blobs(shas)
         log.info("tenant %r: deleted task %r", tenant, task)

@@ -7,6 +7,9 @@ never live in the database: a version row holds the sha256 of a blob in the cont
 
 - tenants: one row per tenant; `api_key_hash` is the sha256 hex of its key (NULL for a keyless tenant
   such as single-tenant mode's 'default'); NULL limit columns mean "the server's current default".
+  `task_count` and `artifact_bytes` are what the quotas count (its tasks; the size of all its versions),
+  kept by every write of tasks and versions in its own transaction, so a quota check reads one row
+  whatever the tenant holds (SPEC 6).
 - tasks: one row per (tenant, task); `route` is Route.to_json(): {"version": n} or {"weights": {"n": w}}.
   `pinned_version` repeats the route's version when it is pinned (NULL for a weighted split).
   `last_version` counts the task's uploads: the next version is last_version + 1, taken under the
@@ -51,6 +54,8 @@ tenants = Table(
     Column("max_artifact_bytes", BigInteger, nullable=True),
     Column("max_queued_inputs", Integer, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("task_count", Integer, nullable=False, server_default="0"),
+    Column("artifact_bytes", BigInteger, nullable=False, server_default="0"),
 )
 
 tasks = Table(

@@ -9,7 +9,7 @@ import hashlib
 import logging
 import secrets
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, update
 
 from server.registry import queries as q
 from server.registry import tables
@@ -76,10 +76,7 @@ class TenantOperations:
     def list_tenants(self) -> list[tuple[Tenant, int]]:
         with self.database.read() as conn:
             rows = conn.execute(select(tables.tenants).order_by(tables.tenants.c.name)).all()
-            counts = dict(conn.execute(
-                select(tables.tasks.c.tenant, func.count()).group_by(tables.tasks.c.tenant)
-            ).all())
-        return [(tenant_from_row(row, self._default_limits), counts.get(row.name, 0)) for row in rows]
+        return [(tenant_from_row(row, self._default_limits), row.task_count) for row in rows]
 
     def rotate_key(self, name: str) -> str:
         validate_name("tenant", name)

@@ -39,3 +39,16 @@ def blob_files(data_dir: Path) -> set[str]:
 
 def temp_files(data_dir: Path) -> list[Path]:
     return list((data_dir / "blobs").glob("*/*.tmp"))
+
+
+def usage_counters_and_recount(registry) -> tuple[dict, dict]:
+    """Per tenant, (task_count, artifact_bytes) as the tenant row keeps them, and as counted from the rows."""
+    with registry.database.read() as conn:
+        kept = {row[0]: (row[1], row[2]) for row in conn.exec_driver_sql(
+            "SELECT name, task_count, artifact_bytes FROM tenants"
+        )}
+        recount = {row[0]: (row[1], row[2]) for row in conn.exec_driver_sql(
+            "SELECT name, (SELECT count(*) FROM tasks t WHERE t.tenant = tenants.name), "
+            "COALESCE((SELECT sum(v.size_bytes) FROM versions v WHERE v.tenant = tenants.name), 0) FROM tenants"
+        )}
+    return kept, recount

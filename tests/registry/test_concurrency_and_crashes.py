@@ -20,7 +20,7 @@ import pytest
 from server.registry import Route, SqlRegistry
 from server.registry.blobs.local import FileBlobStore
 from server.registry.database import Database, sqlite_url
-from tests.registry.support import LIMITS, SHAPE, artifact_bytes, blob_files, sha256_hex, temp_files
+from tests.registry.support import LIMITS, SHAPE, artifact_bytes, blob_files, sha256_hex, temp_files, usage_counters_and_recount
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ROUND_TIMEOUT_S = 180.0  # for the uploader's answers: only a broken run waits this long
@@ -117,6 +117,8 @@ def assert_consistent(database_url: str, data_dir: Path) -> int:
             assert registry.resolve("crash", task.task).version in routed
         assert blob_files(data_dir) == referenced, "garbage collection left unreferenced blobs"
         assert temp_files(data_dir) == []
+        kept, recount = usage_counters_and_recount(registry)
+        assert kept == recount, "the tenants' usage counters drifted from their rows"
         main = [t for t in registry.list_tasks("crash") if t.task == "main"]
         if not main:
             return 0

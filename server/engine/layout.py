@@ -11,13 +11,10 @@ device in one copy (`HostIndex`: pinned and non-blocking on CUDA, views of one b
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
-
-if TYPE_CHECKING:  # lora.py imports this module for HostRows and HostIndex
-    from server.engine.lora import LoraDeltas
 
 
 class Attention(Protocol):
@@ -136,7 +133,9 @@ class PackedBatch:
     rows: HostRows = field(repr=False)
     order: np.ndarray = field(repr=False)  # [B] the caller row of each packed row
     extra: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # the caller's arrays, same copy
-    lora: LoraDeltas | None = field(default=None, repr=False)  # None: no row has a LoRA adapter (lora.py)
+    # lora.py's LoraDeltas, or None: no row has a LoRA adapter. Typed loosely because lora.py imports
+    # this module (HostRows, HostIndex), and the arrow runs one way.
+    lora: object | None = field(default=None, repr=False)
 
     @property
     def num_tokens(self) -> int:

@@ -1,4 +1,5 @@
-"""Shared pieces of the registry tests: a small backbone shape, artifact bytes, and on-disk inspection."""
+"""Shared pieces of the registry tests: a small backbone shape, artifact bytes, blobs for the blob-store
+tests, and on-disk inspection."""
 
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ def artifact_bytes(
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def blob(n: int, size: int = 100) -> tuple[str, bytes]:
+    data = bytes([n % 256]) * size
+    return sha256_hex(data), data
 
 
 def blob_files(data_dir: Path) -> set[str]:

@@ -5,45 +5,21 @@ path; that replica alone holds it; a replica's death moves only its own tasks.""
 
 from __future__ import annotations
 
-import re
 import shutil
-import subprocess
 from collections import Counter
-from pathlib import Path
 
 import httpx
 import pytest
 
-from harness.processes import free_port, stop_process, wait_until
+from harness.nginx import Nginx
+from harness.processes import free_port
 from tests.replicas.cluster import create_tenant, start_replicas
 from tests.replicas.conftest import new_bucket
 
-ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = ROOT / "deploy" / "affinity" / "nginx.conf"
 TASKS = [f"task-{i}" for i in range(12)]
 REQUESTS_PER_TASK = 6
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed (apt install nginx)")]
-
-
-def nginx_config(folder: Path, replica_ports: list[int], port: int) -> Path:
-    """The shipped file with this test's addresses, inside the smallest main config nginx runs from
-    a folder of its own (no root paths, in the foreground)."""
-    shipped = SHIPPED.read_text()
-    servers = re.findall(r"server replica-[a-z]:8000", shipped)
-    assert len(servers) == len(replica_ports), f"the shipped upstream lists {servers}"
-    for placeholder, replica_port in zip(servers, replica_ports):
-        shipped = shipped.replace(placeholder, f"server 127.0.0.1:{replica_port}", 1)
-    assert "listen 8080;" in shipped
-    (folder / "affinity.conf").write_text(shipped.replace("listen 8080;", f"listen 127.0.0.1:{port};"))
-    temp = "".join(f"{kind}_temp_path {folder}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    main = folder / "nginx.conf"
-    main.write_text(
-        f"daemon off;\nworker_processes 1;\npid {folder}/nginx.pid;\nerror_log {folder}/error.log;\n"
-        f"events {{ worker_connections 256; }}\n"
-        f"http {{\n access_log {folder}/access.log;\n{temp} include {folder}/affinity.conf;\n}}\n"
-    )
-    return main
 
 
 def served_by(client: httpx.Client, key: str, task: str, kserve: bool = False) -> str:
@@ -77,19 +53,18 @@ def test_each_task_stays_on_one_replica_and_a_death_moves_only_its_share(
                 s3_endpoint=s3_server.endpoint)
     replicas = start_replicas(["a", "b", "c"], tmp_path, **args)
     address = {f"127.0.0.1:{r.port}": r for r in replicas}
-    port = free_port()
-    config = nginx_config(tmp_path, [r.port for r in replicas], port)
-    with open(tmp_path / "nginx.stderr", "wb") as stderr:  # nginx's own complaints before its error_log opens
-        nginx = subprocess.Popen(["nginx", "-c", str(config), "-p", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=stderr)
+    nginx = Nginx(tmp_path, [r.port for r in replicas], free_port())
     try:
         key = create_tenant(replicas[0], "acme")
         with replicas[0].client(key) as direct:
             for i, task in enumerate(TASKS):
                 assert direct.put(f"/v1/tasks/{task}", files={"file": ("p.safetensors", make_artifact_bytes(i))}).status_code == 201
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-            wait_until(lambda: _answers(client), 60, "nginx to answer on its port")
+        nginx.start()
+        with httpx.Client(base_url=nginx.base, timeout=60) as client:
             before = placement(client, key)
             assert len(set(before.values())) >= 2, f"12 tasks hashed onto one replica: {before}"
+            logged = {(routed.task, routed.replica) for routed in nginx.routed() if routed.task}
+            assert logged == set(before.items()), f"nginx's access log has {sorted(logged)}"  # both request paths
             for task, served in before.items():  # the replica that answers a task is the only one holding it
                 held = [a for a, r in address.items() if _on_device(r, key, task)]
                 assert held == [served], f"{task}: answered by {served}, on the device of {held}"
@@ -102,16 +77,9 @@ def test_each_task_stays_on_one_replica_and_a_death_moves_only_its_share(
         assert moved == {t for t in TASKS if before[t] == victim}, f"moved {sorted(moved)}; {victim} held {before}"
         assert victim not in after.values()
     finally:
-        stop_process(nginx)
+        nginx.stop()
         for replica in replicas:
             replica.kill()
-
-
-def _answers(client: httpx.Client) -> bool:
-    try:
-        return client.get("/readyz").status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _on_device(replica, key: str, task: str) -> bool:

@@ -14,10 +14,10 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,12 @@ class Settings(BaseSettings):
         256 * 1024 * 1024, ge=0, description="budget of the host tier: artifacts' bytes in memory below the device, LRU; 0 turns it off"
     )
     prefix_cache_bytes: int | None = Field(None, ge=1, description="the former name of device_cache_bytes, read when that is unset")
+    fetch_concurrency: int = Field(4, ge=1, description="cold prefixes fetched and loaded at once, off the batch path")
+    pinned_tasks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="tasks the device tier never evicts, as tenant/task separated by commas (default/sentiment); "
+        "PUT /v1/admin/pinned-tasks changes them at run time",
+    )
 
     # Per-tenant defaults (an admin may override them per tenant)
     tenant_max_tasks: int = Field(1000, ge=1, description="tasks per tenant (default limit)")
@@ -131,6 +137,17 @@ class Settings(BaseSettings):
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
         # Flags (init) over variables over *_FILE secrets.
         return init_settings, env_settings, _SecretFiles(settings_cls), dotenv_settings, file_secret_settings
+
+    @field_validator("pinned_tasks", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        for entry in value:
+            tenant, _, task = str(entry).partition("/")
+            if not tenant or not task or "/" in task:
+                raise ValueError(f"expected tenant/task entries, got {entry!r}")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

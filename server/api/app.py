@@ -23,6 +23,7 @@ from server.api.errors import install_error_handlers
 from server.api.lookups import RegistryLookups
 from server.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from server.api.openapi import install_openapi
+from server.api.pins import follow_pins
 from server.api.responses import FastJSONResponse
 from server.api.routes import admin, classify, hf_inference, kserve, ops, tasks, tei
 from server.api.state import Services
@@ -103,6 +104,7 @@ async def _bring_up(services: Services) -> None:
             build_runtime, s.backbone, s.device, s.dtype, limits, s.device_cache_bytes,
             lambda sha256: services.registry.read_artifact_bytes(sha256), s.engine_process, s.torch_threads,
             attention=s.attention, log_json=s.log_format == "json", host_cache_bytes=s.host_cache_bytes,
+            fetch_workers=s.fetch_concurrency,
         )
         backbone = runtime.info()
         metrics.BUILD_INFO.info({"version": __version__, "backbone": str(backbone["name"]), "fingerprint": str(backbone["fingerprint"])})
@@ -118,6 +120,8 @@ async def _bring_up(services: Services) -> None:
         runtime.batcher.start()
         services.background.append(asyncio.create_task(monitor_registry(services), name="registry-monitor"))
         services.background.append(asyncio.create_task(collect_garbage_periodically(services), name="blob-gc"))
+        services.pinned_tasks = list(s.pinned_tasks)
+        services.background.append(asyncio.create_task(follow_pins(services, s.registry_ttl_s), name="pinned-tasks"))
         services.ready = True
         log.info("ready: serving on the backbone %s", runtime.info()["name"])
     except asyncio.CancelledError:

@@ -43,6 +43,8 @@ OPERATIONS: dict[tuple[str, str], tuple[str, int, object, tuple[int, ...], bool]
     ("GET", "/v1/admin/tenants"): (V1, 200, rs.TenantList, (404, 409, 503), True),
     ("DELETE", "/v1/admin/tenants/{name}"): (V1, 204, None, _ADMIN_ERRORS, True),
     ("POST", "/v1/admin/tenants/{name}/keys"): (V1, 201, rs.KeyRotated, _ADMIN_ERRORS, True),
+    ("GET", "/v1/admin/pinned-tasks"): (V1, 200, rs.PinnedTasks, (404, 409, 503), True),
+    ("PUT", "/v1/admin/pinned-tasks"): (V1, 200, rs.PinnedTasks, (*_ADMIN_ERRORS, 413), True),
     ("GET", "/v1/tasks"): (V1, 200, rs.TaskList, (503,), True),
     ("PUT", "/v1/tasks/{task}"): (V1, 201, rs.Version, (409, 413, 422, 503), True),
     ("GET", "/v1/tasks/{task}"): (V1, 200, rs.TaskDetail, _TASK_ERRORS, True),

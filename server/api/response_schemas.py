@@ -135,11 +135,22 @@ class VersionResidency(BaseModel):
     sha256: str
     device: bool = Field(description="loaded in the engine (the device tier)")
     host: bool = Field(description="its artifact's bytes in this replica's memory (the host tier)")
+    pinned: bool = Field(description="pinned on the device (never evicted): PUT /v1/admin/pinned-tasks")
 
 
 class Residency(BaseModel):
     task: str
     versions: list[VersionResidency] = Field(description="the versions the route sends traffic to")
+
+
+class PinnedTask(BaseModel):
+    name: str = Field(description="tenant/task")
+    versions: list[VersionResidency] = Field(description="the versions its route sends traffic to, each pinned")
+
+
+class PinnedTasks(BaseModel):
+    tasks: list[PinnedTask]
+    device_budget_bytes: int = Field(description="PREFIX_SERVER_DEVICE_CACHE_BYTES: pinned tasks count against it")
 
 
 class ClassifyResult(BaseModel):

@@ -68,6 +68,11 @@ class CreateTenantRequest(BaseModel):
     limits: TenantLimitsBody | None = None
 
 
+class PinnedTasksRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tasks: list[str] = Field(max_length=10_000, description="tenant/task names; replaces the pinned set ([] unpins all)")
+
+
 class RouteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: int | None = Field(None, ge=1)

@@ -26,6 +26,7 @@ class Services:
     draining: bool = False  # SIGTERM heard: unready while requests in flight finish
     registry_up: dict[str, bool] = field(default_factory=dict)  # from the health monitor's last probe
     background: list = field(default_factory=list)  # asyncio tasks cancelled at shutdown
+    pinned_tasks: list[str] = field(default_factory=list)  # tenant/task names kept on the device (api/pins.py)
 
     def begin_drain(self, seconds: float) -> None:
         """SIGTERM (server.api.shutdown): unready now; the batcher finishes what it can within `seconds`."""

@@ -4,7 +4,7 @@ Imports the engine; never the API layer or the registry (the registry's byte rea
 
 from server.batching.batcher import Batcher, BatchLimits, ClassifyJob
 from server.batching.inputs import ChoiceInput, Input, QuestionInput, TokenScores
-from server.batching.prefix_cache import PrefixCache
+from server.batching.prefix_cache import PinsOverBudget, PrefixCache
 from server.batching.queues import DeadlineExceeded, Overloaded, ShuttingDown
 from server.decoding import ChoiceScores, SpanAnswer, SpanOptions
 
@@ -17,6 +17,7 @@ __all__ = [
     "DeadlineExceeded",
     "Input",
     "Overloaded",
+    "PinsOverBudget",
     "PrefixCache",
     "QuestionInput",
     "ShuttingDown",

@@ -1,9 +1,10 @@
 """The dynamic batcher: the one owner of the queue (queues.py holds it; only this class touches it).
 
 Handlers call `classify(job)` and await its result; nothing else touches the queue. Admission
-reserves queue room (429 past the bounds, 422 for a request larger than the bounds themselves), loads
-the routed prefix if it is not resident and tokenizes long requests off the event loop (short ones and
-cache hits stay on it), then enqueues one item per input in the tenant's own FIFO. A single loop forms
+reserves queue room (429 past the bounds, 422 for a request larger than the bounds themselves), waits
+(up to the request's deadline) on the prefix cache's load of the routed prefix if it is not resident,
+tokenizes long requests off the event loop (short ones and cache hits stay on it), then enqueues one
+item per input in the tenant's own FIFO. A single loop forms
 batches by taking items from the tenants in turn, closes a batch on max_batch_size, max_batch_tokens
 (inputs' tokens plus their prefixes: the engine packs rows, so no padding is counted) or max_wait_ms,
 drops items of cancelled or expired requests before compute, and runs the forward pass on the compute
@@ -74,7 +75,7 @@ class Batcher:
         self.encoder = encoder  # tokenizing is the serving side's: the engine gets token ids
         self._queues = InputQueues(per_task=limits.per_task_batches)
         self._arrival = asyncio.Event()
-        self._prep_pool = ThreadPoolExecutor(2, thread_name_prefix="prep")  # tokenizer, prefix loads
+        self._prep_pool = ThreadPoolExecutor(2, thread_name_prefix="prep")  # tokenizer, span assembly
         # One forward at a time, or two where the engine launches the next batch while one runs (CUDA).
         self._depth = max(1, engine.batches_in_flight)
         self._compute_pool = ThreadPoolExecutor(self._depth, thread_name_prefix="compute")
@@ -128,11 +129,13 @@ class Batcher:
         request = None
         try:
             loop = asyncio.get_running_loop()
+            deadline = loop.time() + job.timeout_s
             # A resident prefix and a short request are handled here: a thread hop costs more CPU than
             # the work, and every CPU cycle spent here is one the forward pass does not get.
             task = self.cache.peek(job.sha256)
-            if task is None:
-                task = await loop.run_in_executor(self._prep_pool, self.cache.get, job.sha256)
+            if task is None:  # parked on the cache's load, which other requests may share; never past the deadline
+                fetched = asyncio.wrap_future(self.cache.fetch(job.sha256))
+                task = await asyncio.wait_for(fetched, timeout=max(deadline - loop.time(), 0))
             head = task.facts.head
             check_shapes(job.inputs, head, job.heads)
             function = default_score_function(head, task.facts.problem_type)
@@ -146,7 +149,7 @@ class Batcher:
                 reserved = len(rows)
             if self._closed:
                 raise ShuttingDown("the server is shutting down; retry the request (another replica will answer)")
-            request = PendingRequest(loop.create_future(), [None] * len(rows), loop.time() + job.timeout_s, len(rows))
+            request = PendingRequest(loop.create_future(), [None] * len(rows), deadline, len(rows))
             if tokenize_started_ns:
                 request.enqueued_ns = tracing.now_ns()
                 tracing.record_span("tokenize", tokenize_started_ns, request.enqueued_ns, {"inputs": len(rows)})

@@ -6,6 +6,12 @@ holds (TaskFacts). A request takes a reference to its ResidentTask at admission;
 the cache's reference, and the engine frees the task when the last reference goes, so a request in
 flight keeps the exact version it was routed to. Entries of an engine process that has since
 restarted are stale and load again on their next request.
+
+Loads run in a pool of their own (`fetch_workers` at once), never on the event loop or the batch
+path. One load per sha256 is in flight at a time, a `Future` that every request for it awaits: its
+failure (a store that is down or timed out) fails those requests together, one store round trip for all
+of them, and the next request after it tries again. Pinned tasks (SPEC 6, the operator's choice) are
+never evicted by the LRU; they count against the budget like any other.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ import logging
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from server import metrics
@@ -56,21 +63,31 @@ def load_task(engine: EngineSurface, data: bytes) -> ResidentTask:
     return task
 
 
+class PinsOverBudget(ValueError):
+    """The pinned tasks alone would exceed the device budget."""
+
+
 class PrefixCache:
-    def __init__(self, engine: EngineSurface, read_bytes: Callable[[str], bytes], max_bytes: int):
+    def __init__(self, engine: EngineSurface, read_bytes: Callable[[str], bytes], max_bytes: int, fetch_workers: int = 4):
         self._engine = engine
         self._read_bytes = read_bytes
         self.max_bytes = max_bytes
         self._entries: OrderedDict[str, ResidentTask] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
-        self._loading: dict[str, threading.Lock] = {}  # one loader per sha256: concurrent misses load once
+        self._loading: dict[str, Future[ResidentTask]] = {}  # one load per sha256: concurrent misses share it
+        self._pinned: frozenset[str] = frozenset()
+        self._loads = ThreadPoolExecutor(fetch_workers, thread_name_prefix="fetch")
         metrics.TIER_BUDGET_BYTES.labels(TIER).set(max_bytes)
         metrics.touch_tier(TIER)  # every series of the tier from the start: /metrics keeps its size
 
     @property
     def resident_bytes(self) -> int:
         return self._bytes
+
+    @property
+    def pinned(self) -> frozenset[str]:
+        return self._pinned
 
     def __contains__(self, sha256: str) -> bool:
         return sha256 in self._entries
@@ -81,28 +98,56 @@ class PrefixCache:
             return self._lookup(sha256)
 
     def get(self, sha256: str) -> ResidentTask:
-        """The loaded prefix for `sha256`, loading it from the registry on a miss. Blocking."""
+        """The loaded prefix for `sha256`, loading it from the tier below on a miss. Blocking."""
+        return self.fetch(sha256).result()
+
+    def fetch(self, sha256: str) -> Future[ResidentTask]:
+        """The loaded prefix, as a future: done now when resident, else the one load in flight for it."""
         with self._lock:
             hit = self._lookup(sha256)
             if hit is not None:
-                return hit
-            loader_lock = self._loading.setdefault(sha256, threading.Lock())
-        with loader_lock:
+                done: Future[ResidentTask] = Future()
+                done.set_result(hit)
+                return done
+            flight = self._loading.get(sha256)
+            if flight is None:
+                metrics.TIER_MISSES.labels(TIER).inc()
+                flight = self._loading[sha256] = Future()
+                flight.set_running_or_notify_cancel()  # a waiter that gives up cannot cancel it for the others
+                self._loads.submit(self._load, sha256, flight)
+            return flight
+
+    def pin(self, sha256s: Iterable[str]) -> None:
+        """Makes `sha256s` the pinned set (loading those not resident; blocking); the others go back to
+        the LRU. Raises PinsOverBudget, pinning nothing new, when they would not fit the budget together."""
+        wanted = frozenset(sha256s)
+        with self._lock:  # resident ones are not looked up (a periodic re-pin is not traffic: no hits counted)
+            resident = {sha: self._entries[sha] for sha in wanted if sha in self._entries and not self._entries[sha].stale}
+        loaded = [resident.get(sha) or self.fetch(sha).result() for sha in wanted]  # a store error propagates: nothing changes
+        needed = sum(task.nbytes for task in loaded)
+        if needed > self.max_bytes:
+            raise PinsOverBudget(f"expected pinned tasks within the device budget of {self.max_bytes} bytes, got {needed} bytes")
+        with self._lock:
+            self._pinned = wanted
+            for sha, task in zip(wanted, loaded):
+                if sha not in self._entries:  # evicted between its load and now
+                    self._insert(sha, task)
+
+    def close(self) -> None:
+        self._loads.shutdown(wait=False, cancel_futures=True)
+
+    def _load(self, sha256: str, flight: Future[ResidentTask]) -> None:
+        try:
+            prefix = load_task(self._engine, self._read_bytes(sha256))  # parsed once, by the engine
+        except BaseException as error:  # noqa: BLE001 — handed to every waiter; the next request tries again
             with self._lock:
-                hit = self._lookup(sha256)  # another thread may have loaded it meanwhile
-                if hit is not None:
-                    return hit
-            metrics.TIER_MISSES.labels(TIER).inc()
-            try:
-                prefix = load_task(self._engine, self._read_bytes(sha256))  # parsed once, by the engine
-            except BaseException:
-                with self._lock:
-                    self._loading.pop(sha256, None)  # the next request tries again
-                raise
-            with self._lock:
-                self._insert(sha256, prefix)
                 self._loading.pop(sha256, None)
-            return prefix
+            flight.set_exception(error)
+            return
+        with self._lock:
+            self._insert(sha256, prefix)
+            self._loading.pop(sha256, None)
+        flight.set_result(prefix)
 
     def _lookup(self, sha256: str) -> ResidentTask | None:
         prefix = self._entries.get(sha256)
@@ -118,11 +163,18 @@ class PrefixCache:
     def _insert(self, sha256: str, prefix: ResidentTask) -> None:
         self._entries[sha256] = prefix
         self._bytes += prefix.nbytes
-        # The newest entry stays even when it alone exceeds the bound: the request needs it.
-        while self._bytes > self.max_bytes and len(self._entries) > 1:
-            evicted_sha, evicted = self._entries.popitem(last=False)
+        # The newest entry stays even when it alone exceeds the bound (the request needs it), and
+        # pinned ones always stay: met at the LRU end, they move to the other.
+        kept = 0
+        while self._bytes > self.max_bytes and kept < len(self._entries):
+            oldest = next(iter(self._entries))
+            if oldest == sha256 or oldest in self._pinned:
+                self._entries.move_to_end(oldest)
+                kept += 1
+                continue
+            evicted = self._entries.pop(oldest)
             self._bytes -= evicted.nbytes
             metrics.TIER_EVICTIONS.labels(TIER).inc()
-            log.debug("evicted prefix %s (%d bytes)", evicted_sha[:12], evicted.nbytes)
+            log.debug("evicted prefix %s (%d bytes)", oldest[:12], evicted.nbytes)
         metrics.TIER_BYTES.labels(TIER).set(self._bytes)
         metrics.TIER_ENTRIES.labels(TIER).set(len(self._entries))

@@ -33,7 +33,16 @@ class Runtime:
 
     def residency(self, sha256: str) -> dict[str, bool]:
         """Which tiers hold the artifact (SPEC 6): for routers that send a task where it is warm."""
-        return {"device": sha256 in self.cache, "host": self.host is not None and sha256 in self.host}
+        return {"device": sha256 in self.cache, "host": self.host is not None and sha256 in self.host,
+                "pinned": sha256 in self.cache.pinned}
+
+    @property
+    def device_budget_bytes(self) -> int:
+        return self.cache.max_bytes
+
+    def pin(self, sha256s: set[str]) -> None:
+        """Keeps these artifacts on the device (loading them now; blocking). Raises PinsOverBudget."""
+        self.cache.pin(sha256s)
 
     @property
     def encoder(self) -> TextEncoder:
@@ -55,6 +64,7 @@ class Runtime:
 
     async def stop(self) -> None:
         await self.batcher.stop()
+        self.cache.close()
         self.engine.close()
 
     def warm_up(self) -> None:
@@ -81,6 +91,7 @@ def build_runtime(
     attention: str = "auto",
     log_json: bool = False,
     host_cache_bytes: int = 0,
+    fetch_workers: int = 4,
 ) -> Runtime:
     """`attention`: auto | triton | varlen | sdpa (attention.py); auto is sdpa on the CPU."""
     started = time.perf_counter()
@@ -98,6 +109,6 @@ def build_runtime(
         f"engine process {engine.pid}" if engine_process else "engine in this process",
     )
     host = HostTier(read_artifact_bytes, host_cache_bytes)
-    cache = PrefixCache(engine, host.get, cache_bytes)
+    cache = PrefixCache(engine, host.get, cache_bytes, fetch_workers)
     encoder = engine.encoder if isinstance(engine, Engine) else TextEncoder.from_folder(backbone_dir)
     return Runtime(engine, cache, Batcher(engine, cache, limits, encoder), host)

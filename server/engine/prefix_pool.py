@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from server.artifact.prefix import NUMPY_FLOATS
+
 
 @dataclass(frozen=True, eq=False)
 class PoolEntry:
@@ -73,17 +75,28 @@ class PrefixPool:
                 f"expected a prefix of shape [{self.num_layers}, 2, {self.num_heads}, P, {self.head_dim}], "
                 f"got {list(key_values.shape)}"
             )
-        rows = key_values.to(self.device, self.dtype).permute(0, 3, 1, 2, 4).reshape(L, P, 2 * H * D)  # [L, P, 2C]
         with self._lock:
             if len(self._free) < P:
                 self._grow(P - len(self._free))
             taken = self._free[len(self._free) - P :][::-1]
             del self._free[len(self._free) - P :]
             slots = np.array(taken, dtype=np.int64)  # [P]
-            self._storage[:, torch.from_numpy(slots).to(self.device)] = rows
+            self._write(slots, key_values)
         entry = PoolEntry(slots, self)
         weakref.finalize(entry, self._release, taken)
         return entry
+
+    def _write(self, slots: np.ndarray, key_values: torch.Tensor) -> None:
+        """Copies `[L, 2, H, P, D]` into `slots` of the storage, converting to the pool's dtype."""
+        L, _, H, P, D = key_values.shape
+        if self.device.type == "cpu" and {key_values.dtype, self.dtype} <= set(NUMPY_FLOATS):
+            # In numpy, on this thread: a torch copy this size would start an OpenMP team beside the
+            # forward pass's (artifact/prefix.py says what that costs).
+            source = key_values.numpy().transpose(0, 3, 1, 2, 4).reshape(L, P, 2 * H * D)  # [L, P, 2C]
+            self._storage.numpy()[:, slots] = source  # casts to the pool's dtype as it copies
+            return
+        rows = key_values.to(self.device, self.dtype).permute(0, 3, 1, 2, 4).reshape(L, P, 2 * H * D)  # [L, P, 2C]
+        self._storage[:, torch.from_numpy(slots).to(self.device)] = rows
 
     def read(self, entry: PoolEntry) -> torch.Tensor:
         L, H, D = self.num_layers, self.num_heads, self.head_dim

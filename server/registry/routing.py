@@ -61,6 +61,12 @@ def routed_versions(route: Route) -> set[int]:
     return {route.pinned} if route.pinned is not None else set(route.weights)
 
 
+def routed_records(record: TaskRecord) -> list[VersionRecord]:
+    """The task's versions its route sends requests to."""
+    routed = routed_versions(record.route)
+    return [v for v in record.versions if v.version in routed]
+
+
 def version_for(record: TaskRecord, rng: random.Random) -> VersionRecord:
     """The version one request of this task runs on: the one routing rule serving uses everywhere."""
     version = pick_version(record.route, rng)

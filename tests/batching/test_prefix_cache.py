@@ -1,11 +1,14 @@
 """PrefixCache on its own, with a byte bound a few prefixes wide: LRU eviction by bytes, the newest
 entry kept even when it alone is over the bound, and a request in flight keeping the prefix the
-cache has since evicted (its scores unchanged)."""
+cache has since evicted (its scores unchanged); pinned prefixes, which the LRU never evicts."""
 
 from __future__ import annotations
 
+import pytest
+from prometheus_client import REGISTRY
+
 from server.artifact import artifact_to_bytes
-from server.batching import PrefixCache
+from server.batching import PinsOverBudget, PrefixCache
 from server.engine import TokenBatch
 from tests.helpers import make_artifact
 
@@ -72,3 +75,36 @@ def test_a_request_in_flight_keeps_its_evicted_prefix(tiny_engine):
     assert scores(other) != before
     assert scores(held) == before
     assert cache.get("sha0") is not held  # a later request loads it afresh
+
+
+def test_pinned_prefixes_outlive_the_lru_and_count_against_the_budget(tiny_engine):
+    size = _size(tiny_engine, 8)
+    cache, reads = _cache(tiny_engine, [8, 8, 8, 8], max_bytes=2 * size)  # room for two
+    cache.pin({"sha0"})
+    for sha in ("sha1", "sha2", "sha3", "sha1"):  # without the pin, each of these would have evicted sha0
+        cache.get(sha)
+    assert "sha0" in cache and cache.resident_bytes == 2 * size
+    assert reads == ["sha0", "sha1", "sha2", "sha3", "sha1"]
+    cache.pin(set())  # unpinned: the LRU's again, two misses from its end
+    cache.get("sha2"), cache.get("sha3")
+    assert "sha0" not in cache
+
+
+def test_pins_beyond_the_budget_are_refused_and_the_old_ones_stay(tiny_engine):
+    size = _size(tiny_engine, 8)
+    cache, _ = _cache(tiny_engine, [8, 8, 8], max_bytes=2 * size)
+    cache.pin({"sha0"})
+    with pytest.raises(PinsOverBudget, match=f"expected pinned tasks within the device budget of {2 * size} bytes, got {3 * size} bytes"):
+        cache.pin({"sha0", "sha1", "sha2"})
+    assert cache.pinned == {"sha0"}
+    cache.get("sha1"), cache.get("sha2")
+    assert "sha0" in cache
+
+
+def test_pinning_again_what_is_resident_is_not_counted_as_traffic(tiny_engine):
+    cache, reads = _cache(tiny_engine, [8], max_bytes=1 << 20)
+    cache.pin({"sha0"})
+    hits = REGISTRY.get_sample_value("prefix_server_tier_hits_total", {"tier": "device"})
+    cache.pin({"sha0"})
+    assert REGISTRY.get_sample_value("prefix_server_tier_hits_total", {"tier": "device"}) == hits
+    assert reads == ["sha0"]

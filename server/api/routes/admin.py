@@ -1,4 +1,5 @@
-"""Tenant management (admin token only): create, list, delete, rotate a key (SPEC 2 and 2c)."""
+"""Tenant management (admin token only): create, list, delete, rotate a key (SPEC 2 and 2c); and the
+tasks pinned on the device (SPEC 6, api/pins.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,14 @@ from fastapi import APIRouter, Path
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from server.api import pins
 from server.api.deps import AdminDep, ReadyServices
+from server.api.errors import ApiError
 from server.api.responses import FastJSONResponse
-from server.api.schemas import NAME_PATTERN, CreateTenantRequest
+from server.api.schemas import NAME_PATTERN, CreateTenantRequest, PinnedTasksRequest
+from server.api.state import Services
+from server.batching import PinsOverBudget
+from server.registry.base import VersionRecord
 
 router = APIRouter(prefix="/v1/admin")
 TenantName = Annotated[str, Path(pattern=NAME_PATTERN, description="tenant name")]
@@ -47,3 +53,33 @@ async def rotate_key(name: TenantName, _: AdminDep, services: ReadyServices):
     api_key = await run_in_threadpool(services.registry.rotate_key, name)
     services.lookups.invalidate_tenant(name)
     return FastJSONResponse({"name": name, "api_key": api_key}, status_code=201, headers=_SHOWN_ONCE)
+
+
+@router.get("/pinned-tasks")
+async def list_pinned_tasks(_: AdminDep, services: ReadyServices) -> dict:
+    resolved = await run_in_threadpool(pins.resolve, services, services.pinned_tasks, True)
+    return _pinned(services, resolved)
+
+
+@router.put("/pinned-tasks")
+async def set_pinned_tasks(body: PinnedTasksRequest, _: AdminDep, services: ReadyServices) -> dict:
+    """Replaces the pinned set, loading what it names before answering: a task that does not exist
+    is 404, a set that would not fit the device budget 409; either way the previous pins stay."""
+    for name in body.tasks:
+        tenant, task = pins.split_name(name)
+        if not tenant or not task or "/" in task:
+            raise ApiError(422, f"tasks: expected tenant/task names, got {name!r}")
+    try:
+        resolved = await run_in_threadpool(pins.apply, services, body.tasks, False)
+    except PinsOverBudget as error:
+        raise ApiError(409, str(error)) from None
+    return _pinned(services, resolved)
+
+
+def _pinned(services: Services, resolved: dict[str, list[VersionRecord]]) -> dict:
+    residency = services.runtime.residency
+    return {
+        "tasks": [{"name": name, "versions": [{"version": v.version, "sha256": v.sha256, **residency(v.sha256)} for v in versions]}
+                  for name, versions in resolved.items()],
+        "device_budget_bytes": services.runtime.device_budget_bytes,
+    }

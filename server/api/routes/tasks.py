@@ -15,6 +15,7 @@ from server.api.responses import FastJSONResponse
 from server.api.schemas import NAME_PATTERN, RouteRequest
 from server.importers import convert_peft_zip
 from server.registry.base import Route, TaskRecord, VersionRecord
+from server.registry.routing import routed_records
 
 router = APIRouter(prefix="/v1/tasks")
 TaskName = Annotated[str, Path(pattern=NAME_PATTERN, description="task name")]
@@ -82,8 +83,7 @@ async def show_residency(task: TaskName, caller: CallerDep, services: ReadyServi
     """Where this replica holds the task's routed version(s) (SPEC 6), for routers that send a task
     where it is warm: `device` (loaded in the engine), `host` (its bytes in memory), else neither."""
     record = await run_in_threadpool(services.registry.get_task, caller.tenant.name, task)
-    routed = {record.route.pinned} if record.route.pinned is not None else set(record.route.weights)
-    versions = [v for v in record.versions if v.version in routed]
+    versions = routed_records(record)
     return {
         "task": task,
         "versions": [{"version": v.version, "sha256": v.sha256, **services.runtime.residency(v.sha256)} for v in versions],

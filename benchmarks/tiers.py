@@ -1,6 +1,7 @@
-"""Tiers at scale (issue 20, SPEC 6), in one process and one run: the serving side as `serve` builds it
-(Batcher, the device tier `PrefixCache`, the `HostTier`) over the in-process Engine (default MiniLM,
-float32), with tasks of P=16 stored in float16 (about 147 KB each, as the trainer writes them).
+"""Tiers at scale (issue 20, SPEC 6), in one run: the serving side as `serve` builds it (Batcher, the
+device tier `PrefixCache`, the `HostTier`) over the engine in its own process (default MiniLM, float32;
+`--engine-in-process` for the engine in this one), with tasks of P=16 stored in float16 (about 147 KB
+each, as the trainer writes them).
 
 1. cold vs warm first answer: single requests one after another, alternating a task already on the
    device and a task never seen, read from a file blob store on the local disk; the cold side split
@@ -25,6 +26,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -41,8 +43,9 @@ from benchmarks.workload import DataMissing, load_text_pools, synthetic_pools
 from server.artifact import PrefixArtifact, ProblemType, artifact_to_bytes, read_artifact
 from server.batching import Batcher, BatchLimits, ClassifyJob, PrefixCache
 from server.batching.host_tier import HostTier
-from server.engine import Engine
+from server.engine import Engine, TextEncoder
 from server.engine.backbone import default_backbone_dir
+from server.engine.process import EngineProcess
 from server.registry.blobs.local import FileBlobStore
 
 PREFIX_LEN = 16
@@ -89,10 +92,13 @@ class TimedEngine:
         return getattr(self.engine, name)
 
     def load_task(self, handle, data):
+        return self.start_load(handle, data).result()
+
+    def start_load(self, handle, data):
         started = time.perf_counter()
-        facts = self.engine.load_task(handle, data)
-        self.load_seconds.append(time.perf_counter() - started)
-        return facts
+        loading = self.engine.start_load(handle, data)
+        loading.add_done_callback(lambda _: self.load_seconds.append(time.perf_counter() - started))
+        return loading
 
 
 def job(key: str, text) -> ClassifyJob:
@@ -194,33 +200,63 @@ def tier_counts() -> dict:
             for tier in ("device", "host")}
 
 
-async def zipf(batcher, args, texts, first: int) -> dict:
+async def zipf(batcher, engine, args, texts, first: int) -> dict:
+    """Throughput (and CPU per input, both processes) of the Zipf stream against the same stream over 64
+    resident tasks, at `--zipf-in-flight` clients: enough that every batch fills on both sides, so the
+    ratio is the tiers' cost and not the closed loop's luck (at 16 clients the loads split the clients
+    into two groups of 8 that then take turns, and an all-warm run stays in step or not by chance)."""
     rng = np.random.default_rng(7)
-    ranks = np.arange(1, args.tasks + 1)
-    weights = ranks ** -args.zipf
+    weights = np.arange(1, args.tasks + 1) ** -args.zipf
     draws = rng.choice(args.tasks, size=args.requests * args.rounds, p=weights / weights.sum())
     # A server that has been running on this distribution: tiers filled by other draws of it, not timed.
     warmup = rng.choice(args.tasks, size=args.warmup, p=weights / weights.sum())
-    await closed_loop(batcher, [f"synthetic-{first + int(i)}" for i in warmup], texts, len(warmup), 16)
-    tiered, warm, hit_rates = [], [], []
+    await closed_loop(batcher, [f"synthetic-{first + int(i)}" for i in warmup], texts, len(warmup), args.zipf_in_flight)
+    sides = {kind: {"inputs_per_s": [], "cpu_ms_per_input": [], "mean_batch": []} for kind in ("tiered", "warm")}
+    hit_rates = []
     for r in range(args.rounds):
         stream = draws[r * args.requests:(r + 1) * args.requests]
         for kind in (("tiered", "warm") if r % 2 == 0 else ("warm", "tiered")):
-            if kind == "warm":  # the same stream over 64 resident tasks: the same batches, no misses
-                keys = [f"synthetic-{1 + int(i) % 64}" for i in stream]
-            else:
-                keys = [f"synthetic-{first + int(i)}" for i in stream]
-            before = tier_counts()
-            _, seconds = await closed_loop(batcher, keys, texts, len(keys), 16)
-            (tiered if kind == "tiered" else warm).append(len(keys) / seconds)
+            offset = 1 if kind == "warm" else first  # warm: the same stream over 64 resident tasks
+            keys = [f"synthetic-{offset + int(i) % 64}" if kind == "warm" else f"synthetic-{offset + int(i)}" for i in stream]
+            before, cpu, (count, total) = tier_counts(), cpu_seconds(engine), batches()
+            _, seconds = await closed_loop(batcher, keys, texts, len(keys), args.zipf_in_flight)
+            count_after, total_after = batches()
+            side = sides[kind]
+            side["inputs_per_s"].append(round(len(keys) / seconds, 1))
+            side["cpu_ms_per_input"].append(round((cpu_seconds(engine) - cpu) / len(keys) * 1e3, 2))
+            side["mean_batch"].append(round((total_after - total) / max(count_after - count, 1), 1))
             if kind == "tiered":
                 after = tier_counts()
                 hit_rates.append({t: round((after[t]["hits_total"] - before[t]["hits_total"]) / len(keys), 3) for t in after})
+    tiered, warm = sides["tiered"], sides["warm"]
     return {"tasks": args.tasks, "zipf_s": args.zipf, "distinct_tasks_drawn": len(set(draws.tolist())),
             "warmup_requests": args.warmup, "distinct_tasks_in_warmup": len(set(warmup.tolist())),
-            "requests_per_round": args.requests, "inputs_per_s_tiered": [round(x, 1) for x in tiered],
-            "inputs_per_s_all_warm": [round(x, 1) for x in warm], "hit_rates_per_round": hit_rates,
-            "ratio_median": round(statistics.median(t / w for t, w in zip(tiered, warm)), 3)}
+            "requests_per_round": args.requests, "in_flight": args.zipf_in_flight, "tiered": tiered, "all_warm": warm,
+            "hit_rates_per_round": hit_rates,
+            "ratio_median": round(statistics.median(t / w for t, w in zip(tiered["inputs_per_s"], warm["inputs_per_s"])), 3),
+            "ratio_by_cpu_median": round(statistics.median(
+                w / t for t, w in zip(tiered["cpu_ms_per_input"], warm["cpu_ms_per_input"])), 3)}
+
+
+def rss_both(engine) -> float:
+    """RSS in MiB of this process plus the engine's own, where it has one."""
+    pid = getattr(engine, "pid", None)
+    return round(proc_memory()["rss_mb"] + (proc_memory(pid)["rss_mb"] if pid else 0.0), 1)
+
+
+def cpu_seconds(engine) -> float:
+    """CPU time of this process and of the engine's own, where it has one."""
+    total = time.process_time()
+    pid = getattr(engine, "pid", None)
+    if pid:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return total
+
+
+def batches() -> tuple[float, float]:
+    return (REGISTRY.get_sample_value("prefix_server_batch_size_count") or 0.0,
+            REGISTRY.get_sample_value("prefix_server_batch_size_sum") or 0.0)
 
 
 def metrics_size() -> dict:
@@ -231,8 +267,13 @@ def metrics_size() -> dict:
 async def run(args, workdir: Path) -> dict:
     torch.set_num_threads(args.threads)
     rss_before = proc_memory()["rss_mb"]
-    engine = Engine.from_folder(default_backbone_dir())
-    rss_backbone = proc_memory()["rss_mb"]
+    if args.engine_in_process:
+        engine = Engine.from_folder(default_backbone_dir())
+        encoder = engine.encoder
+    else:  # as `serve` runs it: the device tier's memory and the forward passes in the engine process
+        engine = EngineProcess(default_backbone_dir(), torch_threads=args.threads)
+        encoder = TextEncoder.from_folder(default_backbone_dir())
+    rss_backbone = rss_both(engine)
     try:
         texts = load_text_pools().sources["sst2"]
     except (DataMissing, KeyError):
@@ -250,34 +291,36 @@ async def run(args, workdir: Path) -> dict:
     probe = engine.load_task(10**9, artifact_bytes(engine.shape, 0))  # a task's bytes on the device
     engine.release_task(10**9)
     cache = PrefixCache(timed_engine, host.get, args.device_tasks * probe.nbytes)
-    batcher = Batcher(timed_engine, cache, BatchLimits(max_batch_size=64, max_wait_ms=2.0, max_queued_inputs=10**6), engine.encoder)
+    batcher = Batcher(timed_engine, cache, BatchLimits(max_batch_size=64, max_wait_ms=2.0, max_queued_inputs=10**6), encoder)
     batcher.start()
     try:
         for i in range(1, 11):
             await timed(batcher, f"synthetic-{i}", texts[0])
         metrics_small = metrics_size()  # 10 tasks touched
         await closed_loop(batcher, [f"synthetic-{i}" for i in range(1, 65)], texts, 256, 8)
-        # The forward passes' workspace at the Zipf runs' 16 in flight (86 MiB above 8 in flight) and 64
-        # tasks: the fixed overhead the budgets come on top of.
-        await closed_loop(batcher, [f"synthetic-{i}" for i in range(1, 65)], texts, 2000, 16)
-        rss_serving = proc_memory()["rss_mb"]
+        # The forward passes' workspace at the Zipf runs' concurrency and 64 tasks: the fixed overhead
+        # the budgets come on top of.
+        await closed_loop(batcher, [f"synthetic-{i}" for i in range(1, 65)], texts, 2000, args.zipf_in_flight)
+        rss_serving = rss_both(engine)
         first = await cold_vs_warm(batcher, store, timed_engine, cold_keys, texts)
         beside = await warm_beside_cold(batcher, texts, args.requests // 4, args.rounds * 2, 10**6)
-        spread = await zipf(batcher, args, texts, 2 * 10**6)
+        spread = await zipf(batcher, engine, args, texts, 2 * 10**6)
+        rss_after = rss_both(engine)
     finally:
         await batcher.stop()
-    rss_after = proc_memory()
+        cache.close()
+        engine.close()
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, torch {torch.__version__}, {args.threads} threads",
+        "engine": "in this process" if args.engine_in_process else "its own process, as serve runs it",
         "artifact_bytes": one_task, "device_task_bytes": probe.nbytes,
         "budgets": {"device_bytes": cache.max_bytes, "device_tasks": args.device_tasks, "host_bytes": host.max_bytes,
                     "host_tasks": int(host.max_bytes // one_task)},
         "cold_vs_warm": first, "warm_beside_cold": beside, "zipf": spread,
         "metrics": {"after_10_tasks": metrics_small, "after_all": metrics_size(),
                     "store_reads": store.reads},
-        "rss_mb": {"start": rss_before, "backbone_loaded": rss_backbone, "serving_64_tasks": rss_serving,
-                   "end": rss_after["rss_mb"], "peak": rss_after["peak_rss_mb"],
+        "rss_mb": {"start": rss_before, "backbone_loaded": rss_backbone, "serving_64_tasks": rss_serving, "end": rss_after,
                    "serving_plus_budgets": round(rss_serving + (cache.max_bytes + host.max_bytes) / 2**20, 1)},
         "resident": {"device": {"tasks": len(cache._entries), "bytes": cache.resident_bytes},
                      "host": {"tasks": len(host), "bytes": host.resident_bytes}},
@@ -295,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host-fraction", type=float, default=0.05, help="host budget as a fraction of all tasks' bytes")
     parser.add_argument("--device-tasks", type=int, default=256, help="device budget in tasks")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--zipf-in-flight", type=int, default=128,
+                        help="Zipf clients: enough that both sides' batches fill (max_batch_size 64)")
+    parser.add_argument("--engine-in-process", action="store_true", help="the engine in this process (the default: its own)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:

@@ -56,11 +56,23 @@ class ResidentTask:
         return self.generation != self.engine.generation  # its engine process has restarted
 
 
-def load_task(engine: EngineSurface, data: bytes) -> ResidentTask:
+def load_task(engine: EngineSurface, data: bytes) -> Future[ResidentTask]:
+    """The task loaded in the engine, as a future: done once the engine has it (the engine process
+    takes it between forward passes: the caller's thread is not held meanwhile)."""
     generation, handle = engine.generation, next(_handles)
-    task = ResidentTask(handle, engine.load_task(handle, data), generation, engine)
-    weakref.finalize(task, engine.release_task, handle)
-    return task
+    resident: Future[ResidentTask] = Future()
+
+    def settle(loaded: Future[TaskFacts]) -> None:
+        try:
+            task = ResidentTask(handle, loaded.result(), generation, engine)
+        except BaseException as error:  # noqa: BLE001 — handed to the caller through the future
+            resident.set_exception(error)
+            return
+        weakref.finalize(task, engine.release_task, handle)
+        resident.set_result(task)
+
+    engine.start_load(handle, data).add_done_callback(settle)
+    return resident
 
 
 class PinsOverBudget(ValueError):
@@ -137,17 +149,24 @@ class PrefixCache:
         self._loads.shutdown(wait=False, cancel_futures=True)
 
     def _load(self, sha256: str, flight: Future[ResidentTask]) -> None:
+        """On a fetch thread: the read from the tier below, then the engine's load, which this thread
+        does not wait for (the next fetch starts while the engine process is in a forward pass)."""
         try:
-            prefix = load_task(self._engine, self._read_bytes(sha256))  # parsed once, by the engine
+            loading = load_task(self._engine, self._read_bytes(sha256))  # parsed once, by the engine
         except BaseException as error:  # noqa: BLE001 — handed to every waiter; the next request tries again
-            with self._lock:
-                self._loading.pop(sha256, None)
-            flight.set_exception(error)
+            self._settle(sha256, flight, None, error)
             return
+        loading.add_done_callback(lambda done: self._settle(sha256, flight, *_outcome(done)))
+
+    def _settle(self, sha256: str, flight: Future[ResidentTask], prefix: ResidentTask | None, error: BaseException | None) -> None:
         with self._lock:
-            self._insert(sha256, prefix)
-            self._loading.pop(sha256, None)
-        flight.set_result(prefix)
+            if prefix is not None:
+                self._insert(sha256, prefix)
+            self._loading.pop(sha256, None)  # after a failure, the next request tries again
+        if prefix is not None:
+            flight.set_result(prefix)
+        else:
+            flight.set_exception(error)
 
     def _lookup(self, sha256: str) -> ResidentTask | None:
         prefix = self._entries.get(sha256)
@@ -178,3 +197,8 @@ class PrefixCache:
             log.debug("evicted prefix %s (%d bytes)", oldest[:12], evicted.nbytes)
         metrics.TIER_BYTES.labels(TIER).set(self._bytes)
         metrics.TIER_ENTRIES.labels(TIER).set(len(self._entries))
+
+
+def _outcome(done: Future) -> tuple[object, BaseException | None]:
+    error = done.exception()
+    return (None, error) if error is not None else (done.result(), None)

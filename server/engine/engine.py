@@ -11,6 +11,7 @@ packed and launched meanwhile). It knows nothing of HTTP, tenants or queues.
 from __future__ import annotations
 
 import itertools
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,6 +116,15 @@ class Engine:
 
     def load_task(self, handle: int, data: bytes) -> TaskFacts:
         return self.tasks.load(handle, data).facts()
+
+    def start_load(self, handle: int, data: bytes) -> Future[TaskFacts]:
+        """In process there is nothing to wait behind: loads now, on the calling thread."""
+        loaded: Future[TaskFacts] = Future()
+        try:
+            loaded.set_result(self.load_task(handle, data))
+        except Exception as error:  # noqa: BLE001 — handed to the caller through the future
+            loaded.set_exception(error)
+        return loaded
 
     def release_task(self, handle: int) -> None:
         self.tasks.release([handle])

@@ -107,9 +107,23 @@ class EngineProcess:
         return self._batches_in_flight
 
     def load_task(self, handle: int, data: bytes) -> TaskFacts:
-        reply, _ = self._call({"op": "load", "handle": handle}, data)
-        facts = reply["facts"]
-        return TaskFacts(**{**facts, "head": HeadKind(facts["head"]), "problem_type": ProblemType(facts["problem_type"])})
+        return self.start_load(handle, data).result()
+
+    def start_load(self, handle: int, data: bytes) -> Future[TaskFacts]:
+        replied = self._send({"op": "load", "handle": handle}, data)
+        loaded: Future[TaskFacts] = Future()
+
+        def settle(done: Future) -> None:
+            try:
+                reply, _ = _checked(done.result())
+                facts = reply["facts"]
+                loaded.set_result(TaskFacts(**{**facts, "head": HeadKind(facts["head"]),
+                                               "problem_type": ProblemType(facts["problem_type"])}))
+            except Exception as error:  # noqa: BLE001 — handed to the caller through the future
+                loaded.set_exception(error)
+
+        replied.add_done_callback(settle)
+        return loaded
 
     def release_task(self, handle: int) -> None:
         self._released.append(handle)  # may run inside any thread (a finalizer): the next message carries it
@@ -156,6 +170,10 @@ class EngineProcess:
     # --- the pipe ------------------------------------------------------------------------------
 
     def _call(self, header: dict, payload: bytes | None = None, timeout_s: float | None = None) -> tuple[dict, bytes | None]:
+        return _checked(self._send(header, payload).result(timeout=timeout_s))
+
+    def _send(self, header: dict, payload: bytes | None = None) -> Future:
+        """Sends one message; the future gets (reply, data) when the child answers it."""
         if not self._up.is_set():
             raise EngineUnavailable("the engine process is not running (restarting); retry shortly")
         future: Future = Future()
@@ -173,10 +191,7 @@ class EngineProcess:
         except (OSError, ValueError) as exc:
             self._pending.pop(call_id, None)
             raise EngineUnavailable(f"the engine process is not reachable ({exc})") from None
-        reply, data = future.result(timeout=timeout_s)
-        if not reply.get("ok"):
-            raise RuntimeError(f"engine process: {reply.get('error')}")
-        return reply, data
+        return future
 
     def _read_replies(self, conn, generation: int) -> None:
         while True:
@@ -246,3 +261,10 @@ class EngineProcess:
         log.info("engine process %s up (%s threads)", ready["pid"], ready["torch_threads"])
         threading.Thread(target=self._read_replies, args=(conn, self.generation), name="engine-replies", daemon=True).start()
         self._up.set()
+
+
+def _checked(answer: tuple[dict, bytes | None]) -> tuple[dict, bytes | None]:
+    reply, _ = answer
+    if not reply.get("ok"):
+        raise RuntimeError(f"engine process: {reply.get('error')}")
+    return answer

@@ -9,6 +9,7 @@ many tokens a row may hold.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -52,6 +53,11 @@ class EngineSurface(Protocol):
 
     def load_task(self, handle: int, data: bytes) -> TaskFacts:
         """Parses an artifact's bytes into the engine under `handle` (the caller's, never reused)."""
+        ...
+
+    def start_load(self, handle: int, data: bytes) -> Future[TaskFacts]:
+        """load_task without waiting for it: the engine process takes loads between forward passes, so a
+        caller that waited would hold its thread for a whole pass; this one returns once it has sent."""
         ...
 
     def release_task(self, handle: int) -> None:

@@ -1,12 +1,16 @@
 """PrefixCache on its own, with a byte bound a few prefixes wide: LRU eviction by bytes, the newest
 entry kept even when it alone is over the bound, and a request in flight keeping the prefix the
-cache has since evicted (its scores unchanged); pinned prefixes, which the LRU never evicts."""
+cache has since evicted (its scores unchanged); pinned prefixes, which the LRU never evicts; fetch
+threads that hand a load to the engine and go on to the next fetch."""
 
 from __future__ import annotations
+
+from concurrent.futures import Future
 
 import pytest
 from prometheus_client import REGISTRY
 
+from harness.processes import wait_until
 from server.artifact import artifact_to_bytes
 from server.batching import PinsOverBudget, PrefixCache
 from server.engine import TokenBatch
@@ -108,3 +112,35 @@ def test_pinning_again_what_is_resident_is_not_counted_as_traffic(tiny_engine):
     cache.pin({"sha0"})
     assert REGISTRY.get_sample_value("prefix_server_tier_hits_total", {"tier": "device"}) == hits
     assert reads == ["sha0"]
+
+
+class HeldLoads:
+    """The engine, its loads answered only when the test says (as the engine process answers them
+    after the forward pass it is in)."""
+
+    def __init__(self, engine):
+        self.engine, self.held = engine, []
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def start_load(self, handle, data):
+        pending = Future()
+        self.held.append((pending, handle, data))
+        return pending
+
+    def answer_all(self):
+        for pending, handle, data in self.held:
+            pending.set_result(self.engine.load_task(handle, data))
+
+
+def test_a_fetch_thread_does_not_wait_for_the_engine_to_take_a_load(tiny_engine):
+    held = HeldLoads(tiny_engine)
+    blobs = {f"sha{i}": artifact_to_bytes(make_artifact(tiny_engine.shape, 8, 2, seed=i)) for i in range(3)}
+    reads = []
+    cache = PrefixCache(held, lambda sha: reads.append(sha) or blobs[sha], 1 << 20, fetch_workers=1)
+    flights = [cache.fetch(sha) for sha in blobs]
+    wait_until(lambda: len(held.held) == 3, 30, "three loads sent through one fetch thread")
+    assert sorted(reads) == sorted(blobs) and not any(f.done() for f in flights)
+    held.answer_all()
+    assert all(f.result(timeout=30).prefix_len == 8 for f in flights) and all(sha in cache for sha in blobs)

@@ -98,7 +98,7 @@ class Settings(BaseSettings):
         256 * 1024 * 1024, ge=0, description="budget of the host tier: artifacts' bytes in memory below the device, LRU; 0 turns it off"
     )
     prefix_cache_bytes: int | None = Field(None, ge=1, description="the former name of device_cache_bytes, read when that is unset")
-    fetch_concurrency: int = Field(4, ge=1, description="cold prefixes fetched and loaded at once, off the batch path")
+    fetch_concurrency: int = Field(4, ge=1, description="cold prefixes read from the blob store at once, off the batch path")
     pinned_tasks: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="tasks the device tier never evicts, as tenant/task separated by commas (default/sentiment); "

@@ -7,8 +7,10 @@ the cache's reference, and the engine frees the task when the last reference goe
 flight keeps the exact version it was routed to. Entries of an engine process that has since
 restarted are stale and load again on their next request.
 
-Loads run in a pool of their own (`fetch_workers` at once), never on the event loop or the batch
-path. One load per sha256 is in flight at a time, a `Future` that every request for it awaits: its
+Reads from the tier below run in a pool of their own (`fetch_workers` at once), never on the event
+loop or the batch path; a thread hands the bytes to the engine (`start_load`) and goes on to the next
+read without waiting (the engine process takes loads between forward passes). One load per sha256 is
+in flight at a time, a `Future` that every request for it awaits: its
 failure (a store that is down or timed out) fails those requests together, one store round trip for all
 of them, and the next request after it tries again. Pinned tasks (SPEC 6, the operator's choice) are
 never evicted by the LRU; they count against the budget like any other.

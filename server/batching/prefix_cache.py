@@ -33,6 +33,9 @@ from server.engine.surface import EngineSurface, TaskFacts
 log = logging.getLogger(__name__)
 _handles = itertools.count(1)  # never reused, across engine restarts too
 TIER = "device"
+# Artifacts handed to the engine and not loaded yet hold their bytes (in the engine process's queue):
+# at most this many bytes of them, or one artifact however large.
+MAX_BYTES_IN_ENGINE = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,6 +94,7 @@ class PrefixCache:
         self._lock = threading.Lock()
         self._loading: dict[str, Future[ResidentTask]] = {}  # one load per sha256: concurrent misses share it
         self._pinned: frozenset[str] = frozenset()
+        self._handed = _BytesInFlight(MAX_BYTES_IN_ENGINE)  # loads handed to the engine, not answered yet
         self._loads = ThreadPoolExecutor(fetch_workers, thread_name_prefix="fetch")
         metrics.TIER_BUDGET_BYTES.labels(TIER).set(max_bytes)
         metrics.touch_tier(TIER)  # every series of the tier from the start: /metrics keeps its size
@@ -154,17 +158,27 @@ class PrefixCache:
         """On a fetch thread: the read from the tier below, then the engine's load, which this thread
         does not wait for (the next fetch starts while the engine process is in a forward pass)."""
         try:
-            loading = load_task(self._engine, self._read_bytes(sha256))  # parsed once, by the engine
+            data = self._read_bytes(sha256)
         except BaseException as error:  # noqa: BLE001 — handed to every waiter; the next request tries again
             self._settle(sha256, flight, None, error)
             return
-        loading.add_done_callback(lambda done: self._settle(sha256, flight, *_outcome(done)))
+        self._handed.acquire(len(data))  # past the bound, this thread waits for the engine to answer some
+        try:
+            loading = load_task(self._engine, data)  # parsed once, by the engine
+        except BaseException as error:  # noqa: BLE001 — as above
+            self._settle(sha256, flight, None, error, loaded=len(data))
+            return
+        loading.add_done_callback(lambda done: self._settle(sha256, flight, *_outcome(done), loaded=len(data)))
 
-    def _settle(self, sha256: str, flight: Future[ResidentTask], prefix: ResidentTask | None, error: BaseException | None) -> None:
+    def _settle(self, sha256: str, flight: Future[ResidentTask], prefix: ResidentTask | None,
+                error: BaseException | None, loaded: int | None = None) -> None:
+        """`loaded`: the bytes handed to the engine for it, if it got that far."""
         with self._lock:
             if prefix is not None:
                 self._insert(sha256, prefix)
             self._loading.pop(sha256, None)  # after a failure, the next request tries again
+        if loaded is not None:
+            self._handed.release(loaded)
         if prefix is not None:
             flight.set_result(prefix)
         else:
@@ -204,3 +218,21 @@ class PrefixCache:
 def _outcome(done: Future) -> tuple[object, BaseException | None]:
     error = done.exception()
     return (None, error) if error is not None else (done.result(), None)
+
+
+class _BytesInFlight:
+    """A bound on bytes held at once: acquire waits while others hold any and this would pass the bound."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.held = max_bytes, 0
+        self._changed = threading.Condition()
+
+    def acquire(self, nbytes: int) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self.held == 0 or self.held + nbytes <= self.max_bytes)
+            self.held += nbytes
+
+    def release(self, nbytes: int) -> None:
+        with self._changed:
+            self.held -= nbytes
+            self._changed.notify_all()

@@ -20,6 +20,7 @@ import itertools
 import json
 import logging
 import os
+import queue
 import socket
 import subprocess
 import sys
@@ -27,7 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from multiprocessing.connection import Connection
 
 import numpy as np
@@ -73,7 +74,7 @@ class EngineProcess:
                         **({"pipeline": pipeline} if pipeline is not None else {}),
                         "log_level": logging.getLevelName(log.getEffectiveLevel()), "log_json": log_json}
         self._start_timeout_s, self._max_restarts = start_timeout_s, max_restarts
-        self._send_lock = threading.Lock()
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()  # the current connection's (_send_messages)
         self._pending: dict[int, Future] = {}
         self._ids = itertools.count()
         self._released: deque[int] = deque()
@@ -183,15 +184,24 @@ class EngineProcess:
         while self._released:
             released.append(self._released.popleft())
         message = {**header, "id": call_id, "payload": payload is not None, "release": released}
-        try:
-            with self._send_lock:
-                self._conn.send_bytes(wire.encode_header(message))
-                if payload is not None:
-                    self._conn.send_bytes(payload)
-        except (OSError, ValueError) as exc:
-            self._pending.pop(call_id, None)
-            raise EngineUnavailable(f"the engine process is not reachable ({exc})") from None
+        self._outbox.put((call_id, wire.encode_header(message), payload))
         return future
+
+    def _send_messages(self, conn, outbox: queue.SimpleQueue) -> None:
+        """The one writer of a connection, in the order messages were queued. Callers never block on
+        the socket: its buffer holds about one artifact, and a caller that waited there would wait a
+        whole forward pass (the child reads its next message when the pass ends)."""
+        while (item := outbox.get()) is not None:
+            call_id, header, payload = item
+            try:
+                conn.send_bytes(header)
+                if payload is not None:
+                    conn.send_bytes(payload)
+            except (OSError, ValueError) as exc:
+                future = self._pending.pop(call_id, None)
+                if future is not None:
+                    with contextlib.suppress(InvalidStateError):
+                        future.set_exception(EngineUnavailable(f"the engine process is not reachable ({exc})"))
 
     def _read_replies(self, conn, generation: int) -> None:
         while True:
@@ -213,9 +223,11 @@ class EngineProcess:
             code = self._process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             code = None
+        self._outbox.put(None)  # its writer stops; a message still queued is failed below, with the rest
         pending, self._pending = self._pending, {}
         for future in pending.values():
-            future.set_exception(EngineUnavailable(f"the engine process exited (code {code}) during this call"))
+            with contextlib.suppress(InvalidStateError):
+                future.set_exception(EngineUnavailable(f"the engine process exited (code {code}) during this call"))
         if self._closing:
             return
         log.error("engine process %s exited with code %s; restarting it", self._process.pid, code)
@@ -256,7 +268,8 @@ class EngineProcess:
             raise EngineStartFailed(f"the engine process failed to start on {self._config['backbone']}: {ready.get('error')}")
         self._info, self._shape, self._merge_pairs = ready["info"], BackboneShape(**ready["shape"]), ready["merge_pairs"]
         self._batches_in_flight = ready.get("batches_in_flight", 1)
-        self._process, self._conn = process, conn
+        self._process, self._conn, self._outbox = process, conn, queue.SimpleQueue()
+        threading.Thread(target=self._send_messages, args=(conn, self._outbox), name="engine-sends", daemon=True).start()
         self.generation += 1
         log.info("engine process %s up (%s threads)", ready["pid"], ready["torch_threads"])
         threading.Thread(target=self._read_replies, args=(conn, self.generation), name="engine-replies", daemon=True).start()

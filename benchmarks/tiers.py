@@ -306,6 +306,9 @@ async def run(args, workdir: Path) -> dict:
         beside = await warm_beside_cold(batcher, texts, args.requests // 4, args.rounds * 2, 10**6)
         spread = await zipf(batcher, engine, args, texts, 2 * 10**6)
         rss_after = rss_both(engine)
+        rss_split = {"this_process": proc_memory()["rss_mb"],
+                     "engine_process": proc_memory(engine.pid)["rss_mb"] if getattr(engine, "pid", None) else None,
+                     "engine_pool_slots_used_and_capacity": engine.stats()["pool_slots"] if hasattr(engine, "stats") else None}
     finally:
         await batcher.stop()
         cache.close()
@@ -320,7 +323,7 @@ async def run(args, workdir: Path) -> dict:
         "cold_vs_warm": first, "warm_beside_cold": beside, "zipf": spread,
         "metrics": {"after_10_tasks": metrics_small, "after_all": metrics_size(),
                     "store_reads": store.reads},
-        "rss_mb": {"start": rss_before, "backbone_loaded": rss_backbone, "serving_64_tasks": rss_serving, "end": rss_after,
+        "rss_mb": {"start": rss_before, "backbone_loaded": rss_backbone, "serving_64_tasks": rss_serving, "end": rss_after, "end_split": rss_split,
                    "serving_plus_budgets": round(rss_serving + (cache.max_bytes + host.max_bytes) / 2**20, 1)},
         "resident": {"device": {"tasks": len(cache._entries), "bytes": cache.resident_bytes},
                      "host": {"tasks": len(host), "bytes": host.resident_bytes}},

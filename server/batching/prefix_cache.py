@@ -33,9 +33,11 @@ from server.engine.surface import EngineSurface, TaskFacts
 log = logging.getLogger(__name__)
 _handles = itertools.count(1)  # never reused, across engine restarts too
 TIER = "device"
-# Artifacts handed to the engine and not loaded yet hold their bytes (in the engine process's queue):
-# at most this many bytes of them, or one artifact however large.
-MAX_BYTES_IN_ENGINE = 64 * 1024 * 1024
+# Artifacts handed to the engine and not answered yet: at most this many bytes of them, or one artifact
+# however large. Enough for the loads of a full batch (about 55 MiniLM tasks at P=16), few enough that
+# the tasks the engine holds beyond the device budget stay few (a 64 MiB bound let its prefix pool
+# grow to 1.9x the budget's slots under Zipf at 128 requests in flight).
+MAX_BYTES_IN_ENGINE = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, eq=False)

@@ -40,7 +40,7 @@ import numpy as np
 
 from benchmarks.http_client import Call, run_closed_loop
 from benchmarks.replicas import Services
-from benchmarks.tiers import artifact_bytes
+from benchmarks.tiers_harness import artifact_bytes
 from benchmarks.workload import DataMissing, load_text_pools, synthetic_pools
 from harness.nginx import Nginx, Routed
 from harness.processes import free_port

@@ -22,7 +22,7 @@ import httpx
 
 from benchmarks.stats import BATCH_SIZE_BUCKETS, proc_cpu_seconds, proc_tree_memory
 from benchmarks.workload import BuiltTask
-from harness.processes import child_pids, free_port, stop_process, wait_until
+from harness.processes import answers_ready, child_pids, free_port, stop_process, wait_until
 
 SOURCE_ROOT = Path(__file__).resolve().parent.parent  # where `benchmarks` imports from, for the seed server
 
@@ -91,12 +91,8 @@ def wait_ready(server: ServerProcess, timeout_s: float = 180.0) -> None:
 
 
 def _ready(server: ServerProcess) -> bool:
-    if server.proc.poll() is not None:
-        raise RuntimeError(f"{server.mode} server exited at start-up:\n{server.log_path.read_text()[-3000:]}")
-    try:
-        return httpx.get(f"{server.base}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+    return answers_ready(server.proc, server.base,
+                         lambda _: f"{server.mode} server exited at start-up:\n{server.log_path.read_text()[-3000:]}", timeout_s=2)
 
 
 def write_task_files(tasks: list[BuiltTask], folder: Path) -> None:

@@ -14,9 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from harness.processes import stop_process, wait_until
+from harness.processes import answers_ready, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "deploy" / "affinity" / "nginx.conf"
@@ -110,9 +108,4 @@ class Nginx:
         return parsed
 
     def _answers(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"nginx exited with {self.proc.returncode}: {(self.folder / 'nginx.stderr').read_text()}")
-        try:
-            return httpx.get(f"{self.base}/readyz", timeout=5).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return answers_ready(self.proc, self.base, lambda code: f"nginx exited with {code}: {(self.folder / 'nginx.stderr').read_text()}")

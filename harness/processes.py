@@ -119,6 +119,18 @@ def stop_process(proc: subprocess.Popen, timeout_s: float = STOP_TIMEOUT_S) -> i
     return proc.returncode
 
 
+def answers_ready(proc: subprocess.Popen, base: str, exited: Callable[[int], str], timeout_s: float = 5.0) -> bool:
+    """Whether `base`/readyz answers 200 now (a wait_until predicate); raises RuntimeError(exited(code))
+    once `proc` has exited, so a server that died is reported at once, not at the deadline."""
+    code = proc.poll()
+    if code is not None:
+        raise RuntimeError(exited(code))
+    try:
+        return httpx.get(f"{base}/readyz", timeout=timeout_s).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 @dataclass
 class ServeProcess:
     """`python -m server serve` on 127.0.0.1:<port>, configured by `env` (its PREFIX_SERVER_* variables),
@@ -176,10 +188,4 @@ class ServeProcess:
         return httpx.Client(base_url=self.base, headers=headers, timeout=timeout)
 
     def _ready(self) -> bool:
-        code = self.proc.poll()
-        if code is not None:
-            raise RuntimeError(f"{self.name} exited with {code} before it was ready:\n{self.log_tail()}")
-        try:
-            return httpx.get(f"{self.base}/readyz", timeout=5).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return answers_ready(self.proc, self.base, lambda code: f"{self.name} exited with {code} before it was ready:\n{self.log_tail()}")

@@ -19,6 +19,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from server.registry.names import split_task_path
+
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "PREFIX_SERVER_"
@@ -144,9 +146,7 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
         for entry in value:
-            tenant, _, task = str(entry).partition("/")
-            if not tenant or not task or "/" in task:
-                raise ValueError(f"expected tenant/task entries, got {entry!r}")
+            split_task_path(entry)  # raises InvalidName, a ValueError: pydantic reports it
         return value
 
     @field_validator("log_level", mode="before")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from server.registry.names import NAME_PATTERN as _REGISTRY_NAME_PATTERN
 
 NAME_PATTERN = f"^(?:{_REGISTRY_NAME_PATTERN})$"  # pydantic searches, so anchor the registry's rule
+TASK_PATH_PATTERN = f"^(?:{_REGISTRY_NAME_PATTERN})/(?:{_REGISTRY_NAME_PATTERN})$"  # names.split_task_path's rule
 
 
 class TextPair(BaseModel):
@@ -70,7 +73,9 @@ class CreateTenantRequest(BaseModel):
 
 class PinnedTasksRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    tasks: list[str] = Field(max_length=10_000, description="tenant/task names; replaces the pinned set ([] unpins all)")
+    tasks: list[Annotated[str, Field(pattern=TASK_PATH_PATTERN)]] = Field(
+        max_length=10_000, description="tenant/task names; replaces the pinned set ([] unpins all)"
+    )
 
 
 class RouteRequest(BaseModel):

@@ -63,23 +63,11 @@ class ResidentTask:
         return self.generation != self.engine.generation  # its engine process has restarted
 
 
-def load_task(engine: EngineSurface, data: bytes) -> Future[ResidentTask]:
-    """The task loaded in the engine, as a future: done once the engine has it (the engine process
-    takes it between forward passes: the caller's thread is not held meanwhile)."""
-    generation, handle = engine.generation, next(_handles)
-    resident: Future[ResidentTask] = Future()
-
-    def settle(loaded: Future[TaskFacts]) -> None:
-        try:
-            task = ResidentTask(handle, loaded.result(), generation, engine)
-        except BaseException as error:  # noqa: BLE001 — handed to the caller through the future
-            resident.set_exception(error)
-            return
-        weakref.finalize(task, engine.release_task, handle)
-        resident.set_result(task)
-
-    engine.start_load(handle, data).add_done_callback(settle)
-    return resident
+def resident_task(engine: EngineSurface, handle: int, facts: TaskFacts, generation: int) -> ResidentTask:
+    """The cache's reference to a task the engine has loaded; the engine frees it when the last one goes."""
+    task = ResidentTask(handle, facts, generation, engine)
+    weakref.finalize(task, engine.release_task, handle)
+    return task
 
 
 class PinsOverBudget(ValueError):
@@ -162,27 +150,32 @@ class PrefixCache:
         try:
             data = self._read_bytes(sha256)
         except BaseException as error:  # noqa: BLE001 — handed to every waiter; the next request tries again
-            self._settle(sha256, flight, None, error)
+            self._settle(sha256, flight, error=error)
             return
         self._handed.acquire(len(data))  # past the bound, this thread waits for the engine to answer some
-        try:
-            loading = load_task(self._engine, data)  # parsed once, by the engine
-        except BaseException as error:  # noqa: BLE001 — as above
-            self._settle(sha256, flight, None, error, loaded=len(data))
-            return
-        loading.add_done_callback(lambda done: self._settle(sha256, flight, *_outcome(done), loaded=len(data)))
+        generation, handle = self._engine.generation, next(_handles)
 
-    def _settle(self, sha256: str, flight: Future[ResidentTask], prefix: ResidentTask | None,
-                error: BaseException | None, loaded: int | None = None) -> None:
-        """`loaded`: the bytes handed to the engine for it, if it got that far."""
+        def loaded(facts: Future[TaskFacts]) -> None:
+            self._handed.release(len(data))
+            if facts.exception() is not None:
+                self._settle(sha256, flight, error=facts.exception())
+            else:
+                self._settle(sha256, flight, task=resident_task(self._engine, handle, facts.result(), generation))
+
+        try:
+            self._engine.start_load(handle, data).add_done_callback(loaded)  # parsed once, by the engine
+        except BaseException as error:  # noqa: BLE001 — as above
+            self._handed.release(len(data))
+            self._settle(sha256, flight, error=error)
+
+    def _settle(self, sha256: str, flight: Future[ResidentTask], task: ResidentTask | None = None,
+                error: BaseException | None = None) -> None:
         with self._lock:
-            if prefix is not None:
-                self._insert(sha256, prefix)
+            if task is not None:
+                self._insert(sha256, task)
             self._loading.pop(sha256, None)  # after a failure, the next request tries again
-        if loaded is not None:
-            self._handed.release(loaded)
-        if prefix is not None:
-            flight.set_result(prefix)
+        if task is not None:
+            flight.set_result(task)
         else:
             flight.set_exception(error)
 
@@ -215,11 +208,6 @@ class PrefixCache:
             log.debug("evicted prefix %s (%d bytes)", oldest[:12], evicted.nbytes)
         metrics.TIER_BYTES.labels(TIER).set(self._bytes)
         metrics.TIER_ENTRIES.labels(TIER).set(len(self._entries))
-
-
-def _outcome(done: Future) -> tuple[object, BaseException | None]:
-    error = done.exception()
-    return (None, error) if error is not None else (done.result(), None)
 
 
 class _BytesInFlight:

@@ -12,6 +12,15 @@ class InvalidName(ValueError):
     """A tenant or task name does not match the SPEC's pattern (the API answers 422)."""
 
 
+def split_task_path(path: object) -> tuple[str, str]:
+    """'tenant/task' (how settings and admin calls name another tenant's task) -> (tenant, task);
+    raises InvalidName."""
+    tenant, slash, task = path.partition("/") if isinstance(path, str) else ("", "", "")
+    if not slash:
+        raise InvalidName(f"task path: expected tenant/task, got {path!r}")
+    return validate_name("tenant", tenant), validate_name("task", task)
+
+
 def validate_name(kind: str, name: object) -> str:
     """Returns `name` unchanged if it is a valid `kind` ('tenant', 'task') name; raises InvalidName."""
     # fullmatch, not match + '$': '$' would accept a trailing newline.

@@ -57,7 +57,7 @@ async def rotate_key(name: TenantName, _: AdminDep, services: ReadyServices):
 
 @router.get("/pinned-tasks")
 async def list_pinned_tasks(_: AdminDep, services: ReadyServices) -> dict:
-    resolved = await run_in_threadpool(pins.resolve, services, services.pinned_tasks, True)
+    resolved = await pins.resolve(services, services.pinned_tasks, True)
     return _pinned(services, resolved)
 
 
@@ -65,12 +65,8 @@ async def list_pinned_tasks(_: AdminDep, services: ReadyServices) -> dict:
 async def set_pinned_tasks(body: PinnedTasksRequest, _: AdminDep, services: ReadyServices) -> dict:
     """Replaces the pinned set, loading what it names before answering: a task that does not exist
     is 404, a set that would not fit the device budget 409; either way the previous pins stay."""
-    for name in body.tasks:
-        tenant, task = pins.split_name(name)
-        if not tenant or not task or "/" in task:
-            raise ApiError(422, f"tasks: expected tenant/task names, got {name!r}")
     try:
-        resolved = await run_in_threadpool(pins.apply, services, body.tasks, False)
+        resolved = await pins.apply(services, body.tasks, False)
     except PinsOverBudget as error:
         raise ApiError(409, str(error)) from None
     return _pinned(services, resolved)
